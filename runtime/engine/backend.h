@@ -1,0 +1,72 @@
+// Backend: runs one model step over a batch of sequences at different lengths and positions.
+// The same batch description serves the CPU backend (the reference) and the CUDA backend.
+//
+// A step takes, for every sequence in the batch, its new tokens (1..n: a prefill chunk or one
+// decode token), folds them into the sequence's state (slot + KV blocks from the StateStore) and
+// returns logits for the rows asked for. Sequences are independent: a sequence's results do not
+// depend on what else is in the batch.
+//
+// Thread-safety: a Backend is owned and driven by one worker's scheduler thread.
+#ifndef HYLA_RUNTIME_ENGINE_BACKEND_H_
+#define HYLA_RUNTIME_ENGINE_BACKEND_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "runtime/model/config.h"
+#include "runtime/state/state_layout.h"
+#include "runtime/state/state_store.h"
+
+namespace hyla {
+
+enum class LogitsMode {
+  kNone,  // no logits (a prefill chunk that does not end the prompt)
+  kLast,  // logits of the last new token only
+  kAll,   // logits of every new token
+};
+
+struct SequenceWork {
+  SequenceState* seq = nullptr;       // advanced by Step: num_tokens += tokens.size()
+  absl::Span<const int32_t> tokens;   // new tokens (at least one), ids < vocab_size
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+// NAtS-L routing decisions made during a step (chunks completed × decision heads).
+struct RoutingCounts {
+  int64_t to_softmax = 0;
+  int64_t to_gdn = 0;
+};
+
+struct StepOutput {
+  // Rows of logits, [rows, vocab_size] fp32, in batch order; row_offset[i] is the first row of
+  // batch item i and row_count[i] its number of rows (0, 1 or tokens.size()).
+  std::vector<float> logits;
+  std::vector<int64_t> row_offset;
+  std::vector<int64_t> row_count;
+  RoutingCounts routing;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const StateLayout& layout() const = 0;
+  virtual StateStore& store() = 0;
+
+  // Clears slot memory for a new, empty sequence.
+  virtual void ResetSlot(int32_t slot) = 0;
+  // Copies slot memory (fork). Blocks are shared through the StateStore.
+  virtual void CopySlot(int32_t src, int32_t dst) = 0;
+
+  // Runs one step. On error no sequence of the batch may be used again (its state may be
+  // partially updated): the caller releases them. InvalidArgument for bad token ids,
+  // ResourceExhausted when the KV pool or a per-sequence cap runs out.
+  virtual absl::Status Step(absl::Span<const SequenceWork> batch, StepOutput* out) = 0;
+};
+
+}  // namespace hyla
+
+#endif  // HYLA_RUNTIME_ENGINE_BACKEND_H_

@@ -1,0 +1,99 @@
+#include "runtime/model/config_reader.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace hyla {
+
+const JsonValue* ConfigReader::Get(absl::string_view key) const {
+  const JsonValue* v = obj_.Find(key);
+  if (v == nullptr || v->is_null()) return nullptr;
+  return v;
+}
+
+bool ConfigReader::Has(absl::string_view key) const { return Get(key) != nullptr; }
+
+std::string ConfigReader::KeyName(absl::string_view key) const { return absl::StrCat(prefix_, key); }
+
+void ConfigReader::Fail(absl::string_view key, absl::string_view what) {
+  if (!status_.ok()) return;
+  status_ = absl::InvalidArgumentError(
+      absl::StrCat(path_, ": key \"", KeyName(key), "\": ", what));
+}
+
+int64_t ConfigReader::Int(absl::string_view key, int64_t default_value) {
+  const JsonValue* v = Get(key);
+  if (v == nullptr) return default_value;
+  if (v->is_integer()) return v->int_value();
+  // Python writes some integer-valued floats (e.g. 4.0); accept exact integers.
+  if (v->is_number() && std::isfinite(v->number_value()) &&
+      v->number_value() == std::floor(v->number_value()) && std::fabs(v->number_value()) < 1e15) {
+    return static_cast<int64_t>(v->number_value());
+  }
+  Fail(key, absl::StrCat("expected an integer, got ", JsonValue::TypeName(v->type()),
+                         v->is_number() ? absl::StrCat(" ", v->number_value()) : ""));
+  return default_value;
+}
+
+int64_t ConfigReader::RequiredInt(absl::string_view key) {
+  if (!Has(key)) {
+    Fail(key, "missing (required)");
+    return 0;
+  }
+  return Int(key, 0);
+}
+
+double ConfigReader::Float(absl::string_view key, double default_value) {
+  const JsonValue* v = Get(key);
+  if (v == nullptr) return default_value;
+  if (!v->is_number()) {
+    Fail(key, absl::StrCat("expected a number, got ", JsonValue::TypeName(v->type())));
+    return default_value;
+  }
+  if (!std::isfinite(v->number_value())) {
+    Fail(key, absl::StrCat("expected a finite number, got ", v->number_value()));
+    return default_value;
+  }
+  return v->number_value();
+}
+
+bool ConfigReader::Bool(absl::string_view key, bool default_value) {
+  const JsonValue* v = Get(key);
+  if (v == nullptr) return default_value;
+  if (!v->is_bool()) {
+    Fail(key, absl::StrCat("expected true or false, got ", JsonValue::TypeName(v->type())));
+    return default_value;
+  }
+  return v->bool_value();
+}
+
+std::string ConfigReader::String(absl::string_view key, absl::string_view default_value) {
+  const JsonValue* v = Get(key);
+  if (v == nullptr) return std::string(default_value);
+  if (!v->is_string()) {
+    Fail(key, absl::StrCat("expected a string, got ", JsonValue::TypeName(v->type())));
+    return std::string(default_value);
+  }
+  return v->string_value();
+}
+
+std::optional<std::vector<int64_t>> ConfigReader::IntList(absl::string_view key) {
+  const JsonValue* v = Get(key);
+  if (v == nullptr) return std::nullopt;
+  if (!v->is_array()) {
+    Fail(key, absl::StrCat("expected a list of integers, got ", JsonValue::TypeName(v->type())));
+    return std::nullopt;
+  }
+  std::vector<int64_t> out;
+  for (const JsonValue& item : v->array_items()) {
+    if (!item.is_integer()) {
+      Fail(key, "expected a list of integers");
+      return std::nullopt;
+    }
+    out.push_back(item.int_value());
+  }
+  return out;
+}
+
+}  // namespace hyla

@@ -1,0 +1,57 @@
+// ConfigReader: typed access to the keys of a config.json object, with the authors' defaults,
+// and errors that name the file, the key and what was expected.
+//
+// Usage:
+//   ConfigReader r(root, path);
+//   int heads = r.Int("num_heads", 6);              // default when absent or null
+//   int vocab = r.RequiredInt("vocab_size");
+//   ...
+//   HYLA_RETURN_IF_ERROR(r.status());               // first error, if any
+//
+// Thread-safety: not thread-safe; one reader per parse.
+#ifndef HYLA_RUNTIME_MODEL_CONFIG_READER_H_
+#define HYLA_RUNTIME_MODEL_CONFIG_READER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "runtime/model/json.h"
+
+namespace hyla {
+
+class ConfigReader {
+ public:
+  ConfigReader(const JsonValue& object, absl::string_view path, std::string key_prefix = "")
+      : obj_(object), path_(path), prefix_(std::move(key_prefix)) {}
+
+  bool Has(absl::string_view key) const;  // present and not null
+  const JsonValue* Get(absl::string_view key) const;
+
+  int64_t Int(absl::string_view key, int64_t default_value);
+  int64_t RequiredInt(absl::string_view key);
+  // Accepts integers and floats (e.g. expand_v = 2.0); must be finite.
+  double Float(absl::string_view key, double default_value);
+  bool Bool(absl::string_view key, bool default_value);
+  std::string String(absl::string_view key, absl::string_view default_value);
+  std::optional<std::vector<int64_t>> IntList(absl::string_view key);
+
+  // Records an error about `key` (first one wins).
+  void Fail(absl::string_view key, absl::string_view what);
+  const absl::Status& status() const { return status_; }
+
+  std::string KeyName(absl::string_view key) const;  // prefix + key, for messages
+
+ private:
+  const JsonValue& obj_;
+  std::string path_;
+  std::string prefix_;
+  absl::Status status_;
+};
+
+}  // namespace hyla
+
+#endif  // HYLA_RUNTIME_MODEL_CONFIG_READER_H_
