@@ -223,12 +223,12 @@ class Parser {
         case 'r': out->push_back('\r'); break;
         case 't': out->push_back('\t'); break;
         case 'u': {
-          uint32_t cp;
+          uint32_t cp = 0;
           absl::Status st = ParseHex4(&cp);
           if (!st.ok()) return st;
           if (cp >= 0xd800 && cp < 0xdc00) {
             if (!Consume("\\u")) return Error("lone high surrogate");
-            uint32_t lo;
+            uint32_t lo = 0;
             st = ParseHex4(&lo);
             if (!st.ok()) return st;
             if (lo < 0xdc00 || lo >= 0xe000) return Error("bad low surrogate");
