@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -52,7 +54,8 @@ class SafetensorsFile {
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
-  std::vector<TensorInfo> tensors_;
+  std::vector<TensorInfo> tensors_;  // in header order
+  std::unordered_map<std::string, size_t> index_;  // name -> position in tensors_
 };
 
 // Writes a safetensors file (tests and the model generator). Tensors are written in the given
