@@ -90,6 +90,12 @@ struct NhaLayerConfig {
   int conv_size = 4;
 };
 
+// RoPE frequency schedule (transformers rope_parameters["rope_type"]).
+enum class RopeType {
+  kDefault,  // inv_freq[i] = theta^(-2i/rotary_dim)
+  kLlama3,   // Llama 3.x: long wavelengths divided by rope_factor, a smooth band in between
+};
+
 // Softmax attention (Llama self_attn, fla Attention in hybrids).
 struct AttentionLayerConfig {
   int num_heads = 0;
@@ -101,6 +107,14 @@ struct AttentionLayerConfig {
   bool qk_norm = false;
   bool qkv_bias = false;
   bool o_bias = false;
+  float qk_norm_eps = 1e-5f;  // q_norm / k_norm RMSNorm eps (fla RMSNorm default)
+  RopeType rope_type = RopeType::kDefault;
+  // kLlama3 parameters, kept as the JSON doubles (transformers computes the band edges in
+  // Python floats): factor, low_freq_factor, high_freq_factor, original_max_position_embeddings.
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_position_embeddings = 8192;
 };
 
 struct LayerConfig {
