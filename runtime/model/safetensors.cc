@@ -217,8 +217,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                       kMaxHeaderBytes, " bytes): not a safetensors file?"));
   }
   if (header_len > size - 8) {
-    return Invalid(path, absl::StrCat("truncated: header length ", header_len,
-                                      " is beyond the end of the file (", size, " bytes)"));
+    return Invalid(
+        path, absl::StrCat("header length ", header_len, " is beyond the end of the file (", size,
+                           " bytes): truncated, or not a safetensors file"));
   }
   const absl::string_view header_text(reinterpret_cast<const char*>(bytes + 8), header_len);
   absl::StatusOr<JsonValue> header = ParseJson(header_text);

@@ -54,7 +54,7 @@ class SafetensorsFile {
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
-  std::vector<TensorInfo> tensors_;  // in header order
+  std::vector<TensorInfo> tensors_;                // in header order
   std::unordered_map<std::string, size_t> index_;  // name -> position in tensors_
 };
 
