@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -92,6 +93,10 @@ absl::StatusOr<std::unique_ptr<CpuLayer>> CreateGdnLayer(const CpuLayerArgs& arg
 absl::StatusOr<std::unique_ptr<CpuLayer>> CreateNatslLayer(const CpuLayerArgs& args);
 absl::StatusOr<std::unique_ptr<CpuLayer>> CreateNhaLayer(const CpuLayerArgs& args);
 absl::StatusOr<std::unique_ptr<CpuLayer>> CreateAttentionLayer(const CpuLayerArgs& args);
+
+// RoPE inverse frequencies of an attention layer, [rotary_dim / 2] fp32, exactly as transformers
+// computes them for its rope_type (default, llama3). Defined in attention_layer.cc.
+std::vector<float> AttentionRopeInvFreq(const AttentionLayerConfig& config);
 
 }  // namespace hyla::cpu
 
