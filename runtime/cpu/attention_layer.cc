@@ -193,8 +193,8 @@ void AttentionLayer::AttendOne(const CpuContext& ctx, const SequenceState& seq, 
                                int kv_head, int64_t t, float* scores, float* o) const {
   const KvStream& ks = ctx.layout->streams()[stream_];
   const std::vector<BlockRef>& table = seq.streams[stream_];
-  const int64_t first_visible = cfg_.window_size > 0 ? std::max<int64_t>(0, t - cfg_.window_size + 1)
-                                                     : 0;
+  const int64_t first_visible =
+      cfg_.window_size > 0 ? std::max<int64_t>(0, t - cfg_.window_size + 1) : 0;
   // Pass 1: scores of the visible keys, in position order.
   int64_t n = 0;
   for (const BlockRef& ref : table) {
@@ -294,8 +294,8 @@ absl::Status AttentionLayer::Forward(const CpuContext& ctx, absl::Span<const Cpu
     for (size_t i = 0; i < seqs.size(); ++i) {
       if (round >= per_seq[i].size()) continue;
       const Piece& piece = per_seq[i][round];
-      HYLA_ASSIGN_OR_RETURN(float* block, ctx.WritableBlock(piece.seq->seq, stream_,
-                                                            piece.pos / kBlockTokens));
+      HYLA_ASSIGN_OR_RETURN(float* block,
+                            ctx.WritableBlock(piece.seq->seq, stream_, piece.pos / kBlockTokens));
       for (int64_t r = 0; r < piece.n; ++r) {
         const int64_t slot = (piece.pos + r) % kBlockTokens;
         std::memcpy(BlockKey(block, ks, slot, 0), k_.data() + (piece.row + r) * kv_width_,
@@ -359,9 +359,9 @@ absl::StatusOr<std::unique_ptr<CpuLayer>> CreateAttentionLayer(const CpuLayerArg
     return absl::InternalError(absl::StrCat(where, ": KV stream shape does not match the layer"));
   }
   if (args.layout->kv_dtype() != DType::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": the CPU backend keeps KV in F32, layout has ",
-                     DTypeName(args.layout->kv_dtype())));
+    return absl::InvalidArgumentError(absl::StrCat(where,
+                                                   ": the CPU backend keeps KV in F32, layout has ",
+                                                   DTypeName(args.layout->kv_dtype())));
   }
   auto layer = std::make_unique<AttentionLayer>(a, args.config->hidden_size, stream);
   HYLA_RETURN_IF_ERROR(layer->Load(args));
