@@ -1,0 +1,321 @@
+// The CUDA kernels of kernels/ops.h against their CPU references (runtime/cpu/ops.h), on odd
+// shapes, strides and alignments, fp32 and bf16. Label `gpu`: needs a CUDA device.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "runtime/base/float16.h"
+#include "runtime/cpu/ops.h"
+
+namespace hyla {
+namespace {
+
+// Asserts that a launcher returned 0, naming the error otherwise.
+#define ASSERT_CUDA_OK(expr)                                                            \
+  do {                                                                                  \
+    const int hyla_launch_result = (expr);                                              \
+    ASSERT_EQ(hyla_launch_result, 0) << kernels::KernelErrorString(hyla_launch_result); \
+  } while (0)
+
+// Device memory for the test's duration (move-only).
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (cudaMalloc(&ptr_, bytes_ == 0 ? 1 : bytes_) != cudaSuccess) ptr_ = nullptr;
+  }
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(other.bytes_) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  bool ok() const { return ptr_ != nullptr; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+void Upload(const std::vector<T>& host, T* device) {
+  ASSERT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+            cudaSuccess);
+}
+
+template <typename T>
+std::vector<T> Download(const T* device, size_t count) {
+  std::vector<T> host(count);
+  EXPECT_EQ(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return host;
+}
+
+std::vector<float> RandomFloats(size_t count, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(count);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
+  return out;
+}
+
+std::vector<float> FromBf16(const std::vector<uint16_t>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = Bf16ToFloat(v[i]);
+  return out;
+}
+
+// fp32 results: the GPU reduces in another order than the CPU (and its expf may differ from
+// std::exp by an ulp or two), so allow a relative 1e-5.
+void ExpectCloseF32(const std::vector<float>& got, const std::vector<float>& want,
+                    const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  float max_diff = 0.0f;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float diff = std::fabs(got[i] - want[i]);
+    max_diff = std::max(max_diff, diff);
+    if (!(diff <= 1e-5f * std::fabs(want[i]) + 1e-6f)) ++bad;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size()
+                     << " values off; max |diff| = " << max_diff;
+}
+
+// bf16 results: the fp32 value before rounding may differ by a few fp32 ulps from the CPU's, so
+// the rounded result is within one bf16 ulp (2^-7 relative) of the CPU value.
+void ExpectCloseBf16(const std::vector<uint16_t>& got, const std::vector<float>& want,
+                     const char* what) {
+  ASSERT_EQ(got.size(), want.size());
+  size_t bad = 0;
+  size_t exact = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float g = Bf16ToFloat(got[i]);
+    if (got[i] == FloatToBf16(want[i])) ++exact;
+    if (!(std::fabs(g - want[i]) <= std::ldexp(std::fabs(want[i]), -7) + 1e-30f)) ++bad;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " values off";
+  // Nearly all must round exactly like the CPU value.
+  EXPECT_GE(exact, got.size() * 99 / 100) << what << ": only " << exact << " exact";
+}
+
+struct NormCase {
+  int64_t rows;
+  int64_t n;
+  int64_t x_stride;
+  int64_t out_stride;
+  bool weight;
+  bool gemma;
+};
+
+std::vector<NormCase> NormCases() {
+  std::vector<NormCase> cases;
+  for (int64_t n : {1, 3, 8, 64, 100, 127, 128, 256, 1000, 1024, 1025, 2048, 4099, 8192}) {
+    for (int64_t rows : {1, 5, 33}) {
+      cases.push_back({rows, n, n, n, true, false});
+      cases.push_back({rows, n, n, n, true, true});
+    }
+    cases.push_back({7, n, n, n, false, false});
+    cases.push_back({9, n, n + 3, n + 5, true, false});  // odd strides: scalar path
+    cases.push_back({9, n, n + 8, n + 16, true, true});  // padded strides, still vectorised
+  }
+  cases.push_back({70000, 64, 64, 64, true, false});  // many rows: many blocks
+  return cases;
+}
+
+std::vector<float> CpuRmsNorm(const std::vector<float>& x, const std::vector<float>& w,
+                              const NormCase& c) {
+  std::vector<float> out(static_cast<size_t>(c.rows * c.out_stride), 0.0f);
+  for (int64_t r = 0; r < c.rows; ++r) {
+    cpu::RmsNorm(x.data() + r * c.x_stride, c.weight ? w.data() : nullptr, 1e-6f, c.n,
+                 out.data() + r * c.out_stride, c.gemma);
+  }
+  return out;
+}
+
+// Only the n leading elements of each output row are compared (the padding is not written).
+template <typename T>
+std::vector<T> Rows(const std::vector<T>& v, int64_t rows, int64_t n, int64_t stride) {
+  std::vector<T> out;
+  out.reserve(static_cast<size_t>(rows * n));
+  for (int64_t r = 0; r < rows; ++r) {
+    out.insert(out.end(), v.begin() + r * stride, v.begin() + r * stride + n);
+  }
+  return out;
+}
+
+TEST(RmsNormKernel, F32MatchesCpu) {
+  for (const NormCase& c : NormCases()) {
+    SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " n=" << c.n
+                                    << " x_stride=" << c.x_stride << " gemma=" << c.gemma);
+    const std::vector<float> x = RandomFloats(c.rows * c.x_stride, 1 + c.n, 2.0f);
+    const std::vector<float> w = RandomFloats(c.n, 7 + c.n, 0.5f);
+    DeviceBuffer dx(x.size() * 4), dw(w.size() * 4), dout(c.rows * c.out_stride * 4);
+    ASSERT_TRUE(dx.ok() && dw.ok() && dout.ok());
+    Upload(x, dx.as<float>());
+    Upload(w, dw.as<float>());
+    ASSERT_CUDA_OK(kernels::RmsNormF32(dx.as<float>(), c.x_stride,
+                                       c.weight ? dw.as<float>() : nullptr, 1e-6f, c.rows, c.n,
+                                       c.gemma, dout.as<float>(), c.out_stride, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> got = Download(dout.as<float>(), c.rows * c.out_stride);
+    ExpectCloseF32(Rows(got, c.rows, c.n, c.out_stride),
+                   Rows(CpuRmsNorm(x, w, c), c.rows, c.n, c.out_stride), "rmsnorm f32");
+  }
+}
+
+TEST(RmsNormKernel, Bf16MatchesCpu) {
+  for (const NormCase& c : NormCases()) {
+    SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " n=" << c.n
+                                    << " x_stride=" << c.x_stride << " gemma=" << c.gemma);
+    const std::vector<uint16_t> x = ToBf16(RandomFloats(c.rows * c.x_stride, 3 + c.n, 2.0f));
+    const std::vector<float> w = RandomFloats(c.n, 11 + c.n, 0.5f);
+    DeviceBuffer dx(x.size() * 2), dw(w.size() * 4), dout(c.rows * c.out_stride * 2);
+    ASSERT_TRUE(dx.ok() && dw.ok() && dout.ok());
+    Upload(x, dx.as<uint16_t>());
+    Upload(w, dw.as<float>());
+    ASSERT_CUDA_OK(kernels::RmsNormBf16(dx.as<uint16_t>(), c.x_stride,
+                                        c.weight ? dw.as<float>() : nullptr, 1e-6f, c.rows, c.n,
+                                        c.gemma, dout.as<uint16_t>(), c.out_stride, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<uint16_t> got = Download(dout.as<uint16_t>(), c.rows * c.out_stride);
+    ExpectCloseBf16(Rows(got, c.rows, c.n, c.out_stride),
+                    Rows(CpuRmsNorm(FromBf16(x), w, c), c.rows, c.n, c.out_stride), "rmsnorm bf16");
+  }
+}
+
+TEST(RmsNormKernel, InPlaceMisalignedAndOnAStream) {
+  const int64_t rows = 6, n = 96;
+  // x starts one float past the allocation: not 16-byte aligned, so the scalar path runs.
+  const std::vector<float> x = RandomFloats(rows * n + 1, 5, 1.0f);
+  const std::vector<float> w = RandomFloats(n, 6, 0.5f);
+  DeviceBuffer dx(x.size() * 4), dw(w.size() * 4);
+  ASSERT_TRUE(dx.ok() && dw.ok());
+  Upload(x, dx.as<float>());
+  Upload(w, dw.as<float>());
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  float* xp = dx.as<float>() + 1;
+  ASSERT_CUDA_OK(
+      kernels::RmsNormF32(xp, n, dw.as<float>(), 1e-5f, rows, n, /*gemma=*/false, xp, n, stream));
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  const std::vector<float> got = Download(xp, rows * n);
+  std::vector<float> want(rows * n);
+  for (int64_t r = 0; r < rows; ++r) {
+    cpu::RmsNorm(x.data() + 1 + r * n, w.data(), 1e-5f, n, want.data() + r * n);
+  }
+  ExpectCloseF32(got, want, "rmsnorm in place");
+}
+
+TEST(RmsNormKernel, RejectsBadArgumentsAndAcceptsNoRows) {
+  DeviceBuffer d(1024);
+  ASSERT_TRUE(d.ok());
+  float* p = d.as<float>();
+  constexpr int kInvalidValue = static_cast<int>(cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::RmsNormF32(p, 8, nullptr, 1e-6f, 0, 8, false, p, 8, nullptr), 0);
+  EXPECT_EQ(kernels::RmsNormF32(p, 8, nullptr, 1e-6f, 2, 0, false, p, 8, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::RmsNormF32(p, 4, nullptr, 1e-6f, 2, 8, false, p, 8, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::RmsNormF32(p, 8, nullptr, 1e-6f, 2, 8, false, p, 7, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::RmsNormF32(p, 8, nullptr, 1e-6f, -1, 8, false, p, 8, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::RmsNormF32(nullptr, 8, nullptr, 1e-6f, 1, 8, false, p, 8, nullptr),
+            kInvalidValue);
+}
+
+struct SiluCase {
+  int64_t rows;
+  int64_t n;
+  bool fused;  // gate|up in one [rows, 2n] buffer
+};
+
+TEST(SiluMulKernel, MatchesCpuF32AndBf16) {
+  const std::vector<SiluCase> cases = {{1, 1, false},   {3, 7, false},     {3, 7, true},
+                                       {5, 64, true},   {17, 1000, false}, {17, 1000, true},
+                                       {2, 5632, true}, {4097, 24, false}, {1, 8193, true}};
+  for (const SiluCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " n=" << c.n << " fused=" << c.fused);
+    const int64_t stride = c.fused ? 2 * c.n : c.n;
+    // gate spans [-12, 12] so both tails of silu are exercised.
+    std::vector<float> gate = RandomFloats(c.rows * stride, 21 + c.n, 4.0f);
+    std::vector<float> up = RandomFloats(c.rows * stride, 22 + c.n, 1.0f);
+    if (c.fused) {  // one buffer: gate in the first n columns, up in the last n
+      for (int64_t r = 0; r < c.rows; ++r) {
+        std::memcpy(gate.data() + r * stride + c.n, up.data() + r * stride, c.n * 4);
+      }
+    }
+    std::vector<float> want(c.rows * c.n);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      for (int64_t i = 0; i < c.n; ++i) {
+        const float g = gate[r * stride + i];
+        const float u = c.fused ? gate[r * stride + c.n + i] : up[r * stride + i];
+        want[r * c.n + i] = cpu::Silu(g) * u;
+      }
+    }
+    {  // fp32
+      DeviceBuffer dg(gate.size() * 4), du(up.size() * 4), dout(want.size() * 4);
+      ASSERT_TRUE(dg.ok() && du.ok() && dout.ok());
+      Upload(gate, dg.as<float>());
+      Upload(up, du.as<float>());
+      const float* g = dg.as<float>();
+      const float* u = c.fused ? dg.as<float>() + c.n : du.as<float>();
+      ASSERT_CUDA_OK(
+          kernels::SiluMulF32(g, stride, u, stride, c.rows, c.n, dout.as<float>(), c.n, nullptr));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ExpectCloseF32(Download(dout.as<float>(), want.size()), want, "silu_mul f32");
+    }
+    {  // bf16: the CPU reference runs on the bf16-rounded inputs
+      const std::vector<uint16_t> gate16 = ToBf16(gate), up16 = ToBf16(up);
+      const std::vector<float> gate_r = FromBf16(gate16), up_r = FromBf16(up16);
+      std::vector<float> want16(c.rows * c.n);
+      for (int64_t r = 0; r < c.rows; ++r) {
+        for (int64_t i = 0; i < c.n; ++i) {
+          const float g = gate_r[r * stride + i];
+          const float u = c.fused ? gate_r[r * stride + c.n + i] : up_r[r * stride + i];
+          want16[r * c.n + i] = cpu::Silu(g) * u;
+        }
+      }
+      DeviceBuffer dg(gate16.size() * 2), du(up16.size() * 2), dout(want16.size() * 2);
+      ASSERT_TRUE(dg.ok() && du.ok() && dout.ok());
+      Upload(gate16, dg.as<uint16_t>());
+      Upload(up16, du.as<uint16_t>());
+      const uint16_t* g = dg.as<uint16_t>();
+      const uint16_t* u = c.fused ? dg.as<uint16_t>() + c.n : du.as<uint16_t>();
+      ASSERT_CUDA_OK(kernels::SiluMulBf16(g, stride, u, stride, c.rows, c.n, dout.as<uint16_t>(),
+                                          c.n, nullptr));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ExpectCloseBf16(Download(dout.as<uint16_t>(), want16.size()), want16, "silu_mul bf16");
+    }
+  }
+}
+
+TEST(SiluMulKernel, RejectsBadArguments) {
+  DeviceBuffer d(1024);
+  ASSERT_TRUE(d.ok());
+  float* p = d.as<float>();
+  constexpr int kInvalidValue = static_cast<int>(cudaErrorInvalidValue);
+  EXPECT_EQ(kernels::SiluMulF32(p, 4, p, 4, 0, 4, p, 4, nullptr), 0);
+  EXPECT_EQ(kernels::SiluMulF32(p, 4, p, 4, 1, 0, p, 4, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::SiluMulF32(p, 3, p, 4, 1, 4, p, 4, nullptr), kInvalidValue);
+  EXPECT_EQ(kernels::SiluMulF32(p, 4, nullptr, 4, 1, 4, p, 4, nullptr), kInvalidValue);
+}
+
+}  // namespace
+}  // namespace hyla
