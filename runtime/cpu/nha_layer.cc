@@ -37,13 +37,18 @@
 namespace hyla::cpu {
 namespace {
 
-// The slot decay is α = exp(kDecayLogScale · f). The reference hands natural-log gates to fla's
-// GSA chunk kernels via chunk_local_cumsum(g) without fla's RCP_LN2 pre-scaling, and those
-// kernels (fla ≥ 0.5, e.g. bc3b101d, which produced the fixtures) evaluate exp2: the decay the
-// reference applies is 2^f = exp(ln2 · f), while the write strength s = 1 − e^f is computed in
-// PyTorch with the natural exponent.
+// The slot decay is α = exp(kDecayLogScale · f). The reference (nha_fla/ops/nha/chunk.py @
+// a9256a72) hands natural-log gates to fla's GSA chunk kernels through chunk_local_cumsum(g)
+// without fla's RCP_LN2 pre-scaling, and since fla 0d0a2f9a ("Switch chunk paths to exp2", #867,
+// first released in v0.5.1; the fixtures use bc3b101d) those kernels evaluate exp2. So the decay
+// the reference applies is 2^f = exp(ln2 · f), while the write strength s = 1 − e^f is computed
+// in PyTorch with the natural exponent. With fla before #867 the decay was e^f (scale 1): the
+// fixture decides, natural-exp decay misses it by 6e-2.
 constexpr float kDecayLogScale = 0.69314718055994530942f;
 
+// One NHA layer's weights and step scratch. Forward parallelises over (sequence, KV head) work
+// items; each item touches only its own head's slots, ring entries and output columns.
+// Thread-safety: as CpuLayer (one caller at a time; scratch is reused across steps).
 class NhaLayer : public CpuLayer {
  public:
   NhaLayer(const NhaLayerConfig& cfg, int layer, int hidden) : c_(cfg), layer_(layer), d_(hidden) {}

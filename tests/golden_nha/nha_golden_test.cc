@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "runtime/engine/sequence_runner.h"
@@ -142,6 +143,8 @@ TEST_F(NhaGoldenTest, GreedyContinuation) {
   backend_->ResetSlot(seq->slot);
   std::vector<int32_t> next_tokens = ids_;
   int checked = 0;
+  bool binding = true;
+  int first_disagreement = -1;
   for (size_t step = 0; step < greedy->size(); ++step) {
     SequenceWork w;
     w.seq = seq.get();
@@ -152,16 +155,27 @@ TEST_F(NhaGoldenTest, GreedyContinuation) {
     ASSERT_EQ(out.row_count[0], 1);
     const float* row = out.logits.data() + out.row_offset[0] * vocab_;
     const int32_t best = static_cast<int32_t>(std::max_element(row, row + vocab_) - row);
-    // Binding only while the reference's choice was clear of the (bf16) tolerance.
-    if (margin[step] < 10 * kBf16Tol) {
-      std::printf("nha greedy: steps 0..%zu compared; step %zu has margin %.3g < %.3g\n",
+    // Binding only while the reference's choice was clear of the (bf16) tolerance; past that the
+    // sequences may legitimately diverge, so the rest is only reported.
+    if (binding && margin[step] < 10 * kBf16Tol) {
+      binding = false;
+      std::printf("nha greedy: steps 0..%zu binding; step %zu has margin %.3g < %.3g\n",
                   step == 0 ? 0 : step - 1, step, margin[step], 10 * kBf16Tol);
-      break;
     }
-    ASSERT_EQ(best, (*greedy)[step]) << "greedy step " << step;
-    ++checked;
+    if (binding) {
+      ASSERT_EQ(best, (*greedy)[step]) << "greedy step " << step;
+      ++checked;
+    }
+    if (best != (*greedy)[step] && first_disagreement < 0) {
+      first_disagreement = static_cast<int>(step);
+    }
+    if (first_disagreement >= 0) break;
     next_tokens = {best};
   }
+  std::printf("nha greedy: %s\n",
+              first_disagreement < 0
+                  ? "all 32 steps agree with the reference"
+                  : absl::StrCat("first disagreement at step ", first_disagreement).c_str());
   backend_->store().Release(std::move(seq));
   EXPECT_GT(checked, 0);
 }
