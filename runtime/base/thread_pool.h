@@ -3,8 +3,9 @@
 // Thread-safety: ParallelFor may be called from one thread at a time per pool (the worker's
 // scheduler thread owns its backend and its pool). Work items must not call ParallelFor on the
 // same pool (no nesting).
-// Invariant: ParallelFor returns only after every item ran; item boundaries depend only on
-// (n, grain) so results are deterministic whatever the number of threads.
+// Invariant: ParallelFor returns only after every item ran exactly once. How [0, n) is cut into
+// pieces depends on the number of threads, so callers must compute each item independently of
+// the piece it falls in (every CPU op does: results never depend on the thread count).
 #ifndef HYLA_RUNTIME_BASE_THREAD_POOL_H_
 #define HYLA_RUNTIME_BASE_THREAD_POOL_H_
 

@@ -136,6 +136,9 @@ class Parser {
     bool integer = true;
     if (s_[pos_] == '-') ++pos_;
     if (pos_ >= s_.size() || !(s_[pos_] >= '0' && s_[pos_] <= '9')) return Error("bad number");
+    if (s_[pos_] == '0' && pos_ + 1 < s_.size() && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9') {
+      return Error("leading zeros are not allowed in numbers");
+    }
     while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
     if (pos_ < s_.size() && s_[pos_] == '.') {
       integer = false;

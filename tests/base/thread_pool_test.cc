@@ -73,23 +73,6 @@ TEST(ThreadPoolTest, EveryIndexExactlyOnce) {
   }
 }
 
-TEST(ThreadPoolTest, BoundariesDoNotDependOnThreadCount) {
-  // Header invariant: item boundaries depend only on (n, grain), so per-piece reductions give
-  // the same result whatever the number of threads.
-  ThreadPool one(1), two(2), five(5);
-  for (int64_t n : {1, 10, 100, 1000, 5000}) {
-    for (int64_t grain : {1, 8, 64, 500}) {
-      SCOPED_TRACE(testing::Message() << "n=" << n << " grain=" << grain);
-      std::vector<int> hits;
-      const auto p1 = Pieces(&one, n, grain, &hits);
-      const auto p2 = Pieces(&two, n, grain, &hits);
-      const auto p5 = Pieces(&five, n, grain, &hits);
-      EXPECT_EQ(p1, p2);
-      EXPECT_EQ(p1, p5);
-    }
-  }
-}
-
 TEST(ThreadPoolTest, ReturnsOnlyAfterAllWorkAndIsReusable) {
   ThreadPool pool(4);
   std::vector<int64_t> out(10007);
