@@ -1,0 +1,106 @@
+// RequestStream: the channel that carries one request's events from its worker's scheduler
+// thread (the producer) to the caller (the consumer), and the caller's cancellation back.
+// RequestHandle: the caller's end.
+//
+// The producer never blocks: Push appends, and once `max_pending` events wait unread it merges
+// new tokens into the last pending event (token ids, text and logprobs are concatenated, a finish
+// is attached), so a slow reader costs a bounded number of messages and catches up in one. The
+// worker ends a request whose consumer has taken nothing for the stall timeout while events were
+// pending (FinishReason::kSlowConsumer), freeing its state.
+//
+// The consumer never blocks the producer either:
+//   - callback style (the gRPC reactor): `on_ready` is called after a Push whenever the
+//     consumer had found the stream empty (TryNext returned nothing) or had not read yet, so the
+//     consumer calls TryNext until it returns nothing and then waits for the next on_ready.
+//     on_ready runs on the scheduler thread, outside the stream's lock: it must not block (start
+//     a write, signal a condition); it may call TryNext.
+//   - blocking style (CLI, tests): Next waits on the stream's condition variable.
+//
+// Thread-safety: all methods are thread-safe. One consumer at a time.
+// Invariant: nothing is pushed after an event with `finish`; that event is delivered exactly once.
+#ifndef HYLA_RUNTIME_ENGINE_EVENT_STREAM_H_
+#define HYLA_RUNTIME_ENGINE_EVENT_STREAM_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "runtime/engine/request.h"
+
+namespace hyla {
+
+class RequestStream {
+ public:
+  // `wake` is called (from any thread) after Cancel so that the worker notices at once.
+  RequestStream(uint64_t id, int max_pending, std::function<void()> on_ready,
+                std::function<void()> wake);
+
+  uint64_t id() const { return id_; }
+
+  // ---- producer (the worker's scheduler thread) ----
+  void Push(StreamEvent event);
+  // Events waiting to be taken.
+  size_t pending() const;
+  // Events taken by the consumer so far.
+  uint64_t taken() const { return taken_.load(std::memory_order_acquire); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Events merged into an earlier pending one because the consumer lagged.
+  uint64_t merged() const { return merged_.load(std::memory_order_relaxed); }
+
+  // ---- consumer ----
+  std::optional<StreamEvent> TryNext();
+  // Blocks until an event is available. Must not be called after the finish event was taken.
+  StreamEvent Next();
+  // Asks the worker to end the request (FinishReason::kCancelled); idempotent. The finish event
+  // still arrives (unless the request had already finished otherwise).
+  void Cancel();
+  // True once the event with `finish` has been taken.
+  bool done() const;
+
+ private:
+  const uint64_t id_;
+  const size_t max_pending_;
+  const std::function<void()> on_ready_;
+  const std::function<void()> wake_;
+  std::atomic<uint64_t> taken_{0};
+  std::atomic<uint64_t> merged_{0};
+  std::atomic<bool> cancelled_{false};
+
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<StreamEvent> pending_ ABSL_GUARDED_BY(mu_);
+  bool armed_ ABSL_GUARDED_BY(mu_) = true;  // call on_ready at the next Push
+  bool finish_pushed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_taken_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// The caller's end of a request. Destroying the handle before the request finished cancels it
+// (the client went away). Move-only.
+class RequestHandle {
+ public:
+  explicit RequestHandle(std::shared_ptr<RequestStream> stream) : stream_(std::move(stream)) {}
+  ~RequestHandle();
+  RequestHandle(const RequestHandle&) = delete;
+  RequestHandle& operator=(const RequestHandle&) = delete;
+
+  uint64_t id() const { return stream_->id(); }
+  std::optional<StreamEvent> TryNext() { return stream_->TryNext(); }
+  StreamEvent Next() { return stream_->Next(); }
+  void Cancel() { stream_->Cancel(); }
+  bool done() const { return stream_->done(); }
+
+ private:
+  std::shared_ptr<RequestStream> stream_;
+};
+
+// Appends `from` to `into` (tokens, text, logprobs; finish when set).
+void MergeEvent(StreamEvent* into, StreamEvent&& from);
+
+}  // namespace hyla
+
+#endif  // HYLA_RUNTIME_ENGINE_EVENT_STREAM_H_

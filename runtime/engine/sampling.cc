@@ -1,0 +1,237 @@
+#include "runtime/engine/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/base/check.h"
+
+namespace hyla {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kMaxTopAlternatives = 20;
+
+// Log-softmax of `x` in place (entries at -inf stay -inf). Returns false when no entry is finite
+// (then every entry becomes -inf).
+bool LogSoftmaxInPlace(std::vector<float>* x) {
+  float max = kNegInf;
+  for (float v : *x) max = std::max(max, v);
+  if (!std::isfinite(max)) {
+    std::fill(x->begin(), x->end(), kNegInf);
+    return false;
+  }
+  double sum = 0.0;
+  for (float v : *x) {
+    if (v != kNegInf) sum += std::exp(static_cast<double>(v) - max);
+  }
+  const double log_norm = static_cast<double>(max) + std::log(sum);
+  for (float& v : *x) {
+    if (v != kNegInf) v = static_cast<float>(static_cast<double>(v) - log_norm);
+  }
+  return true;
+}
+
+// Ids ordered by value descending, ties by id ascending.
+std::vector<int32_t> OrderDescending(const std::vector<float>& x) {
+  std::vector<int32_t> order(x.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&x](int32_t a, int32_t b) { return x[a] > x[b]; });
+  return order;
+}
+
+// Probabilities of softmax(x) in double precision (zero where x is -inf).
+std::vector<double> Probabilities(const std::vector<float>& x) {
+  float max = kNegInf;
+  for (float v : x) max = std::max(max, v);
+  std::vector<double> p(x.size(), 0.0);
+  if (!std::isfinite(max)) return p;
+  double sum = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i] != kNegInf) {
+      p[i] = std::exp(static_cast<double>(x[i]) - max);
+      sum += p[i];
+    }
+  }
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+}  // namespace
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  // The negated comparisons also reject NaN.
+  if (!(p.temperature >= 0.0f && p.temperature <= 100.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be in [0, 100] (0 = greedy), got ", p.temperature));
+  }
+  if (p.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0 (0 = off), got ", p.top_k));
+  }
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", p.top_p));
+  }
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", p.min_p));
+  }
+  if (!(p.repetition_penalty > 0.0f && p.repetition_penalty <= 10.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "repetition_penalty must be in (0, 10] (1 = off), got ", p.repetition_penalty));
+  }
+  if (!(p.presence_penalty >= -2.0f && p.presence_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("presence_penalty must be in [-2, 2], got ", p.presence_penalty));
+  }
+  if (!(p.frequency_penalty >= -2.0f && p.frequency_penalty <= 2.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frequency_penalty must be in [-2, 2], got ", p.frequency_penalty));
+  }
+  return absl::OkStatus();
+}
+
+Sampler::Sampler(const SamplingParams& params, int vocab_size)
+    : params_(params),
+      vocab_size_(vocab_size),
+      rng_(params.seed),
+      in_prompt_(static_cast<size_t>(vocab_size), 0),
+      output_counts_(static_cast<size_t>(vocab_size), 0) {
+  HYLA_CHECK(vocab_size > 0);
+}
+
+void Sampler::AddPrompt(absl::Span<const int32_t> tokens) {
+  for (int32_t t : tokens) {
+    if (t >= 0 && t < vocab_size_) in_prompt_[t] = 1;
+  }
+}
+
+SampledToken Sampler::Sample(absl::Span<const float> logits) {
+  HYLA_CHECK(static_cast<int>(logits.size()) == vocab_size_);
+  std::vector<float>& x = last_logprobs_;
+  x.assign(logits.begin(), logits.end());
+  for (float& v : x) {
+    if (std::isnan(v)) v = kNegInf;
+  }
+
+  // 1. Penalties (vLLM order: repetition, then frequency and presence on output counts).
+  if (params_.repetition_penalty != 1.0f) {
+    const float r = params_.repetition_penalty;
+    for (int i = 0; i < vocab_size_; ++i) {
+      if (in_prompt_[i] || output_counts_[i] > 0) x[i] = x[i] > 0.0f ? x[i] / r : x[i] * r;
+    }
+  }
+  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
+    for (int i = 0; i < vocab_size_; ++i) {
+      const int32_t c = output_counts_[i];
+      if (c > 0) {
+        x[i] -= params_.frequency_penalty * static_cast<float>(c) + params_.presence_penalty;
+      }
+    }
+  }
+
+  SampledToken chosen;
+  if (params_.temperature == 0.0f) {
+    // 2a. Greedy: argmax, lowest id on ties; logprobs of the penalised logits.
+    int32_t best = 0;
+    for (int i = 1; i < vocab_size_; ++i) {
+      if (x[i] > x[best]) best = i;
+    }
+    LogSoftmaxInPlace(&x);
+    chosen.id = best;
+    chosen.logprob = x[best];
+    ++output_counts_[best];
+    return chosen;
+  }
+
+  // 2b. Temperature.
+  const float inv_t = 1.0f / params_.temperature;
+  for (float& v : x) {
+    if (v != kNegInf) v *= inv_t;
+  }
+  // 3. Top-k: keep every token whose logit is at least the k-th largest (ties at the boundary
+  // are kept, as in vLLM).
+  if (params_.top_k > 0 && params_.top_k < vocab_size_) {
+    std::vector<float> sorted = x;
+    std::nth_element(sorted.begin(), sorted.begin() + (params_.top_k - 1), sorted.end(),
+                     std::greater<float>());
+    const float kth = sorted[params_.top_k - 1];
+    for (float& v : x) {
+      if (v < kth) v = kNegInf;
+    }
+  }
+  // 4. Top-p: the smallest set of most likely tokens whose probability reaches p (a token is kept
+  // when the mass of the tokens ranked above it is below p).
+  if (params_.top_p < 1.0f) {
+    const std::vector<double> p = Probabilities(x);
+    const std::vector<int32_t> order = OrderDescending(x);
+    double above = 0.0;
+    for (int32_t id : order) {
+      if (above >= params_.top_p && above > 0.0) {
+        x[id] = kNegInf;
+      } else {
+        above += p[id];
+      }
+    }
+  }
+  // 5. Min-p: drop tokens whose probability is below min_p times the largest probability.
+  if (params_.min_p > 0.0f) {
+    const std::vector<double> p = Probabilities(x);
+    const double top = *std::max_element(p.begin(), p.end());
+    const double threshold = static_cast<double>(params_.min_p) * top;
+    for (int i = 0; i < vocab_size_; ++i) {
+      if (p[i] < threshold) x[i] = kNegInf;
+    }
+  }
+  // 6. Draw from the renormalised distribution: inverse CDF over ids in ascending order with a
+  // 53-bit uniform from the request's generator (independent of the standard library's
+  // distributions, so streams are reproducible everywhere).
+  if (!LogSoftmaxInPlace(&x)) {
+    chosen.id = 0;
+    chosen.logprob = kNegInf;
+    ++output_counts_[0];
+    return chosen;
+  }
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  double total = 0.0;
+  for (float v : x) {
+    if (v != kNegInf) total += std::exp(static_cast<double>(v));
+  }
+  const double target = u * total;
+  double cum = 0.0;
+  int32_t pick = -1;
+  int32_t last_possible = -1;
+  for (int i = 0; i < vocab_size_; ++i) {
+    if (x[i] == kNegInf) continue;
+    last_possible = i;
+    cum += std::exp(static_cast<double>(x[i]));
+    if (cum > target) {
+      pick = i;
+      break;
+    }
+  }
+  if (pick < 0) pick = last_possible;  // rounding at the top end
+  chosen.id = pick;
+  chosen.logprob = x[pick];
+  ++output_counts_[pick];
+  return chosen;
+}
+
+std::vector<SampledToken> Sampler::TopAlternatives(int n) const {
+  n = std::clamp(n, 0, kMaxTopAlternatives);
+  std::vector<SampledToken> out;
+  if (n == 0 || last_logprobs_.empty()) return out;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < vocab_size_; ++i) {
+    if (last_logprobs_[i] != kNegInf) ids.push_back(i);
+  }
+  const size_t k = std::min<size_t>(static_cast<size_t>(n), ids.size());
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [this](int32_t a, int32_t b) {
+    if (last_logprobs_[a] != last_logprobs_[b]) return last_logprobs_[a] > last_logprobs_[b];
+    return a < b;
+  });
+  for (size_t i = 0; i < k; ++i) out.push_back(SampledToken{ids[i], last_logprobs_[ids[i]]});
+  return out;
+}
+
+}  // namespace hyla
