@@ -397,6 +397,35 @@ TEST_F(CliTest, GenerateFindsTheDefaultModel) {
   EXPECT_TRUE(IsValidUtf8(r.out));
 }
 
+// An installed tree: <prefix>/bin/hyla-model finds <prefix>/share/hyla/models/default before the
+// source tree's model.
+TEST_F(CliTest, InstalledBinaryFindsTheInstalledDefaultModel) {
+  const std::string prefix = Path("prefix");
+  fs::create_directories(prefix + "/bin");
+  fs::copy_file(HYLA_MODEL_BIN, prefix + "/bin/hyla-model", fs::copy_options::overwrite_existing);
+  GeneratorOptions o;
+  o.shape = *PresetShape(Family::kGdn, "tiny");
+  o.seed = 99;
+  const std::string installed = prefix + "/share/hyla/models/default";
+  ASSERT_TRUE(GenerateModel(o, installed).ok());
+
+  const std::string out = Path("installed.out");
+  const std::string cmd = absl::StrCat(
+      "env -u HYLA_DEFAULT_MODEL ", ShellQuote(prefix + "/bin/hyla-model"),
+      " generate --max-tokens 24 --seed 4 --temperature 0 abc >", ShellQuote(out), " 2>/dev/null");
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const RunResult want = Run({"generate", "--model", installed, "--max-tokens", "24", "--seed", "4",
+                              "--temperature", "0", "abc"});
+  ASSERT_EQ(want.exit_code, 0) << want.err;
+  EXPECT_EQ(ReadFile(out), want.out);
+  const RunResult source_default =
+      Run({"generate", "--max-tokens", "24", "--seed", "4", "--temperature", "0", "abc"},
+          "env -u HYLA_DEFAULT_MODEL");
+  ASSERT_EQ(source_default.exit_code, 0) << source_default.err;
+  EXPECT_NE(source_default.out, want.out) << "the two default models should differ";
+}
+
 TEST_F(CliTest, EmbeddedDefaultModelLoads) {
   const std::string dir = std::string(HYLA_SOURCE_DIR) + "/models/default";
   ASSERT_TRUE(fs::exists(dir + "/config.json"));
