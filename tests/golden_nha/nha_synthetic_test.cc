@@ -42,6 +42,13 @@ struct Shape {
   int inter = 64;
   double rope_theta = 10000.0;
   double normalizer = 8.0;
+  // `attn`: this layer becomes a plain fla Attention (-1: none).
+  int attn_layer = -1;
+  int attn_heads = 4;
+  int attn_kv_heads = 2;
+  bool attn_bias = true;
+  int attn_window = 0;  // 0: null (full attention)
+  double attn_theta = 10000.0;
 
   int dk() const { return static_cast<int>(hidden * expand_k) / heads; }
   int dv() const { return hidden / heads; }
@@ -54,6 +61,7 @@ struct Weights {
   struct Layer {
     Tensor attn_norm, mlp_norm, gate, up, down;
     Tensor wq, wk, wv, wf, cq, ck, cv, g_norm, wo;
+    Tensor bq, bk, bv;  // fla Attention layer with qkv_bias
   };
   std::vector<Layer> layers;
 };
@@ -95,6 +103,20 @@ Weights WriteCheckpoint(const Shape& s, const std::string& dir, uint32_t seed) {
     L.gate = make(p + "mlp.gate_proj.weight", {s.inter, d}, 0.15, 0.0);
     L.up = make(p + "mlp.up_proj.weight", {s.inter, d}, 0.15, 0.0);
     L.down = make(p + "mlp.down_proj.weight", {d, s.inter}, 0.15, 0.0);
+    if (l == s.attn_layer) {
+      const int64_t kv = d / s.attn_heads * s.attn_kv_heads;
+      L.wq = make(p + "attn.q_proj.weight", {d, d}, 0.3, 0.0);
+      L.wk = make(p + "attn.k_proj.weight", {kv, d}, 0.3, 0.0);
+      L.wv = make(p + "attn.v_proj.weight", {kv, d}, 0.3, 0.0);
+      if (s.attn_bias) {
+        L.bq = make(p + "attn.q_proj.bias", {d}, 0.3, 0.0);
+        L.bk = make(p + "attn.k_proj.bias", {kv}, 0.3, 0.0);
+        L.bv = make(p + "attn.v_proj.bias", {kv}, 0.3, 0.0);
+      }
+      L.wo = make(p + "attn.o_proj.weight", {d, d}, 0.2, 0.0);
+      w.layers.push_back(std::move(L));
+      continue;
+    }
     L.wq = make(p + "attn.q_proj.weight", {qk, d}, 0.3, 0.0);
     L.wk = make(p + "attn.k_proj.weight", {kk, d}, 0.3, 0.0);
     L.wv = make(p + "attn.v_proj.weight", {vv, d}, 0.3, 0.0);
@@ -119,7 +141,20 @@ Weights WriteCheckpoint(const Shape& s, const std::string& dir, uint32_t seed) {
       << ", \"use_short_conv\": " << (s.short_conv ? "true" : "false")
       << ", \"conv_size\": " << s.conv_size << ", \"intermediate_size\": " << s.inter
       << ", \"rope_theta\": " << s.rope_theta << ", \"gate_logit_normalizer\": " << s.normalizer
-      << ", \"norm_eps\": 1e-06, \"tie_word_embeddings\": false, \"attn\": null}";
+      << ", \"norm_eps\": 1e-06, \"tie_word_embeddings\": false, \"attn\": ";
+  if (s.attn_layer < 0) {
+    cfg << "null}";
+  } else {
+    cfg << "{\"layers\": [" << s.attn_layer << "], \"num_heads\": " << s.attn_heads
+        << ", \"num_kv_heads\": " << s.attn_kv_heads
+        << ", \"qkv_bias\": " << (s.attn_bias ? "true" : "false") << ", \"window_size\": ";
+    if (s.attn_window > 0) {
+      cfg << s.attn_window;
+    } else {
+      cfg << "null";
+    }
+    cfg << ", \"rope_theta\": " << s.attn_theta << "}}";
+  }
   return w;
 }
 
@@ -243,14 +278,59 @@ Tensor NhaMixerRef(const Shape& s, const Weights::Layer& L, const Tensor& x, int
   return Matmul(o, T, int64_t{H} * dv, L.wo, d);
 }
 
+// fla Attention: GQA, RoPE on the whole head, scale head_dim^-1/2, window W = W keys.
+Tensor AttentionRef(const Shape& s, const Weights::Layer& L, const Tensor& x, int64_t T) {
+  const int64_t d = s.hidden;
+  const int H = s.attn_heads, Hkv = s.attn_kv_heads;
+  const int hd = static_cast<int>(d / H), G = H / Hkv;
+  Tensor q = Matmul(x, T, d, L.wq, d);
+  Tensor k = Matmul(x, T, d, L.wk, int64_t{Hkv} * hd);
+  Tensor v = Matmul(x, T, d, L.wv, int64_t{Hkv} * hd);
+  if (s.attn_bias) {
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < d; ++i) q[t * d + i] += L.bq[i];
+      for (int64_t i = 0; i < int64_t{Hkv} * hd; ++i) {
+        k[t * Hkv * hd + i] += L.bk[i];
+        v[t * Hkv * hd + i] += L.bv[i];
+      }
+    }
+  }
+  Tensor o(static_cast<size_t>(T * d), 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int h = 0; h < H; ++h) {
+      const int kh = h / G;
+      const std::vector<double> qr = RopeRef(&q[(t * H + h) * hd], hd, t, s.attn_theta);
+      const int64_t first = s.attn_window > 0 ? std::max<int64_t>(0, t - s.attn_window + 1) : 0;
+      std::vector<double> logits;
+      for (int64_t j = first; j <= t; ++j) {
+        const std::vector<double> kr = RopeRef(&k[(j * Hkv + kh) * hd], hd, j, s.attn_theta);
+        double l = 0;
+        for (int i = 0; i < hd; ++i) l += qr[i] * kr[i];
+        logits.push_back(l / std::sqrt(static_cast<double>(hd)));
+      }
+      double mx = -INFINITY, z = 0;
+      for (double l : logits) mx = std::max(mx, l);
+      for (double l : logits) z += std::exp(l - mx);
+      for (int64_t j = first; j <= t; ++j) {
+        const double p = std::exp(logits[static_cast<size_t>(j - first)] - mx) / z;
+        for (int i = 0; i < hd; ++i) o[(t * H + h) * hd + i] += p * v[(j * Hkv + kh) * hd + i];
+      }
+    }
+  }
+  return Matmul(o, T, d, L.wo, d);
+}
+
 std::vector<float> ModelRef(const Shape& s, const Weights& w, const std::vector<int32_t>& ids) {
   const int64_t T = static_cast<int64_t>(ids.size()), d = s.hidden;
   Tensor h(static_cast<size_t>(T * d));
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < d; ++i) h[t * d + i] = w.embed[ids[t] * d + i];
   }
-  for (const Weights::Layer& L : w.layers) {
-    const Tensor mix = NhaMixerRef(s, L, RmsNormRowsRef(h, T, d, L.attn_norm, 1e-6), T);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const Weights::Layer& L = w.layers[l];
+    const Tensor xn = RmsNormRowsRef(h, T, d, L.attn_norm, 1e-6);
+    const Tensor mix =
+        static_cast<int>(l) == s.attn_layer ? AttentionRef(s, L, xn, T) : NhaMixerRef(s, L, xn, T);
     for (size_t i = 0; i < h.size(); ++i) h[i] += mix[i];
     const Tensor x = RmsNormRowsRef(h, T, d, L.mlp_norm, 1e-6);
     Tensor g = Matmul(x, T, d, L.gate, s.inter);
@@ -273,7 +353,8 @@ void CheckShape(const Shape& s, const std::string& name, uint32_t seed) {
   const Weights w = WriteCheckpoint(s, dir, seed);
   auto backend = testing::LoadCpuBackend(dir);
   ASSERT_TRUE(backend.ok()) << backend.status();
-  const NhaLayerConfig& c = (*backend)->config().layers[0].nha;
+  const int nha_layer = s.attn_layer == 0 ? 1 : 0;
+  const NhaLayerConfig& c = (*backend)->config().layers[nha_layer].nha;
   ASSERT_EQ(c.head_k_dim, s.dk());
   ASSERT_EQ(c.num_kv_heads, s.kv_heads);
   ASSERT_EQ(c.kv_shift, s.kv_shift);
@@ -340,6 +421,26 @@ TEST(NhaSyntheticTest, ZeroWindow) {
   s.expand_k = 0.25;
   s.rope_theta = 500.0;
   CheckShape(s, "w0", 16);
+}
+
+TEST(NhaSyntheticTest, HybridWithSlidingWindowAttentionLayer) {
+  Shape s;
+  s.layers = 3;
+  s.attn_layer = 1;
+  s.attn_window = 7;  // fla Attention: 7 keys including the query
+  s.attn_theta = 30000.0;
+  s.kv_shift = 4;
+  CheckShape(s, "hybrid_swa", 17);
+}
+
+TEST(NhaSyntheticTest, HybridWithFullAttentionLayer) {
+  Shape s;
+  s.layers = 2;
+  s.attn_layer = 0;
+  s.attn_bias = false;
+  s.attn_heads = 2;
+  s.attn_kv_heads = 2;
+  CheckShape(s, "hybrid_full", 18);
 }
 
 }  // namespace
