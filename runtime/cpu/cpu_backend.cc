@@ -106,12 +106,13 @@ absl::Status CpuBackend::Load(const CpuBackendOptions& options) {
 
 void CpuBackend::ResetSlot(int32_t slot) {
   HYLA_CHECK(slot >= 0 && slot < store_->num_slots());
+  if (layout_.slot_bytes() == 0) return;  // pure-attention models carry no fixed state
   std::memset(slot_memory_.data() + slot * layout_.slot_bytes(), 0, layout_.slot_bytes());
 }
 
 void CpuBackend::CopySlot(int32_t src, int32_t dst) {
   HYLA_CHECK(src >= 0 && src < store_->num_slots() && dst >= 0 && dst < store_->num_slots());
-  if (src == dst) return;
+  if (src == dst || layout_.slot_bytes() == 0) return;
   std::memcpy(slot_memory_.data() + dst * layout_.slot_bytes(),
               slot_memory_.data() + src * layout_.slot_bytes(), layout_.slot_bytes());
 }
