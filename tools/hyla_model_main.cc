@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -198,6 +199,17 @@ std::string JsonString(absl::string_view s) {
   return out + "\"";
 }
 
+// Shortest text that reads back as `v`, always with a fraction or exponent ("1.0", "0.3").
+std::string JsonDouble(double v) {
+  std::string s;
+  for (int digits = 1; digits <= 17; ++digits) {
+    s = absl::StrFormat("%.*g", digits, v);
+    if (std::strtod(s.c_str(), nullptr) == v) break;
+  }
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
 std::string HumanBytes(int64_t bytes) {
   const double b = static_cast<double>(bytes);
   if (bytes < 1024) return absl::StrCat(bytes, " B");
@@ -350,7 +362,7 @@ int RunInfo(const std::vector<std::string>& argv) {
     absl::StrAppend(&out, "  \"kv_block_tokens\": ", kBlockTokens, ",\n");
     absl::StrAppend(&out, "  \"kv_block_bytes\": ", layout->block_bytes(), ",\n");
     absl::StrAppend(&out, "  \"kv_streams\": ", layout->num_streams(), ",\n");
-    absl::StrAppend(&out, "  \"softmax_fraction\": ", absl::StrFormat("%.17g", rho), ",\n");
+    absl::StrAppend(&out, "  \"softmax_fraction\": ", JsonDouble(rho), ",\n");
     absl::StrAppend(&out, "  \"softmax_fraction_applies\": ", routed ? "true" : "false", ",\n");
     absl::StrAppend(&out, "  \"contexts\": [\n", absl::StrJoin(ctx, ",\n"), "\n  ]\n}\n");
     std::fputs(out.c_str(), stdout);
