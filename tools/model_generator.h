@@ -8,10 +8,11 @@
 // are exactly ListModelTensors(parsed config) (tools/model_tensors.h): one source of truth, so
 // a generated checkpoint always loads with no missing or unexpected tensor.
 //
-// Values: a fixed seed gives the same bytes on every machine (own RNG, not <random>'s
-// distributions). Each tensor draws from its own stream, seeded from (seed, tensor name), so a
-// tensor's values do not depend on the other tensors. Initialisation follows the reference
-// (see InitKind), with the router exception of kRouterStd.
+// Values: a fixed seed gives the same bytes (own splitmix64 streams and Box-Muller, not
+// <random>'s implementation-defined distributions; only libm's log/cos enter). Each tensor draws
+// from its own stream, seeded from (seed, tensor name), so a tensor's values do not depend on the
+// other tensors. Initialisation follows the reference (see InitKind), with the router exception of
+// kRouterStd.
 //
 // Thread-safety: pure functions (GenerateModel writes only under out_dir).
 #ifndef HYLA_TOOLS_MODEL_GENERATOR_H_
