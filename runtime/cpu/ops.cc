@@ -1,6 +1,10 @@
 #include "runtime/cpu/ops.h"
 
 #include <algorithm>
+#include <cmath>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 namespace hyla::cpu {
@@ -34,6 +38,84 @@ float Dot(const float* a, const float* b, int64_t n) {
   return out;
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+namespace {
+
+// Horizontal sum of 8 lanes in a fixed order.
+inline float HorizontalSum(__m256 v) {
+  alignas(32) float a[8];
+  _mm256_store_ps(a, v);
+  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+// R input rows × O weight rows. Every element is computed with the same operation sequence
+// (8-lane FMA over k, fixed horizontal sum, scalar FMA tail) whatever R and O are, so a row's
+// result does not depend on the rows around it.
+template <int R, int O>
+inline void LinearTile(const float* const* xr, const float* const* wr, int64_t n, float* y,
+                       int64_t y_stride) {
+  __m256 acc[R][O];
+  for (int r = 0; r < R; ++r) {
+    for (int o = 0; o < O; ++o) acc[r][o] = _mm256_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = _mm256_loadu_ps(wr[o] + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(xr[r] + k);
+      for (int o = 0; o < O; ++o) acc[r][o] = _mm256_fmadd_ps(xv, wv[o], acc[r][o]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int o = 0; o < O; ++o) {
+      float tail = 0.0f;
+      for (int64_t j = k; j < n; ++j) tail = std::fma(xr[r][j], wr[o][j], tail);
+      y[r * y_stride + o] = HorizontalSum(acc[r][o]) + tail;
+    }
+  }
+}
+
+template <int R>
+inline void LinearRows(const float* const* xr, const float* w, int64_t in, int64_t o_begin,
+                       int64_t o_end, const float* bias, float* y, int64_t y_stride) {
+  int64_t o = o_begin;
+  for (; o + 2 <= o_end; o += 2) {
+    const float* wr[2] = {w + o * in, w + (o + 1) * in};
+    LinearTile<R, 2>(xr, wr, in, y + o, y_stride);
+  }
+  for (; o < o_end; ++o) {
+    const float* wr[1] = {w + o * in};
+    LinearTile<R, 1>(xr, wr, in, y + o, y_stride);
+  }
+  if (bias != nullptr) {
+    for (int r = 0; r < R; ++r) {
+      for (int64_t q = o_begin; q < o_end; ++q) y[r * y_stride + q] += bias[q];
+    }
+  }
+}
+
+}  // namespace
+
+void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t rows, int64_t in,
+                   const float* w, int64_t out, const float* bias, float* y, int64_t y_stride) {
+  if (rows <= 0 || out <= 0) return;
+  // Parallel over output features; each task streams its weight rows once per 4 input rows.
+  const int64_t grain = std::max<int64_t>(2, 16384 / std::max<int64_t>(in, 1));
+  pool->ParallelFor(out, grain, [&](int64_t o_begin, int64_t o_end) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const float* xr[4] = {x + r * x_stride, x + (r + 1) * x_stride, x + (r + 2) * x_stride,
+                            x + (r + 3) * x_stride};
+      LinearRows<4>(xr, w, in, o_begin, o_end, bias, y + r * y_stride, y_stride);
+    }
+    for (; r < rows; ++r) {
+      const float* xr[1] = {x + r * x_stride};
+      LinearRows<1>(xr, w, in, o_begin, o_end, bias, y + r * y_stride, y_stride);
+    }
+  });
+}
+#else
 void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t rows, int64_t in,
                    const float* w, int64_t out, const float* bias, float* y, int64_t y_stride) {
   if (rows <= 0 || out <= 0) return;
@@ -61,6 +143,8 @@ void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t r
     }
   });
 }
+
+#endif  // AVX2 && FMA
 
 void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w,
             int64_t out, const float* bias, float* y) {
