@@ -22,13 +22,13 @@
 namespace hyla {
 
 struct SamplingParams {
-  float temperature = 1.0f;        // 0: greedy (argmax, lowest id on ties)
-  int top_k = 0;                   // 0: off
-  float top_p = 1.0f;              // (0, 1]
-  float min_p = 0.0f;              // [0, 1]
-  float repetition_penalty = 1.0f; // > 0; 1: off
-  float presence_penalty = 0.0f;   // [-2, 2]
-  float frequency_penalty = 0.0f;  // [-2, 2]
+  float temperature = 1.0f;         // 0: greedy (argmax, lowest id on ties)
+  int top_k = 0;                    // 0: off
+  float top_p = 1.0f;               // (0, 1]
+  float min_p = 0.0f;               // [0, 1]
+  float repetition_penalty = 1.0f;  // > 0; 1: off
+  float presence_penalty = 0.0f;    // [-2, 2]
+  float frequency_penalty = 0.0f;   // [-2, 2]
   uint64_t seed = 0;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -260,10 +261,10 @@ void Worker::Arrive(std::unique_ptr<ActiveRequest> r) {
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
-std::vector<EvictableSession> Worker::Evictable() const {
+std::vector<EvictableSession> Worker::Evictable(const std::set<uint64_t>& skip) const {
   std::vector<std::pair<absl::Time, const WorkerSession*>> idle;
   for (const auto& [id, s] : sessions_) {
-    if (!s->busy) idle.emplace_back(s->last_use, s.get());
+    if (!s->busy && skip.count(s->key) == 0) idle.emplace_back(s->last_use, s.get());
   }
   std::sort(idle.begin(), idle.end(), [](const auto& a, const auto& b) {
     if (a.first != b.first) return a.first < b.first;
@@ -300,7 +301,7 @@ void Worker::ReleaseSession(const std::string& id, std::optional<EvictReason> ev
 }
 
 bool Worker::TryEvictForSlot(const std::string& keep) {
-  for (const EvictableSession& e : Evictable()) {
+  for (const EvictableSession& e : Evictable({})) {
     for (const auto& [id, s] : sessions_) {
       if (s->key != e.key || id == keep) continue;
       if (shared_->sessions.TryEvict(id)) {
@@ -465,7 +466,8 @@ void Worker::End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::St
   if (!ok_end && r->stop.has_value() && !r->stop->done()) event.text += r->stop->Flush();
 
   WorkerSession* s = r->session;
-  absl::StatusOr<SessionInfo> session_result = status;
+  absl::StatusOr<SessionInfo> session_result =
+      status.ok() ? absl::InternalError("session creation ended without a session") : status;
   if (s != nullptr) {
     const std::string id = s->id;
     const bool destroy = reason == FinishReason::kError || (r->create_session && !ok_end);
@@ -511,7 +513,6 @@ void Worker::End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::St
   obs.usage = usage;
   // Memory is back before the caller can see the end.
   Publish();
-  shared_->observer->OnRequestFinished(obs);
 
   if (r->stream != nullptr) {
     shared_->merged_events.fetch_add(static_cast<int64_t>(r->stream->merged()),
@@ -520,6 +521,7 @@ void Worker::End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::St
     r->stream->Push(std::move(event));
   }
   if (r->on_session) r->on_session(std::move(session_result));
+  shared_->observer->OnRequestFinished(obs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,6 +584,7 @@ void Worker::UpdateReservation(ActiveRequest* r) {
 bool Worker::Step(absl::Time now) {
   StateStore& store = backend_->store();
   StepPlan plan;
+  std::set<uint64_t> pinned;  // sessions found pinned since they were listed as evictable
   for (int attempt = 0;; ++attempt) {
     SchedulerInput in;
     in.now = now;
@@ -605,11 +608,11 @@ bool Worker::Step(absl::Time now) {
       e.deadline = r->request.deadline;
       in.waiting.push_back(e);
     }
-    in.evictable = Evictable();
+    in.evictable = Evictable(pinned);
     in.free_slots = store.free_slots();
     in.free_blocks = store.free_blocks() - reserved;
     plan = PlanStep(in);
-    // Evictions: a session may have been pinned since Evictable() (its request is in the
+    // Evictions: a session may have been pinned since it was listed (its request is in the
     // inbox); then plan again without it.
     bool all_evicted = true;
     for (uint64_t key : plan.evict) {
@@ -622,7 +625,7 @@ bool Worker::Step(absl::Time now) {
         shared_->CountEviction(EvictReason::kLru);
       } else {
         all_evicted = false;
-        if (!id.empty()) sessions_[id]->busy = true;  // pinned: not evictable until it arrives
+        pinned.insert(key);
       }
     }
     if (all_evicted) break;
@@ -663,6 +666,7 @@ bool Worker::Step(absl::Time now) {
       break;
     }
   }
+  if (!plan.admitted.empty()) Publish();  // admission decisions see the slots taken
   // A queue head that cannot get memory while nothing runs would wait forever: the memory is
   // held by sessions that wait behind it. Reject it.
   if (running_.empty() && plan.admitted.empty() && plan.head_waits == WaitReason::kMemory &&

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -205,7 +206,8 @@ class Worker {
   void End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::Status status,
            StreamEvent event, absl::Time now, const std::string& matched_stop = "",
            int32_t matched_stop_token = -1);
-  std::vector<EvictableSession> Evictable() const;
+  // Idle sessions in LRU order, without those in `skip`.
+  std::vector<EvictableSession> Evictable(const std::set<uint64_t>& skip) const;
   bool TryEvictForSlot(const std::string& keep);
   absl::Time NextWakeup(absl::Time now) const;
   void Publish();
