@@ -87,7 +87,7 @@ const char* EvictReasonName(EvictReason r) {
 Engine::Engine(const EngineOptions& options) : options_(options) {}
 
 Engine::~Engine() {
-  StartDrain();
+  Shutdown();
   for (auto& w : workers_) w->Stop();
   workers_.clear();
 }
@@ -416,6 +416,11 @@ absl::StatusOr<SessionInfo> Engine::GetSession(const std::string& session_id) co
 std::vector<SessionInfo> Engine::ListSessions() const { return shared_->sessions.List(); }
 
 void Engine::StartDrain() { draining_.store(true, std::memory_order_release); }
+
+void Engine::Shutdown() {
+  StartDrain();
+  for (auto& w : workers_) w->RequestStop();
+}
 
 int64_t Engine::InFlight() const { return shared_->in_flight.load(std::memory_order_acquire); }
 

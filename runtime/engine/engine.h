@@ -142,6 +142,10 @@ class Engine {
 
   // Stops accepting new requests and sessions (Unavailable "draining"); running ones go on.
   void StartDrain();
+  // Drains and ends every queued and running request after the current step
+  // (FinishReason::kShutdown, Unavailable) and drops the sessions; returns without waiting (the
+  // destructor joins the workers). For a drain deadline that has passed.
+  void Shutdown();
   bool draining() const { return draining_.load(std::memory_order_acquire); }
   // Requests accepted and not finished yet (queued, running, or session prefills).
   int64_t InFlight() const;

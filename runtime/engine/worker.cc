@@ -39,12 +39,14 @@ void Worker::Start() {
   thread_ = std::thread([this] { Loop(); });
 }
 
+void Worker::RequestStop() {
+  absl::MutexLock lock(&inbox_->mu);
+  inbox_->stop = true;
+  inbox_->cv.SignalAll();
+}
+
 void Worker::Stop() {
-  {
-    absl::MutexLock lock(&inbox_->mu);
-    inbox_->stop = true;
-    inbox_->cv.SignalAll();
-  }
+  RequestStop();
   if (thread_.joinable()) thread_.join();
 }
 

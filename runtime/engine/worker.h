@@ -149,7 +149,10 @@ class Worker {
 
   Backend& backend() { return *backend_; }  // only before Start / from the worker thread
   void Start();
-  // Ends every queued and running request (kShutdown), releases sessions and joins the thread.
+  // Asks the thread to end every queued and running request (kShutdown) and release the
+  // sessions after its current step; returns at once.
+  void RequestStop();
+  // RequestStop, then joins the thread.
   void Stop();
 
   // Thread-safe.

@@ -757,14 +757,17 @@ TEST(EngineTest, ShutdownEndsQueuedAndRunningRequests) {
   auto c = h->engine->Submit(Greedy(Ids("c"), 1));
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("draining"));
+  h->engine->Shutdown();  // takes effect after the step held in the gate
   h->backends[0]->SetGated(false);
-  h->engine.reset();
   const Collected ca = Collect(**a);
   const Collected cb = Collect(**b);
+  EXPECT_EQ(ca.tokens.size(), 1u);
   EXPECT_EQ(ca.finish.reason, FinishReason::kShutdown);
   EXPECT_EQ(ca.finish.status.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(cb.finish.reason, FinishReason::kShutdown);
   EXPECT_EQ(cb.finish.usage.generated_tokens, 0);
+  h->engine.reset();  // handles outlive the engine
+  EXPECT_TRUE((*a)->done());
 }
 
 struct InvalidRequestCase {
