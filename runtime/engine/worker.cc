@@ -51,10 +51,49 @@ void Worker::Stop() {
 }
 
 void Worker::Push(Command c) {
-  absl::MutexLock lock(&inbox_->mu);
-  inbox_->commands.push_back(std::move(c));
-  inbox_->kicked = true;
-  inbox_->cv.SignalAll();
+  {
+    absl::MutexLock lock(&inbox_->mu);
+    if (!inbox_->closed) {
+      inbox_->commands.push_back(std::move(c));
+      inbox_->kicked = true;
+      inbox_->cv.SignalAll();
+      return;
+    }
+  }
+  RefuseAtShutdown(std::move(c));
+}
+
+void Worker::RefuseAtShutdown(Command c) {
+  const absl::Status down = absl::UnavailableError("server shutting down");
+  switch (c.kind) {
+    case Command::Kind::kRequest: {
+      load_.inbox_requests.fetch_sub(1, std::memory_order_relaxed);
+      std::unique_ptr<ActiveRequest> r = std::move(c.request);
+      shared_->queued.fetch_sub(1, std::memory_order_relaxed);
+      shared_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+      shared_->requests_finished.fetch_add(1, std::memory_order_relaxed);
+      shared_->finished_by_reason[static_cast<int>(FinishReason::kShutdown)].fetch_add(
+          1, std::memory_order_relaxed);
+      if (r->create_session) shared_->sessions.Drop(r->request.session_id);
+      if (r->stream != nullptr) {
+        StreamEvent e;
+        hyla::Finish f;
+        f.reason = FinishReason::kShutdown;
+        f.status = down;
+        f.usage.prompt_tokens = static_cast<int64_t>(r->request.prompt.size());
+        e.finish = std::move(f);
+        r->stream->Push(std::move(e));
+      }
+      if (r->on_session) r->on_session(down);
+      break;
+    }
+    case Command::Kind::kFork:
+      shared_->sessions.Drop(c.child_id);
+      if (c.done) c.done(down);
+      break;
+    case Command::Kind::kRelease:
+      break;  // every session was released at shutdown
+  }
 }
 
 void Worker::Wake() {
@@ -134,7 +173,15 @@ void Worker::Loop() {
       shared_->clock->WaitUntil(&inbox_->cv, &inbox_->mu, NextWakeup(now));
     }
   }
-  // Shutdown: end everything still here.
+  // Shutdown: end everything still here, including commands that raced with the stop; later
+  // ones are refused by Push.
+  std::deque<Command> late;
+  {
+    absl::MutexLock lock(&inbox_->mu);
+    late.swap(inbox_->commands);
+    inbox_->closed = true;
+  }
+  for (Command& c : late) RefuseAtShutdown(std::move(c));
   const absl::Time now = shared_->clock->Now();
   const absl::Status down = absl::UnavailableError("server shutting down");
   while (!running_.empty()) {

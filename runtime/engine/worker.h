@@ -184,11 +184,14 @@ class Worker {
     std::deque<Command> commands ABSL_GUARDED_BY(mu);
     bool kicked ABSL_GUARDED_BY(mu) = false;
     bool stop ABSL_GUARDED_BY(mu) = false;
+    bool closed ABSL_GUARDED_BY(mu) = false;  // the thread has ended: Push refuses commands
   };
 
   void Loop();
   void Push(Command c);
   void HandleCommand(Command c);
+  // Ends a command that arrived after shutdown (any thread; touches only thread-safe state).
+  void RefuseAtShutdown(Command c);
   void Arrive(std::unique_ptr<ActiveRequest> r);
   void Fork(const std::string& parent, const std::string& child, const SessionCallback& done);
   void ReleaseSession(const std::string& id, std::optional<EvictReason> evicted);
