@@ -31,12 +31,6 @@ inline void DotRows(const float* const* xr, const float* w, int64_t n, float* ou
 
 }  // namespace
 
-float Dot(const float* a, const float* b, int64_t n) {
-  float out;
-  const float* rows[1] = {a};
-  DotRows<1>(rows, b, n, &out);
-  return out;
-}
 
 #if defined(__AVX2__) && defined(__FMA__)
 namespace {
@@ -115,6 +109,14 @@ void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t r
     }
   });
 }
+
+float Dot(const float* a, const float* b, int64_t n) {
+  float out;
+  const float* xr[1] = {a};
+  const float* wr[1] = {b};
+  LinearTile<1, 1>(xr, wr, n, &out, 1);
+  return out;
+}
 #else
 void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t rows, int64_t in,
                    const float* w, int64_t out, const float* bias, float* y, int64_t y_stride) {
@@ -144,6 +146,13 @@ void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t r
   });
 }
 
+
+float Dot(const float* a, const float* b, int64_t n) {
+  float out;
+  const float* rows[1] = {a};
+  DotRows<1>(rows, b, n, &out);
+  return out;
+}
 #endif  // AVX2 && FMA
 
 void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w,
