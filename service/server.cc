@@ -243,9 +243,11 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
 DrainResult HylaServer::Drain(absl::Duration deadline) {
   DrainResult r;
   const absl::Time start = absl::Now();
+  // Refuse new calls first, then report NOT_SERVING: a client that sees NOT_SERVING knows that
+  // new calls are refused.
+  service_->StartDrain();
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   for (const char* name : {"", "hyla.v1.Hyla", "readiness"}) health->SetServingStatus(name, false);
-  service_->StartDrain();
   r.drained = service_->WaitIdle(start + deadline);
   if (!r.drained) {
     r.cut_calls = service_->active_calls();

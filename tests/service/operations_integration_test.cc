@@ -1,0 +1,1 @@
+#include "tests/service/server_process.h"
