@@ -18,6 +18,7 @@
 #ifndef HYLA_KERNELS_OPS_H_
 #define HYLA_KERNELS_OPS_H_
 
+#include <cstddef>
 #include <cstdint>
 
 namespace hyla::kernels {
@@ -48,6 +49,190 @@ int SiluMulF32(const float* gate, int64_t gate_stride, const float* up, int64_t 
                int64_t rows, int64_t n, float* out, int64_t out_stride, void* stream);
 int SiluMulBf16(const uint16_t* gate, int64_t gate_stride, const uint16_t* up, int64_t up_stride,
                 int64_t rows, int64_t n, uint16_t* out, int64_t out_stride, void* stream);
+
+// ---- storage types of the kernels below -----------------------------------------------------
+// Element type of an activation or KV tensor passed as `const void*`.
+enum class KernelDType : int { kF32 = 0, kBf16 = 1 };
+
+// ---- gdn_decode.cu -------------------------------------------------------------------------
+// One Gated DeltaNet decode step (one new token) for a batch of sequences, fused: gates, L2 norms
+// of q and k, the in-place fp32 state update and the read-out (reference/models.md §0; CPU
+// reference: GdnNormalizeQk, GdnDecayGate, GdnBeta, GatedDeltaStep of runtime/cpu/gdn_core.h).
+// For row s and value head hv (q/k head h = hv / (HV / H), GVA):
+//   g  = −exp(A_log[hv]) · softplus(a[s, hv] + dt_bias[hv])     (softplus threshold 20)
+//   β  = sigmoid(b[s, hv]), ×2 when allow_neg_eigval
+//   q̂  = q[s, h] / sqrt(Σq² + 1e-6) · q_scale;  k̂ = k[s, h] / sqrt(Σk² + 1e-6)
+//   S  ← exp(g)·S;  u = β·(v[s, hv] − Sᵀk̂);  S ← S + k̂ uᵀ;  o[s, hv] = Sᵀq̂
+// S is the [dk, dv] fp32 state of (slots[s], hv) at state + slots[s] · state_slot_stride +
+// hv · dk · dv (the CPU layout [HV, dk, dv] per slot). A row with slots[s] < 0 is padding: its
+// state is not touched and its o row is zeroed. Distinct rows must name distinct slots.
+// Activations (q, k, v, a, b, o) are all fp32 or all bf16 (`dtype`); gate math is fp32.
+struct GdnDecodeParams {
+  int num_seqs = 0;     // rows (may be 0: nothing is launched)
+  int num_heads = 0;    // H, q/k heads
+  int num_v_heads = 0;  // HV, a multiple of H
+  int dk = 0;           // head_k_dim, 1..256
+  int dv = 0;           // head_v_dim, >= 1
+  KernelDType dtype = KernelDType::kF32;
+  const void* q = nullptr;  // [num_seqs, H, dk], rows q_stride elements apart
+  int64_t q_stride = 0;
+  const void* k = nullptr;  // [num_seqs, H, dk]
+  int64_t k_stride = 0;
+  const void* v = nullptr;  // [num_seqs, HV, dv]
+  int64_t v_stride = 0;
+  const void* a = nullptr;  // [num_seqs, HV] raw decay-gate projection
+  int64_t a_stride = 0;
+  const void* b = nullptr;  // [num_seqs, HV] raw write-strength projection
+  int64_t b_stride = 0;
+  const float* a_log = nullptr;    // [HV]
+  const float* dt_bias = nullptr;  // [HV]
+  bool allow_neg_eigval = false;
+  float q_scale = 1.0f;            // usually dk^-1/2
+  const int32_t* slots = nullptr;  // [num_seqs]
+  float* state = nullptr;          // slot pool; [HV, dk, dv] fp32 per slot
+  int64_t state_slot_stride = 0;   // elements between slots, >= HV·dk·dv
+  void* o = nullptr;               // [num_seqs, HV, dv]
+  int64_t o_stride = 0;
+};
+int GdnDecode(const GdnDecodeParams& params, void* stream);
+
+// Short causal depthwise conv, decode update (one new input per sequence), then SiLU when `silu`
+// (CPU reference: ShortConv of runtime/cpu/gdn_core.h with rows = 1):
+//   out[s, c] = f( Σ_{j<K-1} tail[j, c] · w[c, j] + x[s, c] · w[c, K-1] )   (oldest tap first)
+//   tail ← [tail[1:], x[s]]
+// tail: [(K-1), channels] fp32 at tail + slots[s] · tail_slot_stride, oldest first (the bf16 x
+// is stored exactly). slots[s] < 0: padding row, out zeroed, nothing else touched. out may alias
+// x (same stride).
+struct ShortConvDecodeParams {
+  int num_seqs = 0;
+  int channels = 0;                       // C >= 1
+  int kernel = 0;                         // K >= 1
+  KernelDType dtype = KernelDType::kF32;  // of x and out
+  const void* x = nullptr;                // [num_seqs, C], rows x_stride elements apart
+  int64_t x_stride = 0;
+  const float* weight = nullptr;   // [C, K] (PyTorch Conv1d [C, 1, K])
+  const int32_t* slots = nullptr;  // [num_seqs]
+  float* tail = nullptr;           // slot pool; [(K-1), C] fp32 per slot (unused when K == 1)
+  int64_t tail_slot_stride = 0;    // elements between slots
+  bool silu = true;
+  void* out = nullptr;  // [num_seqs, C]
+  int64_t out_stride = 0;
+};
+int ShortConvDecode(const ShortConvDecodeParams& params, void* stream);
+
+// ---- gdn_prefill.cu ------------------------------------------------------------------------
+// Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
+// in one call. Sequence s owns the packed rows [cu_seqlens[s], cu_seqlens[s+1]) of q, k, v, a, b
+// and o, and start_pos[s] tokens are already folded into its state. Its new tokens are cut into
+// pieces at absolute positions that are multiples of 64 (the NAtS-L chunk grid): a sequence that
+// starts mid-chunk has a shorter first piece, one that ends mid-chunk a shorter last piece.
+// Per piece, with S the state at the piece start and G the in-piece cumulative gate:
+//   V_new = T·diag(β)V − T·diag(β·e^G)K·S  (T = (I + StrictLower(diag(β)(KKᵀ ⊙ e^{Gi−Gj})))⁻¹)
+//   O     = (Q ⊙ e^G)·S + tril(QKᵀ ⊙ e^{Gi−Gj})·V_new
+//   S     ← e^{G_last}·S + (K ⊙ e^{G_last − G})ᵀ·V_new
+// which is, up to rounding, the per-token recurrence of GdnDecode (gates and q/k norms as there),
+// so any split of a sequence into calls gives the same result.
+//
+// NAtS-L commit/decay (optional: `commit` non-null; then `committed` and `g_sum` are required).
+// `state` is the running state (including the tokens of the current, unfinished chunk),
+// `committed` the state at the start of the current chunk and g_sum the sum of g over the current
+// chunk's tokens (CPU NAtS-L layer: "S", "S_committed", "g_sum"). Every piece advances `state`
+// and g_sum; a piece that completes its chunk (ends at a multiple of 64) then applies the
+// decision commit[piece, hv]:
+//   1 (GDN):     committed ← state
+//   0 (softmax): committed ← exp(g_sum)·committed (decay_uncommitted) or unchanged; state ←
+//   committed
+// and resets g_sum to 0. Outputs never depend on the decision of their own chunk.
+//
+// Pieces are numbered sequence by sequence (piece_offsets, from GdnPrefillPlan on the host).
+// Scratch: workspace of GdnPrefillWorkspaceBytes(num_pieces, HV, dk, dv) bytes.
+struct GdnPrefillParams {
+  int num_seqs = 0;
+  int num_heads = 0;                      // H
+  int num_v_heads = 0;                    // HV, multiple of H
+  int dk = 0;                             // 1..256
+  int dv = 0;                             // 1..256
+  KernelDType dtype = KernelDType::kF32;  // of q, k, v, a, b, o
+  const void* q = nullptr;                // [total_rows, H, dk], rows q_stride elements apart
+  int64_t q_stride = 0;
+  const void* k = nullptr;  // [total_rows, H, dk]
+  int64_t k_stride = 0;
+  const void* v = nullptr;  // [total_rows, HV, dv]
+  int64_t v_stride = 0;
+  const void* a = nullptr;  // [total_rows, HV]
+  int64_t a_stride = 0;
+  const void* b = nullptr;  // [total_rows, HV]
+  int64_t b_stride = 0;
+  const float* a_log = nullptr;    // [HV]
+  const float* dt_bias = nullptr;  // [HV]
+  bool allow_neg_eigval = false;
+  float q_scale = 1.0f;
+  const int32_t* cu_seqlens = nullptr;     // [num_seqs + 1] device, non-decreasing, [0] = 0
+  const int64_t* start_pos = nullptr;      // [num_seqs] device; nullptr: all 0
+  const int32_t* piece_offsets = nullptr;  // [num_seqs + 1] device, from GdnPrefillPlan
+  int num_pieces = 0;                      // piece_offsets[num_seqs]
+  const int32_t* slots = nullptr;          // [num_seqs] device, distinct, >= 0
+  float* state = nullptr;                  // [HV, dk, dv] fp32 per slot, in/out
+  int64_t state_slot_stride = 0;
+  const uint8_t* commit = nullptr;  // [num_pieces, HV] or nullptr (plain GDN)
+  float* committed = nullptr;       // [HV, dk, dv] fp32 per slot (with commit)
+  int64_t committed_slot_stride = 0;
+  float* g_sum = nullptr;  // [HV] fp32 per slot (with commit)
+  int64_t g_sum_slot_stride = 0;
+  bool decay_uncommitted = true;
+  void* o = nullptr;  // [total_rows, HV, dv]
+  int64_t o_stride = 0;
+  void* workspace = nullptr;  // device scratch, 256-byte aligned
+  size_t workspace_bytes = 0;
+};
+int GdnPrefill(const GdnPrefillParams& params, void* stream);
+size_t GdnPrefillWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv);
+// Host-side plan: from host copies of cu_seqlens [num_seqs + 1] and start_pos [num_seqs]
+// (nullptr: all 0), fills piece_offsets [num_seqs + 1] and returns the number of pieces
+// (-1 on invalid input).
+int GdnPrefillPlan(const int32_t* cu_seqlens, const int64_t* start_pos, int num_seqs,
+                   int32_t* piece_offsets);
+
+// ---- paged_attention_decode.cu -------------------------------------------------------------
+// Softmax attention of one query per sequence over its paged KV blocks (CPU reference: the
+// attention layer's AttendOne). Block b lives at kv + b · block_stride elements: keys
+// [64, num_kv_heads, dk] then values [64, num_kv_heads, dv] (runtime/cpu/cpu_layer.h BlockKey /
+// BlockValue); RoPE is already applied to the stored keys. Sequence s has num_blocks[s] table
+// entries block_table[s, i] covering positions block_chunks[s, i]·64 + [0, 64) (ascending chunks;
+// block_chunks nullptr: chunk i). Its query sees the positions p < kv_len[s], and with window > 0
+// only p >= kv_len[s] − window:
+//   out[s, h] = Σ_p softmax_p(scale · q[s, h]·k_p) v_p,  KV head h / (Hq / Hkv)   (GQA)
+// A sequence with no visible position gets zeros. Long contexts are split over blocks
+// (num_splits pieces, 0 = chosen from the SM count) and merged by a combine kernel, which needs
+// workspace of PagedAttentionDecodeWorkspaceBytes(num_seqs, Hq, dv, splits) bytes; with too
+// little workspace fewer splits are used (none without workspace).
+struct PagedAttentionDecodeParams {
+  int num_seqs = 0;
+  int num_heads = 0;                         // Hq
+  int num_kv_heads = 0;                      // Hkv, divides Hq
+  int dk = 0;                                // 1..256
+  int dv = 0;                                // 1..256
+  KernelDType q_dtype = KernelDType::kF32;   // of q and out
+  KernelDType kv_dtype = KernelDType::kF32;  // of the blocks
+  const void* q = nullptr;                   // [num_seqs, Hq, dk], rows q_stride elements apart
+  int64_t q_stride = 0;
+  const void* kv = nullptr;               // block pool
+  int64_t block_stride = 0;               // elements between blocks, >= 64 · Hkv · (dk + dv)
+  const int32_t* block_table = nullptr;   // [num_seqs, max_blocks]
+  const int32_t* block_chunks = nullptr;  // [num_seqs, max_blocks] or nullptr
+  const int32_t* num_blocks = nullptr;    // [num_seqs], each <= max_blocks
+  int max_blocks = 0;                     // row stride of the tables
+  const int32_t* kv_len = nullptr;        // [num_seqs]
+  int window = 0;
+  float scale = 1.0f;
+  void* out = nullptr;  // [num_seqs, Hq, dv]
+  int64_t out_stride = 0;
+  int num_splits = 0;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+int PagedAttentionDecode(const PagedAttentionDecodeParams& params, void* stream);
+size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, int num_splits);
 
 }  // namespace hyla::kernels
 

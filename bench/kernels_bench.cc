@@ -1,0 +1,384 @@
+// Kernel micro-benchmark (CUDA only): GdnDecode at 2048+ head-states, PagedAttentionDecode at
+// long contexts, and GdnPrefill for reference, against the device-to-device copy bandwidth
+// measured in the same run.
+//
+// Method (../.library/device/METHOD.md): random inputs (never zeros); warm-up launches; before
+// every timed launch the L2 is flushed (a memset of 4x its size, outside the timed region); each
+// launch is timed alone with CUDA events; the median of kReps launches is reported. Bytes are the
+// fewest the op must move (each input read once, each output written once). The copy bandwidth
+// is (bytes read + bytes written) / time of a 1 GiB cudaMemcpy D2D, median of kReps.
+//
+// Usage: kernels_bench [--quick]   (--quick: fewer sizes)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace {
+
+constexpr int kReps = 30;
+constexpr int kWarmup = 5;
+
+#define BENCH_CHECK(expr)                                                \
+  do {                                                                   \
+    const cudaError_t bench_err = (expr);                                \
+    if (bench_err != cudaSuccess) {                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   cudaGetErrorString(bench_err));                       \
+      std::exit(1);                                                      \
+    }                                                                    \
+  } while (0)
+
+#define LAUNCH_CHECK(expr)                                               \
+  do {                                                                   \
+    const int launch_err = (expr);                                       \
+    if (launch_err != 0) {                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, \
+                   hyla::kernels::KernelErrorString(launch_err));        \
+      std::exit(1);                                                      \
+    }                                                                    \
+  } while (0)
+
+// Device allocation for the program's duration.
+void* DeviceAlloc(size_t bytes) {
+  void* p = nullptr;
+  BENCH_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 16)));
+  return p;
+}
+
+// Fills `bytes` of device memory with random bits shaped as small floats (fp32) or bf16 pairs:
+// 16 MiB are generated on the host and copied over the whole range.
+void FillRandom(void* dst, size_t bytes, bool bf16, uint32_t seed) {
+  const size_t tile = std::min<size_t>(bytes, 16u << 20);
+  std::vector<uint8_t> host(tile);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 0.5f);
+  if (bf16) {
+    for (size_t i = 0; i + 1 < tile; i += 2) {
+      const float f = dist(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      const uint16_t h = static_cast<uint16_t>(bits >> 16);
+      std::memcpy(host.data() + i, &h, 2);
+    }
+  } else {
+    for (size_t i = 0; i + 3 < tile; i += 4) {
+      const float f = dist(rng);
+      std::memcpy(host.data() + i, &f, 4);
+    }
+  }
+  for (size_t off = 0; off < bytes; off += tile) {
+    BENCH_CHECK(cudaMemcpy(static_cast<uint8_t*>(dst) + off, host.data(),
+                           std::min(tile, bytes - off), cudaMemcpyHostToDevice));
+  }
+}
+
+class Timer {
+ public:
+  Timer() {
+    int device = 0;
+    BENCH_CHECK(cudaGetDevice(&device));
+    int l2 = 0;
+    BENCH_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    flush_bytes_ = std::max<size_t>(4 * static_cast<size_t>(l2), 64u << 20);
+    flush_ = DeviceAlloc(flush_bytes_);
+    BENCH_CHECK(cudaEventCreate(&start_));
+    BENCH_CHECK(cudaEventCreate(&stop_));
+  }
+  // Median time in µs of fn() over kReps launches, each after an L2 flush.
+  double MedianUs(const std::function<void()>& fn, bool flush = true) {
+    for (int i = 0; i < kWarmup; ++i) fn();
+    BENCH_CHECK(cudaDeviceSynchronize());
+    std::vector<double> us;
+    for (int i = 0; i < kReps; ++i) {
+      if (flush) BENCH_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_));
+      BENCH_CHECK(cudaEventRecord(start_));
+      fn();
+      BENCH_CHECK(cudaEventRecord(stop_));
+      BENCH_CHECK(cudaEventSynchronize(stop_));
+      BENCH_CHECK(cudaGetLastError());
+      float ms = 0.0f;
+      BENCH_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+      us.push_back(ms * 1000.0);
+    }
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+  }
+
+ private:
+  void* flush_ = nullptr;
+  size_t flush_bytes_ = 0;
+  cudaEvent_t start_{}, stop_{};
+};
+
+struct Row {
+  std::string name;
+  double us;
+  double bytes;
+};
+
+std::vector<Row> g_rows;
+double g_copy_gbs = 0.0;
+
+void Report(const std::string& name, double us, double bytes) {
+  g_rows.push_back({name, us, bytes});
+  const double gbs = bytes / (us * 1e3);
+  std::printf("%-58s %10.1f us %8.1f GB/s %6.1f%% of copy\n", name.c_str(), us, gbs,
+              100.0 * gbs / g_copy_gbs);
+  std::fflush(stdout);
+}
+
+double CopyBandwidth(Timer* timer) {
+  const size_t bytes = size_t{1} << 30;
+  void* a = DeviceAlloc(bytes);
+  void* b = DeviceAlloc(bytes);
+  FillRandom(a, bytes, false, 1);
+  const double us =
+      timer->MedianUs([&] { BENCH_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); },
+                      /*flush=*/false);
+  BENCH_CHECK(cudaFree(a));
+  BENCH_CHECK(cudaFree(b));
+  const double gbs = 2.0 * bytes / (us * 1e3);
+  std::printf("copy D2D 1 GiB: %.1f us, %.1f GB/s (read + write)\n", us, gbs);
+  return gbs;
+}
+
+void BenchGdnDecode(Timer* timer, int num_seqs, int H, int HV, int dk, int dv, bool bf16) {
+  const size_t es = bf16 ? 2 : 4;
+  const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
+  const int64_t state = int64_t{HV} * dk * dv;
+  void* rows = DeviceAlloc(static_cast<size_t>(num_seqs * row) * es);
+  float* pool = static_cast<float*>(DeviceAlloc(static_cast<size_t>(num_seqs * state) * 4));
+  float* gates = static_cast<float*>(DeviceAlloc(2 * HV * 4));
+  void* o = DeviceAlloc(static_cast<size_t>(num_seqs) * HV * dv * es);
+  FillRandom(rows, static_cast<size_t>(num_seqs * row) * es, bf16, 2);
+  FillRandom(pool, static_cast<size_t>(num_seqs * state) * 4, false, 3);
+  FillRandom(gates, 2 * HV * 4, false, 4);
+  std::vector<int32_t> slots(num_seqs);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), std::mt19937(5));
+  int32_t* d_slots = static_cast<int32_t*>(DeviceAlloc(num_seqs * 4));
+  BENCH_CHECK(cudaMemcpy(d_slots, slots.data(), num_seqs * 4, cudaMemcpyHostToDevice));
+
+  hyla::kernels::GdnDecodeParams p;
+  p.num_seqs = num_seqs;
+  p.num_heads = H;
+  p.num_v_heads = HV;
+  p.dk = dk;
+  p.dv = dv;
+  p.dtype = bf16 ? hyla::kernels::KernelDType::kBf16 : hyla::kernels::KernelDType::kF32;
+  const char* base = static_cast<const char*>(rows);
+  p.q = base;
+  p.k = base + int64_t{H} * dk * es;
+  p.v = base + 2 * int64_t{H} * dk * es;
+  p.a = base + (2 * int64_t{H} * dk + int64_t{HV} * dv) * es;
+  p.b = base + (2 * int64_t{H} * dk + int64_t{HV} * dv + HV) * es;
+  p.q_stride = p.k_stride = p.v_stride = p.a_stride = p.b_stride = row;
+  p.a_log = gates;
+  p.dt_bias = gates + HV;
+  p.q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+  p.slots = d_slots;
+  p.state = pool;
+  p.state_slot_stride = state;
+  p.o = o;
+  p.o_stride = int64_t{HV} * dv;
+  const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnDecode(p, nullptr)); });
+  const double bytes =
+      2.0 * num_seqs * state * 4 + double(num_seqs) * row * es + double(num_seqs) * HV * dv * es;
+  Report("gdn_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " + std::to_string(num_seqs) +
+             " HV " + std::to_string(HV) + " (" + std::to_string(num_seqs * HV) + " head-states " +
+             std::to_string(dk) + "x" + std::to_string(dv) + ")",
+         us, bytes);
+  for (void* ptr : {rows, static_cast<void*>(pool), static_cast<void*>(gates), o,
+                    static_cast<void*>(d_slots)}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, int d, bool bf16,
+                      int window) {
+  const size_t es = bf16 ? 2 : 4;
+  const int blocks_per_seq = (context + 63) / 64;
+  const int64_t block_elems = int64_t{64} * Hkv * 2 * d;
+  const int64_t total_blocks = int64_t{num_seqs} * blocks_per_seq;
+  void* kv = DeviceAlloc(static_cast<size_t>(total_blocks * block_elems) * es);
+  FillRandom(kv, static_cast<size_t>(total_blocks * block_elems) * es, bf16, 6);
+  std::vector<int32_t> perm(total_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(7));
+  std::vector<int32_t> nblocks(num_seqs, blocks_per_seq), lens(num_seqs, context);
+  int32_t* d_table = static_cast<int32_t*>(DeviceAlloc(total_blocks * 4));
+  int32_t* d_n = static_cast<int32_t*>(DeviceAlloc(num_seqs * 4));
+  int32_t* d_len = static_cast<int32_t*>(DeviceAlloc(num_seqs * 4));
+  BENCH_CHECK(cudaMemcpy(d_table, perm.data(), total_blocks * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_n, nblocks.data(), num_seqs * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_len, lens.data(), num_seqs * 4, cudaMemcpyHostToDevice));
+  void* q = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * es);
+  FillRandom(q, static_cast<size_t>(num_seqs) * Hq * d * es, bf16, 8);
+  void* out = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * es);
+  const size_t ws_bytes =
+      hyla::kernels::PagedAttentionDecodeWorkspaceBytes(num_seqs, Hq, d, blocks_per_seq);
+  void* ws = DeviceAlloc(ws_bytes);
+
+  hyla::kernels::PagedAttentionDecodeParams p;
+  p.num_seqs = num_seqs;
+  p.num_heads = Hq;
+  p.num_kv_heads = Hkv;
+  p.dk = p.dv = d;
+  p.q_dtype = p.kv_dtype =
+      bf16 ? hyla::kernels::KernelDType::kBf16 : hyla::kernels::KernelDType::kF32;
+  p.q = q;
+  p.q_stride = int64_t{Hq} * d;
+  p.kv = kv;
+  p.block_stride = block_elems;
+  p.block_table = d_table;
+  p.num_blocks = d_n;
+  p.max_blocks = blocks_per_seq;
+  p.kv_len = d_len;
+  p.window = window;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  p.out = out;
+  p.out_stride = int64_t{Hq} * d;
+  p.workspace = ws;
+  p.workspace_bytes = ws_bytes;
+  const double us =
+      timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr)); });
+  const int visible = window > 0 ? std::min(window, context) : context;
+  const double bytes = double(num_seqs) * visible * Hkv * 2 * d * es + 2.0 * num_seqs * Hq * d * es;
+  Report("paged_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
+             std::to_string(num_seqs) + " ctx " + std::to_string(context) +
+             (window > 0 ? " win " + std::to_string(window) : std::string()) + " Hq " +
+             std::to_string(Hq) + " Hkv " + std::to_string(Hkv) + " d " + std::to_string(d),
+         us, bytes);
+  for (void* ptr : {kv, static_cast<void*>(d_table), static_cast<void*>(d_n),
+                    static_cast<void*>(d_len), q, out, ws}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk, int dv,
+                     bool bf16) {
+  const size_t es = bf16 ? 2 : 4;
+  const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
+  const int64_t rows_total = int64_t{num_seqs} * len;
+  const int64_t state = int64_t{HV} * dk * dv;
+  void* rows = DeviceAlloc(static_cast<size_t>(rows_total * row) * es);
+  FillRandom(rows, static_cast<size_t>(rows_total * row) * es, bf16, 9);
+  float* pool = static_cast<float*>(DeviceAlloc(static_cast<size_t>(num_seqs * state) * 4));
+  FillRandom(pool, static_cast<size_t>(num_seqs * state) * 4, false, 10);
+  float* gates = static_cast<float*>(DeviceAlloc(2 * HV * 4));
+  FillRandom(gates, 2 * HV * 4, false, 11);
+  void* o = DeviceAlloc(static_cast<size_t>(rows_total) * HV * dv * es);
+  std::vector<int32_t> cu(num_seqs + 1), slots(num_seqs), offsets(num_seqs + 1);
+  for (int s = 0; s <= num_seqs; ++s) cu[s] = s * len;
+  std::iota(slots.begin(), slots.end(), 0);
+  const int pieces = hyla::kernels::GdnPrefillPlan(cu.data(), nullptr, num_seqs, offsets.data());
+  int32_t* d_cu = static_cast<int32_t*>(DeviceAlloc((num_seqs + 1) * 4));
+  int32_t* d_off = static_cast<int32_t*>(DeviceAlloc((num_seqs + 1) * 4));
+  int32_t* d_slots = static_cast<int32_t*>(DeviceAlloc(num_seqs * 4));
+  BENCH_CHECK(cudaMemcpy(d_cu, cu.data(), (num_seqs + 1) * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_off, offsets.data(), (num_seqs + 1) * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_slots, slots.data(), num_seqs * 4, cudaMemcpyHostToDevice));
+  const size_t ws_bytes = hyla::kernels::GdnPrefillWorkspaceBytes(pieces, HV, dk, dv);
+  void* ws = DeviceAlloc(ws_bytes);
+
+  hyla::kernels::GdnPrefillParams p;
+  p.num_seqs = num_seqs;
+  p.num_heads = H;
+  p.num_v_heads = HV;
+  p.dk = dk;
+  p.dv = dv;
+  p.dtype = bf16 ? hyla::kernels::KernelDType::kBf16 : hyla::kernels::KernelDType::kF32;
+  const char* base = static_cast<const char*>(rows);
+  p.q = base;
+  p.k = base + int64_t{H} * dk * es;
+  p.v = base + 2 * int64_t{H} * dk * es;
+  p.a = base + (2 * int64_t{H} * dk + int64_t{HV} * dv) * es;
+  p.b = base + (2 * int64_t{H} * dk + int64_t{HV} * dv + HV) * es;
+  p.q_stride = p.k_stride = p.v_stride = p.a_stride = p.b_stride = row;
+  p.a_log = gates;
+  p.dt_bias = gates + HV;
+  p.q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+  p.cu_seqlens = d_cu;
+  p.piece_offsets = d_off;
+  p.num_pieces = pieces;
+  p.slots = d_slots;
+  p.state = pool;
+  p.state_slot_stride = state;
+  p.o = o;
+  p.o_stride = int64_t{HV} * dv;
+  p.workspace = ws;
+  p.workspace_bytes = ws_bytes;
+  const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnPrefill(p, nullptr)); });
+  const double bytes = double(rows_total) * row * es + double(rows_total) * HV * dv * es +
+                       2.0 * num_seqs * state * 4;
+  Report("gdn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs " + std::to_string(num_seqs) +
+             " x " + std::to_string(len) + " HV " + std::to_string(HV) + " (" +
+             std::to_string(static_cast<int64_t>(rows_total / (us * 1e-6) / 1e3)) + " ktok/s)",
+         us, bytes);
+  for (void* ptr :
+       {rows, static_cast<void*>(pool), static_cast<void*>(gates), o, static_cast<void*>(d_cu),
+        static_cast<void*>(d_off), static_cast<void*>(d_slots), ws}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    std::printf("kernels_bench: no CUDA device\n");
+    return 0;
+  }
+  std::printf("device: %s, %d SMs, L2 %d MiB, %zu MiB memory\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem >> 20);
+  Timer timer;
+  g_copy_gbs = CopyBandwidth(&timer);
+
+  // GDN decode: 2048, 4096, 8192 head-states of 128x128 fp32 (64 KiB each).
+  for (const bool bf16 : {true, false}) {
+    for (const int seqs : {128, 256, 512}) {
+      if (quick && seqs != 128) continue;
+      BenchGdnDecode(&timer, seqs, 8, 16, 128, 128, bf16);
+    }
+  }
+  BenchGdnDecode(&timer, 64, 16, 32, 128, 128, true);  // Qwen3-Next shape, 2048 head-states
+  BenchGdnDecode(&timer, 128, 4, 8, 256, 128, true);   // dk 256
+
+  // Paged decode at long context.
+  BenchPagedDecode(&timer, 8, 32768, 32, 8, 128, true, 0);
+  BenchPagedDecode(&timer, 1, 131072, 32, 8, 128, true, 0);
+  BenchPagedDecode(&timer, 64, 4096, 32, 8, 128, true, 0);
+  if (!quick) {
+    BenchPagedDecode(&timer, 8, 16384, 32, 8, 128, false, 0);
+    BenchPagedDecode(&timer, 4, 32768, 16, 2, 256, true, 0);
+    BenchPagedDecode(&timer, 16, 32768, 32, 8, 128, true, 4096);
+  }
+
+  // GDN prefill (compute-bound; for reference).
+  BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);
+  BenchGdnPrefill(&timer, 1, 8192, 8, 16, 128, 128, false);
+
+  std::printf("\n%-58s %10s %10s %8s\n", "kernel", "us", "GB/s", "% copy");
+  for (const Row& r : g_rows) {
+    const double gbs = r.bytes / (r.us * 1e3);
+    std::printf("%-58s %10.1f %10.1f %7.1f%%\n", r.name.c_str(), r.us, gbs,
+                100.0 * gbs / g_copy_gbs);
+  }
+  return 0;
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds the GPU test programs and the kernel benchmark here for sm_90 (build-cuda/, with
+# -DHYLA_CUDA=ON) and bundles them, with the shared libraries they need, into .bundle/ (ignored
+# by git) for the device machine:
+#
+#   .bundle/bin/   the GPU test programs (*_gpu_test) and kernels_bench
+#   .bundle/lib/   their shared libraries (ldd), minus the ones the device has: libc, libm,
+#                  libpthread, libdl, librt, ld-linux, libcuda, libcublas*
+#   .bundle/run.sh scripts/device_run.sh: runs the GPU tests, compute-sanitizer memcheck and
+#                  racecheck on them (when /usr/local/cuda/bin/compute-sanitizer exists) and the
+#                  benchmark, writing logs to $OUT
+#
+# Then, through the device tool (carry [".bundle"]):
+#   bash .bundle/run.sh
+#
+# Usage: scripts/device_bundle.sh [--build-dir DIR] [--jobs N] [--no-build]
+# Environment: HYLA_JOBS (default 2).
+set -euo pipefail
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
+BUILD="${ROOT}/build-cuda"
+JOBS="${HYLA_JOBS:-2}"
+BUILD_IT=1
+while (($#)); do
+  case "$1" in
+    --build-dir) BUILD="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --no-build) BUILD_IT=0; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "device_bundle.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+# The programs to bundle: every GPU test program that this tree defines, and the benchmark.
+TARGETS=(kernels_gpu_test gdn_kernels_gpu_test paged_attention_gpu_test kernels_bench)
+
+if ((BUILD_IT)); then
+  cmake -S "${ROOT}" -B "${BUILD}" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHYLA_CUDA=ON \
+    -DHYLA_CUDA_ARCHITECTURES=90 -DHYLA_BUILD_SERVICE=OFF >/dev/null
+  ninja -C "${BUILD}" -j"${JOBS}" "${TARGETS[@]}"
+fi
+
+BUNDLE="${ROOT}/.bundle"
+rm -rf "${BUNDLE}"
+mkdir -p "${BUNDLE}/bin" "${BUNDLE}/lib"
+for t in "${TARGETS[@]}"; do
+  bin="$(find "${BUILD}" -type f -name "${t}" -perm -u+x | head -n 1)"
+  if [[ -z "${bin}" ]]; then
+    echo "device_bundle.sh: ${t} was not built in ${BUILD}" >&2
+    exit 1
+  fi
+  cp "${bin}" "${BUNDLE}/bin/"
+done
+
+# Shared libraries: everything ldd resolves, minus what the device machine provides.
+skip_lib() {
+  case "$1" in
+    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libcublas*) return 0 ;;
+    linux-vdso*) return 0 ;;
+  esac
+  return 1
+}
+for bin in "${BUNDLE}"/bin/*; do
+  while read -r name _ path _; do
+    [[ -n "${path:-}" && "${path}" == /* ]] || continue
+    skip_lib "${name}" && continue
+    [[ -e "${BUNDLE}/lib/${name}" ]] || cp -L "${path}" "${BUNDLE}/lib/${name}"
+  done < <(ldd "${bin}" | grep '=>')
+done
+
+cp "${SCRIPT_DIR}/device_run.sh" "${BUNDLE}/run.sh"
+chmod +x "${BUNDLE}/run.sh"
+echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) in ${BUNDLE}"
+ls "${BUNDLE}/bin" "${BUNDLE}/lib"

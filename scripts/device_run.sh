@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Runs on the device machine from a bundle made by scripts/device_bundle.sh (copied there as
+# .bundle/run.sh): the GPU test programs, then the kernel benchmark, then compute-sanitizer
+# memcheck and racecheck on the test programs (when /usr/local/cuda/bin/compute-sanitizer
+# exists). Logs go to $OUT (default: ./device-out), at most 5 files:
+#   env.log (nvidia-smi, versions), tests.log, bench.log, memcheck.log, racecheck.log
+# and a summary is printed last. Exit status: 1 if a test or a sanitizer run failed.
+#
+# Usage: bash .bundle/run.sh [--quick] [--no-sanitizers] [--no-bench]
+# Environment: HYLA_SANITIZER_PROGRAMS (space-separated program names for the sanitizer runs,
+#              default: every *_gpu_test), HYLA_SANITIZER_FILTER (gtest filter for them, default:
+#              all tests), HYLA_SANITIZER_TIMEOUT (seconds per program and tool, default 150).
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+OUT="${OUT:-${PWD}/device-out}"
+mkdir -p "${OUT}"
+QUICK=0
+SANITIZE=1
+BENCH=1
+for arg in "$@"; do
+  case "${arg}" in
+    --quick) QUICK=1 ;;
+    --no-sanitizers) SANITIZE=0 ;;
+    --no-bench) BENCH=0 ;;
+    *) echo "device_run.sh: unknown argument ${arg}" >&2; exit 2 ;;
+  esac
+done
+export LD_LIBRARY_PATH="${HERE}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+FILTER="${HYLA_SANITIZER_FILTER:-*}"
+SAN_TIMEOUT="${HYLA_SANITIZER_TIMEOUT:-150}"
+SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+summary=()
+failed=0
+
+{
+  date -u
+  nvidia-smi || true
+  uname -a
+  [[ -x /usr/local/cuda/bin/nvcc ]] && /usr/local/cuda/bin/nvcc --version
+  [[ -x "${SANITIZER}" ]] && "${SANITIZER}" --version
+} >"${OUT}/env.log" 2>&1
+
+# 1. GPU tests.
+: >"${OUT}/tests.log"
+for t in "${HERE}"/bin/*_gpu_test; do
+  name="$(basename "${t}")"
+  echo "===== ${name}" >>"${OUT}/tests.log"
+  start=${SECONDS}
+  "${t}" --gtest_color=no >>"${OUT}/tests.log" 2>&1
+  rc=$?
+  if ((rc == 0)); then
+    summary+=("tests     ${name}: PASS ($((SECONDS - start)) s)")
+  else
+    summary+=("tests     ${name}: FAIL rc=${rc} ($((SECONDS - start)) s)")
+    failed=1
+  fi
+done
+grep -h '^\[gpu-error\]' "${OUT}/tests.log" >"${OUT}/errors.txt" || true
+
+# 2. Benchmark.
+if ((BENCH)) && [[ -x "${HERE}/bin/kernels_bench" ]]; then
+  start=${SECONDS}
+  if ((QUICK)); then
+    "${HERE}/bin/kernels_bench" --quick >"${OUT}/bench.log" 2>&1
+  else
+    "${HERE}/bin/kernels_bench" >"${OUT}/bench.log" 2>&1
+  fi
+  rc=$?
+  summary+=("bench     kernels_bench: rc=${rc} ($((SECONDS - start)) s)")
+  ((rc == 0)) || failed=1
+fi
+
+# 3. compute-sanitizer on the test programs.
+if ((SANITIZE)); then
+  if [[ -x "${SANITIZER}" ]]; then
+    for tool in memcheck racecheck; do
+      : >"${OUT}/${tool}.log"
+      for t in "${HERE}"/bin/*_gpu_test; do
+        name="$(basename "${t}")"
+        if [[ -n "${HYLA_SANITIZER_PROGRAMS:-}" && " ${HYLA_SANITIZER_PROGRAMS} " != *" ${name} "* ]]; then
+          continue
+        fi
+        echo "===== ${name} (${tool}, filter ${FILTER})" >>"${OUT}/${tool}.log"
+        start=${SECONDS}
+        run_log="$(mktemp)"
+        timeout "${SAN_TIMEOUT}" "${SANITIZER}" --tool "${tool}" --error-exitcode 99 \
+          "${t}" --gtest_color=no --gtest_brief=1 --gtest_filter="${FILTER}" >"${run_log}" 2>&1
+        rc=$?
+        cat "${run_log}" >>"${OUT}/${tool}.log"
+        errs="$(grep -E '(ERROR|RACECHECK|Error) SUMMARY' "${run_log}" | tail -n 1)"
+        rm -f "${run_log}"
+        case ${rc} in
+          0) summary+=("${tool} ${name}: clean ($((SECONDS - start)) s) ${errs}") ;;
+          124) summary+=("${tool} ${name}: TIMEOUT after ${SAN_TIMEOUT} s ${errs}") ;;
+          *) summary+=("${tool} ${name}: FAIL rc=${rc} ($((SECONDS - start)) s) ${errs}"); failed=1 ;;
+        esac
+      done
+    done
+  else
+    summary+=("sanitizers: ${SANITIZER} not found, not run")
+  fi
+fi
+
+echo
+echo "---- observed errors per kernel"
+cat "${OUT}/errors.txt"
+echo "---- benchmark"
+[[ -f "${OUT}/bench.log" ]] && tail -n 20 "${OUT}/bench.log"
+echo "---- summary"
+printf '%s\n' "${summary[@]}"
+exit ${failed}

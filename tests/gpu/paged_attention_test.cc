@@ -1,0 +1,279 @@
+// PagedAttentionDecode (kernels/ops.h) against a direct softmax attention on the CPU written as
+// the CPU attention layer computes it (AttendOne: cpu::Dot · scale over the visible positions in
+// table order, cpu::Softmax, Σ p·v), over the block layout of runtime/cpu/cpu_layer.h
+// (keys [64, Hkv, dk] then values [64, Hkv, dv]). Fresh random inputs; GQA, MQA and MHA; odd
+// head dims; sliding windows; sparse block tables (NAtS-L-like kept chunks); padding rows;
+// forced and automatic split-K. Bounds: fp32 1e-4, bf16 1e-2 (max|diff| / max|ref|).
+// Label gpu; skipped without a CUDA device.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "runtime/cpu/ops.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace hyla {
+namespace {
+
+using gpu_test::DeviceBuffer;
+using gpu_test::ExpectClose;
+using gpu_test::GpuTest;
+using gpu_test::Normal;
+using gpu_test::ToDevice;
+using gpu_test::ToHost;
+
+constexpr int kBlock = 64;
+
+struct AttnShape {
+  int Hq, Hkv, dk, dv;
+};
+
+// One sequence of a batch: its query position + 1 (kv_len) and which chunks its table keeps.
+struct SeqSpec {
+  int kv_len;
+  enum Table { kAll, kSparse, kWindowed, kEmpty } table;
+};
+
+struct AttnCase {
+  AttnShape shape;
+  std::vector<SeqSpec> seqs;
+  int window = 0;
+  int num_splits = 0;  // 0 = automatic
+  bool q_bf16 = false;
+  bool kv_bf16 = false;
+};
+
+std::string CaseName(const AttnCase& c) {
+  return "Hq" + std::to_string(c.shape.Hq) + " Hkv" + std::to_string(c.shape.Hkv) + " dk" +
+         std::to_string(c.shape.dk) + " dv" + std::to_string(c.shape.dv) + " window " +
+         std::to_string(c.window) + " splits " + std::to_string(c.num_splits) +
+         (c.q_bf16 ? " q bf16" : " q f32") + (c.kv_bf16 ? " kv bf16" : " kv f32");
+}
+
+void RunCase(const AttnCase& c, uint32_t seed) {
+  SCOPED_TRACE(CaseName(c));
+  std::mt19937 rng(seed);
+  const AttnShape& s = c.shape;
+  const int num_seqs = static_cast<int>(c.seqs.size());
+  const int group = s.Hq / s.Hkv;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(s.dk), -0.5));
+
+  // Block tables: ascending chunks, random distinct physical blocks.
+  std::vector<std::vector<int32_t>> chunks(num_seqs);
+  int max_blocks = 1;
+  for (int i = 0; i < num_seqs; ++i) {
+    const SeqSpec& q = c.seqs[i];
+    const int n_chunks = (q.kv_len + kBlock - 1) / kBlock;
+    for (int ch = 0; ch < n_chunks; ++ch) {
+      const bool last = ch == n_chunks - 1;
+      bool keep = true;
+      if (q.table == SeqSpec::kSparse) keep = last || rng() % 3 != 0;
+      if (q.table == SeqSpec::kWindowed && c.window > 0) {
+        keep = (ch + 1) * kBlock > q.kv_len - c.window;  // blocks a window layer still holds
+      }
+      if (q.table == SeqSpec::kEmpty) keep = false;
+      if (keep) chunks[i].push_back(ch);
+    }
+    max_blocks = std::max<int>(max_blocks, static_cast<int>(chunks[i].size()));
+  }
+  int total_blocks = 0;
+  for (const auto& t : chunks) total_blocks += static_cast<int>(t.size());
+  const int pool_blocks = total_blocks + 3;
+  std::vector<int32_t> perm(pool_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> table(static_cast<size_t>(num_seqs) * max_blocks, -1);
+  std::vector<int32_t> table_chunks(static_cast<size_t>(num_seqs) * max_blocks, -1);
+  std::vector<int32_t> num_blocks(num_seqs), kv_len(num_seqs);
+  int next = 0;
+  for (int i = 0; i < num_seqs; ++i) {
+    num_blocks[i] = static_cast<int32_t>(chunks[i].size());
+    kv_len[i] = c.seqs[i].table == SeqSpec::kEmpty ? 0 : c.seqs[i].kv_len;
+    for (size_t e = 0; e < chunks[i].size(); ++e) {
+      table[i * max_blocks + e] = perm[next++];
+      table_chunks[i * max_blocks + e] = chunks[i][e];
+    }
+  }
+
+  // The pool (block stride padded by 8 elements) and the queries (row stride padded by 3).
+  const int64_t block_elems = int64_t{kBlock} * s.Hkv * (s.dk + s.dv);
+  const int64_t block_stride = block_elems + 8;
+  std::vector<float> kv = Normal(static_cast<size_t>(pool_blocks * block_stride), &rng, 0.0f, 1.0f);
+  std::vector<uint16_t> kv_bits;
+  if (c.kv_bf16) kv_bits = gpu_test::RoundToBf16(&kv);
+  const int64_t q_stride = int64_t{s.Hq} * s.dk + 3;
+  std::vector<float> q = Normal(static_cast<size_t>(num_seqs * q_stride), &rng, 0.0f, 1.0f);
+  std::vector<uint16_t> q_bits;
+  if (c.q_bf16) q_bits = gpu_test::RoundToBf16(&q);
+
+  // Reference.
+  std::vector<float> want(static_cast<size_t>(num_seqs) * s.Hq * s.dv, 0.0f);
+  std::vector<float> scores;
+  for (int i = 0; i < num_seqs; ++i) {
+    const int first_visible = c.window > 0 ? std::max(0, kv_len[i] - c.window) : 0;
+    for (int h = 0; h < s.Hq; ++h) {
+      const int kvh = h / group;
+      const float* qh = q.data() + i * q_stride + int64_t{h} * s.dk;
+      scores.clear();
+      std::vector<const float*> values;
+      for (int e = 0; e < num_blocks[i]; ++e) {
+        const float* block = kv.data() + table[i * max_blocks + e] * block_stride;
+        const int base = table_chunks[i * max_blocks + e] * kBlock;
+        for (int t = 0; t < kBlock; ++t) {
+          const int pos = base + t;
+          if (pos < first_visible || pos >= kv_len[i]) continue;
+          const float* key = block + (int64_t{t} * s.Hkv + kvh) * s.dk;
+          scores.push_back(cpu::Dot(qh, key, s.dk) * scale);
+          values.push_back(block + int64_t{kBlock} * s.Hkv * s.dk +
+                           (int64_t{t} * s.Hkv + kvh) * s.dv);
+        }
+      }
+      if (scores.empty()) continue;
+      cpu::Softmax(scores.data(), static_cast<int64_t>(scores.size()));
+      float* o = want.data() + (int64_t{i} * s.Hq + h) * s.dv;
+      for (size_t j = 0; j < scores.size(); ++j) {
+        for (int d = 0; d < s.dv; ++d) o[d] += scores[j] * values[j][d];
+      }
+    }
+  }
+
+  DeviceBuffer d_kv = c.kv_bf16 ? ToDevice(kv_bits) : ToDevice(kv);
+  DeviceBuffer d_q = c.q_bf16 ? ToDevice(q_bits) : ToDevice(q);
+  DeviceBuffer d_table = ToDevice(table), d_chunks = ToDevice(table_chunks);
+  DeviceBuffer d_nblocks = ToDevice(num_blocks), d_len = ToDevice(kv_len);
+  const int64_t out_stride = int64_t{s.Hq} * s.dv + 5;
+  const size_t es = c.q_bf16 ? 2 : 4;
+  DeviceBuffer d_out(static_cast<size_t>(num_seqs * out_stride) * es);
+  const int max_splits = std::max(c.num_splits, max_blocks);
+  const size_t ws_bytes =
+      kernels::PagedAttentionDecodeWorkspaceBytes(num_seqs, s.Hq, s.dv, max_splits);
+  DeviceBuffer d_ws(std::max<size_t>(ws_bytes, 16));
+  ASSERT_TRUE(d_kv.ok() && d_q.ok() && d_table.ok() && d_chunks.ok() && d_nblocks.ok() &&
+              d_len.ok() && d_out.ok() && d_ws.ok());
+
+  kernels::PagedAttentionDecodeParams p;
+  p.num_seqs = num_seqs;
+  p.num_heads = s.Hq;
+  p.num_kv_heads = s.Hkv;
+  p.dk = s.dk;
+  p.dv = s.dv;
+  p.q_dtype = c.q_bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
+  p.kv_dtype = c.kv_bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
+  p.q = d_q.get();
+  p.q_stride = q_stride;
+  p.kv = d_kv.get();
+  p.block_stride = block_stride;
+  p.block_table = d_table.as<int32_t>();
+  p.block_chunks = d_chunks.as<int32_t>();
+  p.num_blocks = d_nblocks.as<int32_t>();
+  p.max_blocks = max_blocks;
+  p.kv_len = d_len.as<int32_t>();
+  p.window = c.window;
+  p.scale = scale;
+  p.out = d_out.get();
+  p.out_stride = out_stride;
+  p.num_splits = c.num_splits;
+  p.workspace = d_ws.get();
+  p.workspace_bytes = ws_bytes;
+  HYLA_ASSERT_LAUNCH_OK(kernels::PagedAttentionDecode(p, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+  std::vector<float> got;
+  const size_t out_count = static_cast<size_t>(num_seqs * out_stride);
+  const std::vector<float> raw = c.q_bf16
+                                     ? gpu_test::Bf16ToFloats(ToHost<uint16_t>(d_out, out_count))
+                                     : ToHost<float>(d_out, out_count);
+  for (int i = 0; i < num_seqs; ++i) {
+    got.insert(got.end(), raw.begin() + i * out_stride,
+               raw.begin() + i * out_stride + int64_t{s.Hq} * s.dv);
+  }
+  const std::string tag = std::string("paged_attention_decode q ") + (c.q_bf16 ? "bf16" : "f32") +
+                          " kv " + (c.kv_bf16 ? "bf16" : "f32");
+  ExpectClose(got, want, c.q_bf16 ? 1e-2 : 1e-4, tag);
+}
+
+class PagedAttentionTest : public GpuTest,
+                           public ::testing::WithParamInterface<std::pair<bool, bool>> {};
+
+// Shapes × batch compositions × split choices for one (q dtype, kv dtype).
+TEST_P(PagedAttentionTest, MatchesCpuSoftmaxAttention) {
+  const bool q_bf16 = GetParam().first, kv_bf16 = GetParam().second;
+  const std::vector<AttnShape> shapes = {
+      {8, 2, 128, 128},   // GQA 4
+      {4, 4, 64, 64},     // MHA
+      {12, 1, 96, 96},    // MQA, 12 query heads per KV head (two CTAs of heads)
+      {6, 3, 40, 24},     // odd head dims (16-byte rows in fp32 and bf16)
+      {3, 1, 36, 20},     // rows that are not 16-byte multiples in bf16: element-wise copies
+      {16, 2, 256, 256},  // largest head dim
+  };
+  const std::vector<SeqSpec> mixed = {
+      {1, SeqSpec::kAll},       {63, SeqSpec::kAll},  {64, SeqSpec::kAll}, {65, SeqSpec::kSparse},
+      {1000, SeqSpec::kSparse}, {0, SeqSpec::kEmpty}, {777, SeqSpec::kAll}};
+  uint32_t seed = q_bf16 * 1000 + kv_bf16 * 100;
+  for (const AttnShape& s : shapes) {
+    for (const int splits : {1, 0, 3}) {
+      RunCase({s, mixed, 0, splits, q_bf16, kv_bf16}, ++seed);
+    }
+    // Sliding window over pruned and over full tables.
+    RunCase({s,
+             {{1, SeqSpec::kWindowed},
+              {130, SeqSpec::kWindowed},
+              {900, SeqSpec::kAll},
+              {64, SeqSpec::kWindowed}},
+             100,
+             0,
+             q_bf16,
+             kv_bf16},
+            ++seed);
+  }
+  // Long contexts: many splits, and a single sequence (one CTA per KV head without splits).
+  RunCase(
+      {{8, 2, 128, 128}, {{4097, SeqSpec::kAll}, {2500, SeqSpec::kSparse}}, 0, 0, q_bf16, kv_bf16},
+      ++seed);
+  RunCase({{8, 2, 128, 128}, {{4097, SeqSpec::kAll}}, 0, 7, q_bf16, kv_bf16}, ++seed);
+  RunCase({{8, 8, 64, 64}, {{3000, SeqSpec::kWindowed}}, 1024, 0, q_bf16, kv_bf16}, ++seed);
+  // Many sequences: no splits chosen automatically.
+  std::vector<SeqSpec> many;
+  for (int i = 0; i < 70; ++i) many.push_back({1 + (i * 37) % 300, SeqSpec::kAll});
+  RunCase({{4, 2, 64, 64}, many, 0, 0, q_bf16, kv_bf16}, ++seed);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, PagedAttentionTest,
+                         ::testing::Values(std::make_pair(false, false),
+                                           std::make_pair(false, true), std::make_pair(true, true),
+                                           std::make_pair(true, false)),
+                         [](const ::testing::TestParamInfo<std::pair<bool, bool>>& i) {
+                           return std::string(i.param.first ? "QBf16" : "QF32") +
+                                  (i.param.second ? "KvBf16" : "KvF32");
+                         });
+
+TEST_F(GpuTest, PagedAttentionRejectsBadArguments) {
+  kernels::PagedAttentionDecodeParams p;
+  EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), 0);  // no sequences
+  p.num_seqs = 1;
+  EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  DeviceBuffer d(1 << 20);
+  ASSERT_TRUE(d.ok());
+  p.num_heads = 6;
+  p.num_kv_heads = 4;  // does not divide
+  p.dk = p.dv = 64;
+  p.q = p.kv = p.out = d.get();
+  p.block_table = p.num_blocks = p.kv_len = d.as<int32_t>();
+  p.q_stride = p.out_stride = 6 * 64;
+  p.block_stride = 64 * 4 * 128;
+  EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  p.num_kv_heads = 3;
+  p.block_stride = 64 * 3 * 128 - 1;  // too small
+  EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+}
+
+}  // namespace
+}  // namespace hyla
