@@ -63,6 +63,8 @@ packages=(
   python3 python3-numpy python3-grpcio python3-protobuf
   # promtool (metrics format checks)
   prometheus
+  # tests/deploy: the Python venv of the deployment checks (below)
+  python3-venv
 )
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -95,6 +97,26 @@ else
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     "${missing[@]}"
   log "packages installed"
+fi
+
+# --- 1b. deployment-check venv -------------------------------------------------------------------
+# tests/deploy runs in build/deploy-venv with the pinned PyPI packages of
+# tests/deploy/requirements.txt (kubernetes-validate, kubectl, envoy-data-plane, ...). Recreated
+# only when the requirements change. HYLA_SKIP_DEPLOY_VENV=1 skips it (container builds).
+if [[ "${HYLA_SKIP_DEPLOY_VENV:-0}" != 1 && -f "${ROOT}/tests/deploy/requirements.txt" ]]; then
+  venv="${ROOT}/build/deploy-venv"
+  stamp="${venv}/.requirements.sha256"
+  want="$(sha256sum "${ROOT}/tests/deploy/requirements.txt" | cut -d' ' -f1)"
+  if [[ -x "${venv}/bin/python3" && -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]]; then
+    log "deploy venv up to date: ${venv}"
+  else
+    log "creating the deploy venv ${venv} (tests/deploy/requirements.txt)"
+    rm -rf "${venv}"
+    python3 -m venv "${venv}"
+    "${venv}/bin/python3" -m pip install --quiet --disable-pip-version-check \
+      -r "${ROOT}/tests/deploy/requirements.txt"
+    echo "${want}" >"${stamp}"
+  fi
 fi
 
 # --- 2. CUDA -----------------------------------------------------------------------------------
