@@ -31,6 +31,7 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxHeadsPerCta = 8;
 constexpr int kMaxDim = 256;
+constexpr int kDimsPerThread = kMaxDim / kThreads;  // 2
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -58,8 +59,7 @@ size_t SplitSmemBytes(int dk, int dv) {
   const size_t kv =
       sizeof(Tkv) * kBlockTokens * static_cast<size_t>(KRowStride<Tkv>(dk) + VRowStride<Tkv>(dv));
   const size_t f = sizeof(float) * (kMaxHeadsPerCta * static_cast<size_t>((dk + 3) / 4 * 4) +
-                                    kMaxHeadsPerCta * kBlockTokens + 4 * kMaxHeadsPerCta +
-                                    (dv <= 128 ? kMaxHeadsPerCta * 128 : 0));
+                                    kMaxHeadsPerCta * kBlockTokens + 4 * kMaxHeadsPerCta);
   return kv + f;
 }
 
@@ -87,7 +87,6 @@ __global__ void __launch_bounds__(kThreads)
   float* Ms = Sc + kMaxHeadsPerCta * kBlockTokens;               // [8] running max
   float* Ls = Ms + kMaxHeadsPerCta;                              // [8] running sum
   float* Al = Ls + kMaxHeadsPerCta;                              // [8] rescale of this block
-  float* Red = Al + kMaxHeadsPerCta;  // [8, 128] token-group sums (dv <= 128)
 
   int64_t bid = blockIdx.x;
   const int split = static_cast<int>(bid % plan.splits);
@@ -111,15 +110,12 @@ __global__ void __launch_bounds__(kThreads)
     Ls[tid] = 0.0f;
   }
   for (int i = tid; i < kMaxHeadsPerCta * kBlockTokens; i += kThreads) Sc[i] = 0.0f;
-  // P·V mapping: dv <= 128: 64 dim pairs × 2 token groups of 32; else 128 dim pairs × 1 group.
-  const int token_groups = dv <= 128 ? 2 : 1;
-  const int pairs_per_group = kThreads / token_groups;
-  const int tg = tid / pairs_per_group;
-  const int d0 = 2 * (tid % pairs_per_group);
-  const int tg_tokens = kBlockTokens / token_groups;
-  float acc[kHeads][2];
+  float acc[kHeads][kDimsPerThread];
 #pragma unroll
-  for (int g = 0; g < kHeads; ++g) acc[g][0] = acc[g][1] = 0.0f;
+  for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+    for (int r = 0; r < kDimsPerThread; ++r) acc[g][r] = 0.0f;
+  }
 
   const int kv_len = p.kv_len[s];
   const int first_visible = p.window > 0 ? max(0, kv_len - p.window) : 0;
@@ -168,47 +164,32 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // Scores: thread (t = tid % 64, heads tid / 64 + 2r); each K element read once.
+    // Scores: thread (t = tid % 64, heads tid / 64 + 2r).
     {
-      constexpr int kPairs = (kHeads + 1) / 2;
       const int t = tid % kBlockTokens;
-      const int g0 = tid / kBlockTokens;
-      if (t >= lo && t < hi) {
-        const Tkv* kr = Ks + t * sk;
-        float dots[kPairs] = {};
-        if (kAsync) {
-          constexpr int kPer16 = 16 / sizeof(Tkv);
-          for (int d = 0; d < dk; d += kPer16) {
-            const Pack<Tkv, kPer16> kp = LoadPack<Tkv, kPer16>(kr + d);
-            float kf[kPer16];
+      const bool visible = t >= lo && t < hi;
 #pragma unroll
-            for (int c = 0; c < kPer16; ++c) kf[c] = ToFloat(kp.v[c]);
+      for (int r = 0; r < (kHeads + 1) / 2; ++r) {
+        const int g = tid / kBlockTokens + 2 * r;
+        if (g >= nh) continue;
+        float dot = -INFINITY;
+        if (visible) {
+          const Tkv* kr = Ks + t * sk;
+          const float* qg = Qs + g * ldq;
+          float d0 = 0.0f;
+          if (kAsync) {
+            constexpr int kPer16 = 16 / sizeof(Tkv);
+            for (int d = 0; d < dk; d += kPer16) {
+              const Pack<Tkv, kPer16> kp = LoadPack<Tkv, kPer16>(kr + d);
 #pragma unroll
-            for (int r = 0; r < kPairs; ++r) {
-              if (g0 + 2 * r >= nh) continue;  // uniform over the warp
-              const float* qg = Qs + (g0 + 2 * r) * ldq + d;
-#pragma unroll
-              for (int c = 0; c < kPer16; ++c) dots[r] += qg[c] * kf[c];
+              for (int c = 0; c < kPer16; ++c) d0 += qg[d + c] * ToFloat(kp.v[c]);
             }
+          } else {
+            for (int d = 0; d < dk; ++d) d0 += qg[d] * ToFloat(kr[d]);
           }
-        } else {
-          for (int d = 0; d < dk; ++d) {
-            const float kf = ToFloat(kr[d]);
-#pragma unroll
-            for (int r = 0; r < kPairs; ++r) {
-              if (g0 + 2 * r < nh) dots[r] += Qs[(g0 + 2 * r) * ldq + d] * kf;
-            }
-          }
+          dot = d0 * p.scale;
         }
-#pragma unroll
-        for (int r = 0; r < kPairs; ++r) {
-          if (g0 + 2 * r < nh) Sc[(g0 + 2 * r) * kBlockTokens + t] = dots[r] * p.scale;
-        }
-      } else {
-#pragma unroll
-        for (int r = 0; r < kPairs; ++r) {
-          if (g0 + 2 * r < nh) Sc[(g0 + 2 * r) * kBlockTokens + t] = -INFINITY;
-        }
+        Sc[g * kBlockTokens + t] = dot;
       }
     }
     __syncthreads();
@@ -236,64 +217,27 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    // acc ← α·acc + P·V: thread (dim pair dp, token group tg); probabilities read 4 tokens at a
-    // time, V rows outside [lo, hi) (not copied) are masked.
-    {
-      const int t_begin = max(lo, tg * tg_tokens) & ~3;
-      const int t_end = min(hi, (tg + 1) * tg_tokens);
-      float part[kHeads][2] = {};
-      if (d0 < dv) {
-        for (int t4 = t_begin; t4 < t_end; t4 += 4) {
-          float v0[4], v1[4];
+    // acc ← α·acc + P·V over the visible rows.
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int t = t4 + u;
-            const bool ok = t >= lo && t < hi && t >= tg * tg_tokens && t < t_end;
-            const Tkv* vr = Vs + t * sv + d0;
-            v0[u] = ok ? ToFloat(vr[0]) : 0.0f;
-            v1[u] = ok && d0 + 1 < dv ? ToFloat(vr[1]) : 0.0f;
-          }
+    for (int r = 0; r < kDimsPerThread; ++r) {
+      const int d = tid + kThreads * r;
+      if (d >= dv) continue;
+      float part[kHeads] = {};
+      for (int t = lo; t < hi; ++t) {
+        const float vt = ToFloat(Vs[t * sv + d]);
 #pragma unroll
-          for (int g = 0; g < kHeads; ++g) {
-            const float4 pr = *reinterpret_cast<const float4*>(Sc + g * kBlockTokens + t4);
-            part[g][0] += pr.x * v0[0] + pr.y * v0[1] + pr.z * v0[2] + pr.w * v0[3];
-            part[g][1] += pr.x * v1[0] + pr.y * v1[1] + pr.z * v1[2] + pr.w * v1[3];
-          }
-        }
+        for (int g = 0; g < kHeads; ++g) part[g] += Sc[g * kBlockTokens + t] * vt;
       }
 #pragma unroll
       for (int g = 0; g < kHeads; ++g) {
-        if (g < nh) {
-          acc[g][0] = acc[g][0] * Al[g] + part[g][0];
-          acc[g][1] = acc[g][1] * Al[g] + part[g][1];
-        }
+        if (g < nh) acc[g][r] = acc[g][r] * Al[g] + part[g];
       }
     }
     __syncthreads();
-  }
-
-  // Token group 1 hands its sums to group 0 (dv <= 128: two groups of 32 tokens).
-  if (token_groups == 2) {
-    if (tg == 1 && d0 < dv) {
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        Red[g * 128 + d0] = acc[g][0];
-        Red[g * 128 + d0 + 1] = acc[g][1];
-      }
-    }
-    __syncthreads();
-    if (tg == 0 && d0 < dv) {
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        acc[g][0] += Red[g * 128 + d0];
-        acc[g][1] += Red[g * 128 + d0 + 1];
-      }
-    }
   }
 
   // Write the result (one split) or the partial state.
   const int q_heads = p.num_heads;
-  if (tg != 0 || d0 >= dv) return;
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) {
     if (g >= nh) break;
@@ -303,13 +247,19 @@ __global__ void __launch_bounds__(kThreads)
       Tq* out = static_cast<Tq*>(p.out) + static_cast<int64_t>(s) * p.out_stride +
                 static_cast<int64_t>(h) * dv;
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      out[d0] = FromFloat<Tq>(acc[g][0] * inv);
-      if (d0 + 1 < dv) out[d0 + 1] = FromFloat<Tq>(acc[g][1] * inv);
+#pragma unroll
+      for (int r = 0; r < kDimsPerThread; ++r) {
+        const int d = tid + kThreads * r;
+        if (d < dv) out[d] = FromFloat<Tq>(acc[g][r] * inv);
+      }
     } else {
       const int64_t part = (static_cast<int64_t>(s) * q_heads + h) * plan.splits + split;
-      ws_acc[part * dv + d0] = acc[g][0];
-      if (d0 + 1 < dv) ws_acc[part * dv + d0 + 1] = acc[g][1];
-      if (d0 == 0) {
+#pragma unroll
+      for (int r = 0; r < kDimsPerThread; ++r) {
+        const int d = tid + kThreads * r;
+        if (d < dv) ws_acc[part * dv + d] = acc[g][r];
+      }
+      if (tid == 0) {
         ws_ml[part * 2] = Ms[g];
         ws_ml[part * 2 + 1] = l;
       }
