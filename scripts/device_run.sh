@@ -8,8 +8,11 @@
 #
 # Usage: bash .bundle/run.sh [--quick] [--no-sanitizers] [--no-bench]
 # Environment: HYLA_SANITIZER_PROGRAMS (space-separated program names for the sanitizer runs,
-#              default: every *_gpu_test), HYLA_SANITIZER_FILTER (gtest filter for them, default:
-#              all tests), HYLA_SANITIZER_TIMEOUT (seconds per program and tool, default 150).
+#              default: every *_gpu_test), HYLA_MEMCHECK_FILTER (gtest filter, default: all
+#              tests), HYLA_RACECHECK_FILTER (default '*Sanitizer*': the small instances of every
+#              kernel path, since racecheck runs the full suites too slowly),
+#              HYLA_SANITIZER_TIMEOUT (seconds per program and tool, default 150),
+#              HYLA_COMPUTE_SANITIZER (default /usr/local/cuda/bin/compute-sanitizer).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-${PWD}/device-out}"
@@ -26,9 +29,10 @@ for arg in "$@"; do
   esac
 done
 export LD_LIBRARY_PATH="${HERE}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
-FILTER="${HYLA_SANITIZER_FILTER:-*}"
+MEMCHECK_FILTER="${HYLA_MEMCHECK_FILTER:-*}"
+RACECHECK_FILTER="${HYLA_RACECHECK_FILTER:-*Sanitizer*}"
 SAN_TIMEOUT="${HYLA_SANITIZER_TIMEOUT:-150}"
-SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+SANITIZER="${HYLA_COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}"
 summary=()
 failed=0
 
@@ -75,6 +79,7 @@ if ((SANITIZE)); then
   if [[ -x "${SANITIZER}" ]]; then
     for tool in memcheck racecheck; do
       : >"${OUT}/${tool}.log"
+      if [[ "${tool}" == memcheck ]]; then FILTER="${MEMCHECK_FILTER}"; else FILTER="${RACECHECK_FILTER}"; fi
       for t in "${HERE}"/bin/*_gpu_test; do
         name="$(basename "${t}")"
         if [[ -n "${HYLA_SANITIZER_PROGRAMS:-}" && " ${HYLA_SANITIZER_PROGRAMS} " != *" ${name} "* ]]; then

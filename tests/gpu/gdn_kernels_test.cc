@@ -109,6 +109,89 @@ struct DecodeCase {
 
 class GdnDecodeTest : public GpuTest, public ::testing::WithParamInterface<bool> {};
 
+void RunDecodeCase(const DecodeCase& c, bool bf16, std::mt19937* rng_ptr) {
+  std::mt19937& rng = *rng_ptr;
+  const GdnShape& s = c.shape;
+  SCOPED_TRACE(ShapeName(s) + " seqs " + std::to_string(c.num_seqs));
+  const GateParams gp = RandomGates(s, &rng);
+  const int64_t slot_stride = s.state() + c.slot_pad;
+  std::vector<float> pool =
+      Normal(static_cast<size_t>(c.num_slots * slot_stride), &rng, 0.0f, 0.5f);
+  DeviceBuffer d_pool = ToDevice(pool);
+  DeviceBuffer d_alog = ToDevice(gp.a_log), d_dt = ToDevice(gp.dt_bias);
+  ASSERT_TRUE(d_pool.ok() && d_alog.ok() && d_dt.ok());
+  for (int step = 0; step < 3; ++step) {
+    // Distinct random slots; the last padding_rows rows (shuffled in) are padding.
+    std::vector<int32_t> all(c.num_slots);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
+    for (int i = 0; i < c.padding_rows && i < c.num_seqs; ++i) slots[i] = -1;
+    std::shuffle(slots.begin(), slots.end(), rng);
+    std::vector<uint16_t> bits;
+    const std::vector<float> rows = RandomRows(s, c.num_seqs, &rng, bf16, &bits);
+    const int64_t o_stride = int64_t{s.HV} * s.dv + 7;
+    DeviceBuffer d_rows = bf16 ? ToDevice(bits) : ToDevice(rows);
+    DeviceBuffer d_slots = ToDevice(slots);
+    DeviceBuffer d_o(static_cast<size_t>(c.num_seqs * o_stride) * (bf16 ? 2 : 4));
+    ASSERT_TRUE(d_rows.ok() && d_slots.ok() && d_o.ok());
+
+    kernels::GdnDecodeParams p;
+    p.num_seqs = c.num_seqs;
+    p.num_heads = s.H;
+    p.num_v_heads = s.HV;
+    p.dk = s.dk;
+    p.dv = s.dv;
+    p.dtype = bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
+    const size_t es = bf16 ? 2 : 4;
+    const char* base = static_cast<const char*>(d_rows.get());
+    p.q = base + s.q_off() * es;
+    p.k = base + s.k_off() * es;
+    p.v = base + s.v_off() * es;
+    p.a = base + s.a_off() * es;
+    p.b = base + s.b_off() * es;
+    p.q_stride = p.k_stride = p.v_stride = p.a_stride = p.b_stride = s.row();
+    p.a_log = d_alog.as<float>();
+    p.dt_bias = d_dt.as<float>();
+    p.allow_neg_eigval = s.neg_eigval;
+    p.q_scale = s.q_scale();
+    p.slots = d_slots.as<int32_t>();
+    p.state = d_pool.as<float>();
+    p.state_slot_stride = slot_stride;
+    p.o = d_o.get();
+    p.o_stride = o_stride;
+    HYLA_ASSERT_LAUNCH_OK(kernels::GdnDecode(p, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+    std::vector<float> want_o(static_cast<size_t>(c.num_seqs) * s.HV * s.dv, 0.0f);
+    for (int r = 0; r < c.num_seqs; ++r) {
+      if (slots[r] < 0) continue;
+      CpuStep(s, gp, rows.data() + r * s.row(), pool.data() + slots[r] * slot_stride,
+              want_o.data() + int64_t{r} * s.HV * s.dv);
+    }
+    std::vector<float> got_o;
+    if (bf16) {
+      const std::vector<uint16_t> raw = ToHost<uint16_t>(d_o, c.num_seqs * o_stride);
+      for (int r = 0; r < c.num_seqs; ++r) {
+        for (int64_t i = 0; i < int64_t{s.HV} * s.dv; ++i) {
+          got_o.push_back(Bf16ToFloat(raw[r * o_stride + i]));
+        }
+      }
+    } else {
+      const std::vector<float> raw = ToHost<float>(d_o, c.num_seqs * o_stride);
+      for (int r = 0; r < c.num_seqs; ++r) {
+        got_o.insert(got_o.end(), raw.begin() + r * o_stride,
+                     raw.begin() + r * o_stride + int64_t{s.HV} * s.dv);
+      }
+    }
+    ExpectClose(got_o, want_o, bf16 ? 1e-2 : 1e-4, bf16 ? "gdn_decode bf16 o" : "gdn_decode f32 o");
+  }
+  // Every slot (and the padding between slots) after the three steps; untouched slots must
+  // be exactly as they were.
+  ExpectClose(ToHost<float>(d_pool, pool.size()), pool, 1e-4,
+              bf16 ? "gdn_decode bf16 (fp32 state)" : "gdn_decode f32 state");
+}
+
 TEST_P(GdnDecodeTest, MatchesCpuRecurrenceOverSteps) {
   const bool bf16 = GetParam();
   const std::vector<DecodeCase> cases = {
@@ -119,86 +202,7 @@ TEST_P(GdnDecodeTest, MatchesCpuRecurrenceOverSteps) {
   };
   std::mt19937 rng(bf16 ? 1234 : 4321);
   for (const DecodeCase& c : cases) {
-    const GdnShape& s = c.shape;
-    SCOPED_TRACE(ShapeName(s) + " seqs " + std::to_string(c.num_seqs));
-    const GateParams gp = RandomGates(s, &rng);
-    const int64_t slot_stride = s.state() + c.slot_pad;
-    std::vector<float> pool =
-        Normal(static_cast<size_t>(c.num_slots * slot_stride), &rng, 0.0f, 0.5f);
-    DeviceBuffer d_pool = ToDevice(pool);
-    DeviceBuffer d_alog = ToDevice(gp.a_log), d_dt = ToDevice(gp.dt_bias);
-    ASSERT_TRUE(d_pool.ok() && d_alog.ok() && d_dt.ok());
-    for (int step = 0; step < 3; ++step) {
-      // Distinct random slots; the last padding_rows rows (shuffled in) are padding.
-      std::vector<int32_t> all(c.num_slots);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
-      for (int i = 0; i < c.padding_rows && i < c.num_seqs; ++i) slots[i] = -1;
-      std::shuffle(slots.begin(), slots.end(), rng);
-      std::vector<uint16_t> bits;
-      const std::vector<float> rows = RandomRows(s, c.num_seqs, &rng, bf16, &bits);
-      const int64_t o_stride = int64_t{s.HV} * s.dv + 7;
-      DeviceBuffer d_rows = bf16 ? ToDevice(bits) : ToDevice(rows);
-      DeviceBuffer d_slots = ToDevice(slots);
-      DeviceBuffer d_o(static_cast<size_t>(c.num_seqs * o_stride) * (bf16 ? 2 : 4));
-      ASSERT_TRUE(d_rows.ok() && d_slots.ok() && d_o.ok());
-
-      kernels::GdnDecodeParams p;
-      p.num_seqs = c.num_seqs;
-      p.num_heads = s.H;
-      p.num_v_heads = s.HV;
-      p.dk = s.dk;
-      p.dv = s.dv;
-      p.dtype = bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
-      const size_t es = bf16 ? 2 : 4;
-      const char* base = static_cast<const char*>(d_rows.get());
-      p.q = base + s.q_off() * es;
-      p.k = base + s.k_off() * es;
-      p.v = base + s.v_off() * es;
-      p.a = base + s.a_off() * es;
-      p.b = base + s.b_off() * es;
-      p.q_stride = p.k_stride = p.v_stride = p.a_stride = p.b_stride = s.row();
-      p.a_log = d_alog.as<float>();
-      p.dt_bias = d_dt.as<float>();
-      p.allow_neg_eigval = s.neg_eigval;
-      p.q_scale = s.q_scale();
-      p.slots = d_slots.as<int32_t>();
-      p.state = d_pool.as<float>();
-      p.state_slot_stride = slot_stride;
-      p.o = d_o.get();
-      p.o_stride = o_stride;
-      HYLA_ASSERT_LAUNCH_OK(kernels::GdnDecode(p, nullptr));
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-
-      std::vector<float> want_o(static_cast<size_t>(c.num_seqs) * s.HV * s.dv, 0.0f);
-      for (int r = 0; r < c.num_seqs; ++r) {
-        if (slots[r] < 0) continue;
-        CpuStep(s, gp, rows.data() + r * s.row(), pool.data() + slots[r] * slot_stride,
-                want_o.data() + int64_t{r} * s.HV * s.dv);
-      }
-      std::vector<float> got_o;
-      if (bf16) {
-        const std::vector<uint16_t> raw = ToHost<uint16_t>(d_o, c.num_seqs * o_stride);
-        for (int r = 0; r < c.num_seqs; ++r) {
-          for (int64_t i = 0; i < int64_t{s.HV} * s.dv; ++i) {
-            got_o.push_back(Bf16ToFloat(raw[r * o_stride + i]));
-          }
-        }
-      } else {
-        const std::vector<float> raw = ToHost<float>(d_o, c.num_seqs * o_stride);
-        for (int r = 0; r < c.num_seqs; ++r) {
-          got_o.insert(got_o.end(), raw.begin() + r * o_stride,
-                       raw.begin() + r * o_stride + int64_t{s.HV} * s.dv);
-        }
-      }
-      ExpectClose(got_o, want_o, bf16 ? 1e-2 : 1e-4,
-                  bf16 ? "gdn_decode bf16 o" : "gdn_decode f32 o");
-    }
-    // Every slot (and the padding between slots) after the three steps; untouched slots must
-    // be exactly as they were.
-    ExpectClose(ToHost<float>(d_pool, pool.size()), pool, 1e-4,
-                bf16 ? "gdn_decode bf16 (fp32 state)" : "gdn_decode f32 state");
+    RunDecodeCase(c, bf16, &rng);
   }
 }
 
@@ -233,70 +237,76 @@ TEST_F(GpuTest, GdnDecodeRejectsBadArguments) {
 
 // ---- ShortConvDecode ---------------------------------------------------------------------
 
-TEST_F(GpuTest, ShortConvDecodeMatchesCpu) {
-  struct Case {
-    int channels, kernel, num_seqs, num_slots;
-    bool silu, bf16;
-  };
-  const std::vector<Case> cases = {{37, 4, 5, 7, true, false}, {300, 4, 9, 9, true, true},
-                                   {8, 1, 3, 4, false, false}, {513, 2, 17, 20, true, false},
-                                   {64, 3, 2, 3, false, true}, {1, 4, 1, 1, true, false}};
-  std::mt19937 rng(77);
-  for (const Case& c : cases) {
-    SCOPED_TRACE("C " + std::to_string(c.channels) + " K " + std::to_string(c.kernel));
-    const int taps = c.kernel - 1;
-    const int64_t tail_stride = int64_t{std::max(taps, 1)} * c.channels + 5;
-    std::vector<float> tails =
-        Normal(static_cast<size_t>(c.num_slots * tail_stride), &rng, 0.0f, 1.0f);
-    const std::vector<float> weight =
-        Normal(static_cast<size_t>(c.channels) * c.kernel, &rng, 0.0f, 0.5f);
-    DeviceBuffer d_tails = ToDevice(tails), d_w = ToDevice(weight);
-    ASSERT_TRUE(d_tails.ok() && d_w.ok());
-    for (int step = 0; step < 3; ++step) {
-      std::vector<int32_t> all(c.num_slots);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
-      if (c.num_seqs > 2) slots[1] = -1;  // a padding row
-      const int64_t x_stride = c.channels + 3;
-      std::vector<float> x = Normal(static_cast<size_t>(c.num_seqs * x_stride), &rng, 0.0f, 2.0f);
-      std::vector<uint16_t> bits;
-      if (c.bf16) bits = gpu_test::RoundToBf16(&x);
-      DeviceBuffer d_x = c.bf16 ? ToDevice(bits) : ToDevice(x);
-      DeviceBuffer d_slots = ToDevice(slots);
-      DeviceBuffer d_out(static_cast<size_t>(c.num_seqs) * c.channels * (c.bf16 ? 2 : 4));
-      ASSERT_TRUE(d_x.ok() && d_slots.ok() && d_out.ok());
-      kernels::ShortConvDecodeParams p;
-      p.num_seqs = c.num_seqs;
-      p.channels = c.channels;
-      p.kernel = c.kernel;
-      p.dtype = c.bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
-      p.x = d_x.get();
-      p.x_stride = x_stride;
-      p.weight = d_w.as<float>();
-      p.slots = d_slots.as<int32_t>();
-      p.tail = d_tails.as<float>();
-      p.tail_slot_stride = tail_stride;
-      p.silu = c.silu;
-      p.out = d_out.get();
-      p.out_stride = c.channels;
-      HYLA_ASSERT_LAUNCH_OK(kernels::ShortConvDecode(p, nullptr));
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+struct ConvCase {
+  int channels, kernel, num_seqs, num_slots;
+  bool silu, bf16;
+};
 
-      std::vector<float> want(static_cast<size_t>(c.num_seqs) * c.channels, 0.0f);
-      for (int r = 0; r < c.num_seqs; ++r) {
-        if (slots[r] < 0) continue;
-        cpu::ShortConv(x.data() + r * x_stride, x_stride, 1, c.channels, weight.data(), c.kernel,
-                       taps > 0 ? tails.data() + slots[r] * tail_stride : nullptr, c.silu,
-                       want.data() + int64_t{r} * c.channels, c.channels);
-      }
-      const std::vector<float> got =
-          c.bf16 ? gpu_test::Bf16ToFloats(ToHost<uint16_t>(d_out, want.size()))
-                 : ToHost<float>(d_out, want.size());
-      ExpectClose(got, want, c.bf16 ? 1e-2 : 1e-4,
-                  c.bf16 ? "short_conv_decode bf16 out" : "short_conv_decode f32 out");
+void RunConvCase(const ConvCase& c, std::mt19937* rng_ptr) {
+  std::mt19937& rng = *rng_ptr;
+  SCOPED_TRACE("C " + std::to_string(c.channels) + " K " + std::to_string(c.kernel));
+  const int taps = c.kernel - 1;
+  const int64_t tail_stride = int64_t{std::max(taps, 1)} * c.channels + 5;
+  std::vector<float> tails =
+      Normal(static_cast<size_t>(c.num_slots * tail_stride), &rng, 0.0f, 1.0f);
+  const std::vector<float> weight =
+      Normal(static_cast<size_t>(c.channels) * c.kernel, &rng, 0.0f, 0.5f);
+  DeviceBuffer d_tails = ToDevice(tails), d_w = ToDevice(weight);
+  ASSERT_TRUE(d_tails.ok() && d_w.ok());
+  for (int step = 0; step < 3; ++step) {
+    std::vector<int32_t> all(c.num_slots);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
+    if (c.num_seqs > 2) slots[1] = -1;  // a padding row
+    const int64_t x_stride = c.channels + 3;
+    std::vector<float> x = Normal(static_cast<size_t>(c.num_seqs * x_stride), &rng, 0.0f, 2.0f);
+    std::vector<uint16_t> bits;
+    if (c.bf16) bits = gpu_test::RoundToBf16(&x);
+    DeviceBuffer d_x = c.bf16 ? ToDevice(bits) : ToDevice(x);
+    DeviceBuffer d_slots = ToDevice(slots);
+    DeviceBuffer d_out(static_cast<size_t>(c.num_seqs) * c.channels * (c.bf16 ? 2 : 4));
+    ASSERT_TRUE(d_x.ok() && d_slots.ok() && d_out.ok());
+    kernels::ShortConvDecodeParams p;
+    p.num_seqs = c.num_seqs;
+    p.channels = c.channels;
+    p.kernel = c.kernel;
+    p.dtype = c.bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
+    p.x = d_x.get();
+    p.x_stride = x_stride;
+    p.weight = d_w.as<float>();
+    p.slots = d_slots.as<int32_t>();
+    p.tail = d_tails.as<float>();
+    p.tail_slot_stride = tail_stride;
+    p.silu = c.silu;
+    p.out = d_out.get();
+    p.out_stride = c.channels;
+    HYLA_ASSERT_LAUNCH_OK(kernels::ShortConvDecode(p, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+    std::vector<float> want(static_cast<size_t>(c.num_seqs) * c.channels, 0.0f);
+    for (int r = 0; r < c.num_seqs; ++r) {
+      if (slots[r] < 0) continue;
+      cpu::ShortConv(x.data() + r * x_stride, x_stride, 1, c.channels, weight.data(), c.kernel,
+                     taps > 0 ? tails.data() + slots[r] * tail_stride : nullptr, c.silu,
+                     want.data() + int64_t{r} * c.channels, c.channels);
     }
-    ExpectClose(ToHost<float>(d_tails, tails.size()), tails, 0.0, "short_conv_decode tails");
+    const std::vector<float> got =
+        c.bf16 ? gpu_test::Bf16ToFloats(ToHost<uint16_t>(d_out, want.size()))
+               : ToHost<float>(d_out, want.size());
+    ExpectClose(got, want, c.bf16 ? 1e-2 : 1e-4,
+                c.bf16 ? "short_conv_decode bf16 out" : "short_conv_decode f32 out");
+  }
+  ExpectClose(ToHost<float>(d_tails, tails.size()), tails, 0.0, "short_conv_decode tails");
+}
+
+TEST_F(GpuTest, ShortConvDecodeMatchesCpu) {
+  const std::vector<ConvCase> cases = {{37, 4, 5, 7, true, false}, {300, 4, 9, 9, true, true},
+                                       {8, 1, 3, 4, false, false}, {513, 2, 17, 20, true, false},
+                                       {64, 3, 2, 3, false, true}, {1, 4, 1, 1, true, false}};
+  std::mt19937 rng(77);
+  for (const ConvCase& c : cases) {
+    RunConvCase(c, &rng);
   }
 }
 
@@ -541,6 +551,18 @@ TEST_F(GdnPrefillTest, SplitAcrossCallsMatchesRecurrence) {
       pos += len;
     }
   }
+}
+
+// Small instances of every GDN kernel path, sized for compute-sanitizer (racecheck is slow):
+// scripts/device_run.sh runs the sanitizers with --gtest_filter='*Sanitizer*'.
+TEST_F(GpuTest, SmallGdnKernelsForSanitizers) {
+  std::mt19937 rng(99);
+  RunDecodeCase({{2, 4, 64, 64, false}, 3, 4, 0, 1}, false, &rng);  // 16-byte state path
+  RunDecodeCase({{1, 2, 33, 7, true}, 2, 3, 1, 0}, true, &rng);     // scalar state path, bf16
+  RunConvCase({37, 4, 3, 4, true, false}, &rng);
+  RunConvCase({20, 2, 2, 2, false, true}, &rng);
+  RunPrefillCase({{1, 2, 40, 36, false}, {70, 5, 0}, {60, 0, 3}, false, true, true}, 98);
+  RunPrefillCase({{1, 1, 64, 64, false}, {65}, {0}, true}, 97);
 }
 
 // Host-only: runs without a GPU too.

@@ -255,6 +255,18 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, PagedAttentionTest,
                                   (i.param.second ? "KvBf16" : "KvF32");
                          });
 
+// Small instances of every paged-attention path, sized for compute-sanitizer (racecheck is
+// slow): scripts/device_run.sh runs the sanitizers with --gtest_filter='*Sanitizer*'.
+TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
+  const std::vector<SeqSpec> seqs = {
+      {1, SeqSpec::kAll}, {130, SeqSpec::kSparse}, {0, SeqSpec::kEmpty}, {200, SeqSpec::kAll}};
+  RunCase({{8, 2, 64, 64}, seqs, 0, 3, false, true}, 1);   // splits + combine, GQA 4
+  RunCase({{4, 4, 32, 32}, seqs, 0, 1, false, false}, 2);  // one split, MHA
+  RunCase({{12, 1, 40, 160}, {{150, SeqSpec::kWindowed}, {70, SeqSpec::kAll}}, 100, 0, true, true},
+          3);  // two CTAs of heads, dv > 128, window
+  RunCase({{3, 1, 36, 20}, {{90, SeqSpec::kAll}}, 0, 2, true, true}, 4);  // element-wise copies
+}
+
 TEST_F(GpuTest, PagedAttentionRejectsBadArguments) {
   kernels::PagedAttentionDecodeParams p;
   EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), 0);  // no sequences
