@@ -61,8 +61,8 @@ packages=(
   clang-format-14 clang-format
   # Python clients and test helpers
   python3 python3-numpy python3-grpcio python3-protobuf
-  # promtool (metrics format checks)
-  prometheus
+  # promtool (metrics format checks); curl for the README's /metrics example
+  prometheus curl
   # tests/deploy: the Python venv of the deployment checks (below)
   python3-venv
 )
