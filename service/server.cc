@@ -166,17 +166,6 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   Engine* engine_ptr = s->engine_.get();
   s->metrics_->SetStatsSource([engine_ptr] { return engine_ptr->Stats(); });
 
-  // ---- metrics listener ----
-  try {
-    s->exposer_ = std::make_unique<prometheus::Exposer>(flags.metrics_listen);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("--metrics-listen: cannot listen on ", flags.metrics_listen, ": ", e.what()));
-  }
-  s->exposer_->RegisterCollectable(s->metrics_);
-  const std::vector<int> mports = s->exposer_->GetListeningPorts();
-  s->metrics_address_ = WithPort(flags.metrics_listen, mports.empty() ? 0 : mports.front());
-
   // ---- gRPC server ----
   HylaServiceOptions so;
   so.auth_token = flags.auth_token;
@@ -217,6 +206,8 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
                                DurationMs(flags.max_connection_age_grace));
   }
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port would silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || grpc_port <= 0) {
     s->server_.reset();
@@ -225,6 +216,22 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   }
   s->grpc_address_ = WithPort(flags.listen, grpc_port);
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  for (const char* name : kHealthNames) health->SetServingStatus(name, false);  // not ready yet
+  // ---- metrics listener (after the gRPC port: a failed bind there costs no civetweb stop) ----
+  try {
+    s->exposer_ = std::make_unique<prometheus::Exposer>(flags.metrics_listen);
+  } catch (const std::exception& e) {
+    s->service_->MarkForcedShutdown();
+    s->server_->Shutdown(std::chrono::system_clock::now());
+    s->server_->Wait();
+    s->server_.reset();
+    return absl::UnavailableError(
+        absl::StrCat("--metrics-listen: cannot listen on ", flags.metrics_listen, ": ", e.what()));
+  }
+  s->exposer_->RegisterCollectable(s->metrics_);
+  const std::vector<int> mports = s->exposer_->GetListeningPorts();
+  s->metrics_address_ = WithPort(flags.metrics_listen, mports.empty() ? 0 : mports.front());
+
   for (const char* name : kHealthNames) health->SetServingStatus(name, true);
 
   const EngineInfo& info = s->engine_->info();

@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
                           : absl::StrCat(r.cut_calls, " call(s) cut at the drain deadline"))
             << "; exit 0\n"
             << std::flush;
-  server->reset();
-  return 0;
+  // The gRPC server and the engine are stopped; what is left is the metrics listener, whose
+  // civetweb threads take up to 2 s to notice a stop. Nothing remains to flush: exit now.
+  std::fflush(nullptr);
+  std::_Exit(0);
 }

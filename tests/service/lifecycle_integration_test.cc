@@ -95,8 +95,13 @@ std::string TrailingValue(const GenerateResult& r, const std::string& key) {
   return it == r.trailing.end() ? "" : it->second;
 }
 
+// Long generations (8000 tokens at a maximum context of 8192: seconds of work for the tiny test
+// model) so that the events under test happen mid-stream on any machine.
+constexpr int kLong = 8000;
+constexpr char kLongContext[] = "--max-context=8192";
+
 TEST(LifecycleTest, CancelMidStreamFreesTheStateAtOnce) {
-  auto server = Start({"--memory-budget=64M"});
+  auto server = Start({"--memory-budget=64M", kLongContext});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
   {  // A resident session, so that the baseline is not simply zero.
@@ -111,7 +116,7 @@ TEST(LifecycleTest, CancelMidStreamFreesTheStateAtOnce) {
   EXPECT_EQ(before.running, 0);
   EXPECT_GT(before.slot_bytes, 0);
 
-  OpenStream stream(*stub, SampledRequest("a long answer", 2000, 3));
+  OpenStream stream(*stub, SampledRequest("a long answer", kLong, 3));
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(stream.ReadOne());
   const Gauges during = ReadGauges(*server);
   EXPECT_EQ(during.running, 1);
@@ -119,7 +124,7 @@ TEST(LifecycleTest, CancelMidStreamFreesTheStateAtOnce) {
   stream.Cancel();
   const grpc::Status st = stream.Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED) << st.error_message();
-  EXPECT_LT(stream.tokens(), 2000);
+  EXPECT_LT(stream.tokens(), kLong);
 
   Gauges after;
   EXPECT_TRUE(WaitFor(
@@ -138,16 +143,16 @@ TEST(LifecycleTest, CancelMidStreamFreesTheStateAtOnce) {
 }
 
 TEST(LifecycleTest, DeadlineExpiryFreesTheStateAtOnce) {
-  auto server = Start({"--memory-budget=64M"});
+  auto server = Start({"--memory-budget=64M", kLongContext});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
   const Gauges before = ReadGauges(*server);
-  OpenStream stream(*stub, SampledRequest("an answer longer than the deadline", 2000, 4),
+  OpenStream stream(*stub, SampledRequest("an answer longer than the deadline", kLong, 4),
                     absl::Milliseconds(100));
   ASSERT_TRUE(stream.ReadOne());  // mid-stream when the deadline passes
   const grpc::Status st = stream.Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
-  EXPECT_LT(stream.tokens(), 2000);
+  EXPECT_LT(stream.tokens(), kLong);
   Gauges after;
   EXPECT_TRUE(WaitFor(
       [&] {
@@ -165,11 +170,11 @@ TEST(LifecycleTest, DeadlineExpiryFreesTheStateAtOnce) {
 }
 
 TEST(LifecycleTest, OverloadPastTheMemoryBudgetIsUnavailableWithARetryHint) {
-  // One 2048-token sequence needs 111232 + 4 * 32 * 24576 = 3256960 bytes: 7M holds 2 slots.
-  auto server = Start({"--memory-budget=7M", "--queue-bound=2"});
+  // One 8192-token sequence needs 111232 + 4 * 128 * 24576 = 12694144 bytes: 26M holds 2 slots.
+  auto server = Start({"--memory-budget=26M", "--queue-bound=2", kLongContext});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
-  constexpr int kTokens = 1900;
+  constexpr int kTokens = kLong / 2;
   std::vector<std::unique_ptr<OpenStream>> admitted;
   for (int i = 0; i < 2; ++i) {  // running: every slot is taken
     admitted.push_back(
@@ -204,13 +209,13 @@ TEST(LifecycleTest, OverloadPastTheMemoryBudgetIsUnavailableWithARetryHint) {
 }
 
 TEST(LifecycleTest, OverloadPastTheQueueBoundIsUnavailableWithARetryHint) {
-  // 40 slots at 512 tokens; a worker runs 32 at once, so requests 33 and 34 queue although
-  // memory would hold them, and the next ones find the queue full.
-  auto server = Start({"--max-context=512", "--memory-budget=36M", "--queue-bound=2"});
+  // 42 slots at 1024 tokens (1684096 bytes each); a worker runs 32 at once, so requests 33 and
+  // 34 queue although memory would hold them, and the next ones find the queue full.
+  auto server = Start({"--max-context=1024", "--memory-budget=68M", "--queue-bound=2"});
   ASSERT_NE(server, nullptr);
   auto channel = server->NewChannel();
   auto stub = v1::Hyla::NewStub(channel);
-  constexpr int kTokens = 480;
+  constexpr int kTokens = 1000;
   std::vector<std::unique_ptr<OpenStream>> admitted;
   for (int i = 0; i < 32; ++i) {
     // One at a time: a burst would itself overflow a queue bound of 2 before the scheduler

@@ -4,11 +4,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -20,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "tools/model_generator.h"
 
 namespace hyla::testing {
 namespace {
@@ -73,6 +77,34 @@ std::string ServerBinary() { return HYLA_SERVER_BIN; }
 std::string CliBinary() { return HYLA_CLI_BIN; }
 std::string DefaultModelDir() { return std::string(HYLA_SOURCE_DIR) + "/models/default"; }
 
+std::string TestModelDir() {
+  static const std::string* const dir = [] {
+    char tmpl[] = "/tmp/hyla_service_test_model_XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) return new std::string();
+    auto* d = new std::string(tmpl);
+    absl::StatusOr<tools::ModelShape> shape = tools::PresetShape(Family::kNatsl, "tiny");
+    tools::GeneratorOptions options;
+    if (shape.ok()) options.shape = *shape;
+    options.seed = 0;
+    options.preset = "tiny";
+    const absl::Status st = shape.ok() ? tools::GenerateModel(options, *d) : shape.status();
+    if (!st.ok()) {
+      std::fprintf(stderr, "cannot generate the test model: %s\n",
+                   std::string(st.message()).c_str());
+      d->clear();
+      return d;
+    }
+    std::atexit([] {
+      const std::string m = TestModelDir();
+      std::remove((m + "/config.json").c_str());
+      std::remove((m + "/model.safetensors").c_str());
+      rmdir(m.c_str());
+    });
+    return d;
+  }();
+  return *dir;
+}
+
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(std::vector<std::string> args,
                                                                     absl::Duration timeout) {
   auto has = [&args](const std::string& flag) {
@@ -83,7 +115,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(std::vector<
   };
   if (!has("--listen")) args.push_back("--listen=127.0.0.1:0");
   if (!has("--metrics-listen")) args.push_back("--metrics-listen=127.0.0.1:0");
-  if (!has("--model")) args.push_back("--model=" + DefaultModelDir());
+  if (!has("--model")) args.push_back("--model=" + TestModelDir());
+  args.erase(std::remove(args.begin(), args.end(), std::string("--model=")), args.end());
   std::vector<std::string> argv = {ServerBinary()};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<std::string> env = ChildEnvironment({});
@@ -95,6 +128,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(std::vector<
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
     const int devnull = open("/dev/null", O_RDWR);
     dup2(devnull, STDIN_FILENO);
     dup2(devnull, STDOUT_FILENO);
@@ -233,6 +267,7 @@ ProgramResult RunProgram(const std::vector<std::string>& argv_in,
   std::vector<char*> cenv = CStrings(env);
   const pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     dup2(in_pipe[0], STDIN_FILENO);
     dup2(out_pipe[1], STDOUT_FILENO);
     dup2(err_pipe[1], STDERR_FILENO);

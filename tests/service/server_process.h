@@ -31,12 +31,18 @@ namespace hyla::testing {
 // Paths baked in by tests/service/CMakeLists.txt.
 std::string ServerBinary();
 std::string CliBinary();
-std::string DefaultModelDir();  // <source>/models/default
+std::string DefaultModelDir();  // <source>/models/default (the embedded default model)
+// The model the tests serve unless they say otherwise: the natsl "tiny" preset with seed 0
+// (vocab 256, hidden 64, 4 layers: GDN, NAtS-L, GDN, NAtS-L; 269,712 parameters), generated once
+// per test program into a temporary directory (removed at exit), so that the tests do not depend
+// on what the embedded default model is.
+std::string TestModelDir();
 
 class ServerProcess {
  public:
   // Starts hyla-server with `args` plus --listen/--metrics-listen on 127.0.0.1:0 (unless given)
-  // and --model (the default model unless given); waits until it listens or exits.
+  // and --model (TestModelDir() unless given; "--model=" alone means no --model flag: the
+  // embedded default); waits until it listens or exits.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       std::vector<std::string> args, absl::Duration timeout = absl::Seconds(60));
   ~ServerProcess();  // SIGKILL if still running
