@@ -52,6 +52,29 @@ void AddRetryHint(grpc::CallbackServerContext* context, const absl::Status& stat
   context->AddTrailingMetadata(kGrpcRetryPushbackMsKey, absl::StrCat(*ms));
 }
 
+// Logs a call that ended with a server-side error (not a client mistake, a cancellation or an
+// overload refusal, which the metrics count): one line on stderr.
+void LogIfServerError(Method method, const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::NOT_FOUND:
+    case grpc::StatusCode::ALREADY_EXISTS:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::UNAVAILABLE:
+      return;
+    default:
+      break;
+  }
+  const std::string line =
+      absl::StrCat("hyla-server: error: ", absl::FormatTime(absl::Now()), " ", MethodName(method),
+                   ": ", GrpcCodeName(status.error_code()), ": ", status.error_message(), "\n");
+  std::fputs(line.c_str(), stderr);
+}
+
 // An INVALID_ARGUMENT the engine counts itself as "too_long" (see Admit in scheduler.cc).
 bool IsTooLong(const absl::Status& status) {
   return absl::IsInvalidArgument(status) &&
@@ -84,6 +107,7 @@ class UnaryCall {
     AddRetryHint(context_, status);
     const grpc::Status g = ToGrpcStatus(status);
     service_->metrics().OnRpcFinished(method_, g.error_code(), absl::Now() - start_);
+    LogIfServerError(method_, g);
     HylaService* service = service_;
     delete this;
     reactor->Finish(g);
@@ -190,7 +214,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
         finish_now = true;
       }
     }
-    Record(status.error_code(), cause, std::nullopt);
+    Record(status, cause, /*cancelled=*/true);
     if (finish_now) Finish(status);
   }
 
@@ -277,8 +301,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       }
     }
     if (usage.has_value() || cancelled || action == Action::kFinish) {
-      Record(status.error_code(), cause, cancelled ? std::optional<bool>(true) : std::nullopt,
-             usage);
+      Record(status, cause, cancelled, usage);
     }
     switch (action) {
       case Action::kWrite:
@@ -362,23 +385,21 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     AddRetryHint(context_, st);
     const grpc::Status g = ToGrpcStatus(st);
-    Record(g.error_code(), CancelCause::kClient, std::nullopt);
+    Record(g, CancelCause::kClient, /*cancelled=*/false);
     Finish(g);
   }
 
   // Counts the call once: its code and duration, its cancellation cause (when `cancelled`), and
   // the Generate histograms when the engine reported usage.
-  void Record(grpc::StatusCode code, CancelCause cause, std::optional<bool> cancelled,
+  void Record(const grpc::Status& status, CancelCause cause, bool cancelled,
               std::optional<Usage> usage = std::nullopt) {
     if (recorded_.exchange(true)) return;
+    const grpc::StatusCode code = status.error_code();
+    LogIfServerError(Method::kGenerate, status);
     Metrics& m = service_->metrics();
     const absl::Duration elapsed = absl::Now() - start_;
     m.OnRpcFinished(Method::kGenerate, code, elapsed);
-    const bool ended_early = cancelled.has_value() && *cancelled;
-    if (ended_early || code == grpc::StatusCode::CANCELLED ||
-        code == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      m.OnCancelled(cause);
-    }
+    if (cancelled) m.OnCancelled(cause);
     if (usage.has_value()) {
       m.OnGenerateFinished(usage->prompt_tokens, usage->generated_tokens, usage->total_time);
     }
