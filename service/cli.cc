@@ -69,8 +69,14 @@ std::shared_ptr<grpc::Channel> MakeChannel(const CliArgs& a, std::string* error)
   return grpc::CreateChannel(a.server, creds);
 }
 
-void Prepare(const CliArgs& a, grpc::ClientContext* ctx, absl::Duration default_timeout) {
+// `session` is the session the call is about (empty: none): sent as the `session-id` metadata
+// that Envoy hashes on (deploy/envoy/envoy.yaml), unless --affinity names another key (the root
+// session of a fork family, whose replica holds the forks too).
+void Prepare(const CliArgs& a, grpc::ClientContext* ctx, absl::Duration default_timeout,
+             const std::string& session = "") {
   if (!a.token.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", a.token));
+  const std::string key = Flag(a, "affinity", session);
+  if (!key.empty()) ctx->AddMetadata(std::string(kSessionIdMetadata), key);
   const absl::Duration t = a.timeout.value_or(default_timeout);
   if (t != absl::InfiniteDuration()) ctx->set_deadline(absl::ToChronoTime(absl::Now() + t));
 }
@@ -129,7 +135,7 @@ int Generate(const CliArgs& a, v1::Hyla::Stub& stub, std::ostream& out, std::ost
   req.mutable_stopping()->set_ignore_eos(HasFlag(a, "ignore-eos"));
 
   grpc::ClientContext ctx;
-  Prepare(a, &ctx, absl::InfiniteDuration());
+  Prepare(a, &ctx, absl::InfiniteDuration(), Flag(a, "session"));
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub.Generate(&ctx, req);
   v1::GenerateResponse resp;
   std::optional<v1::Finished> finished;
@@ -161,7 +167,11 @@ int Session(const CliArgs& a, v1::Hyla::Stub& stub, std::ostream& out, std::ostr
   const std::string& sub = a.positional[1];
   const size_t nargs = a.positional.size() - 2;
   grpc::ClientContext ctx;
-  Prepare(a, &ctx, absl::Seconds(30));
+  // The session the call is about: create's --session, get/delete's ID, and for fork the
+  // PARENT's ID, so that the child is created on the replica that holds the parent.
+  std::string about = sub == "create" ? Flag(a, "session") : "";
+  if ((sub == "get" || sub == "delete" || sub == "fork") && nargs >= 1) about = a.positional[2];
+  Prepare(a, &ctx, absl::Seconds(30), sub == "list" ? "" : about);
   if (sub == "create") {
     if (nargs > 1) return UsageError(err, "session create takes at most one PREFIX");
     v1::CreateSessionRequest req;
@@ -256,6 +266,10 @@ Commands:
                           stream a continuation (text on stdout, usage on stderr)
   session create [--session ID] [PREFIX]
   session get ID | session fork ID [NEW_ID] | session delete ID | session list
+                          generate and session calls send the metadata `session-id: ID` (the
+                          session they are about; for fork the parent's ID), on which Envoy
+                          routes a session to its replica; --affinity KEY sends KEY instead
+                          (for a forked session: its family's first ID)
   info                    model, limits and memory plan of the server
   health [--service NAME] print the serving status; exit 0 only when SERVING
   tokenize TEXT           print the token ids of TEXT
@@ -308,7 +322,7 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
     } else {
       static const char* kKnown[] = {"max-tokens", "session", "temperature", "top-p",
                                      "top-k",      "min-p",   "seed",        "stop",
-                                     "ignore-eos", "service", "help"};
+                                     "ignore-eos", "service", "help",        "affinity"};
       bool known = false;
       for (const char* k : kKnown) known = known || name == k;
       if (!known) return UsageError(err, absl::StrCat("unknown flag --", name));

@@ -13,8 +13,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/server_builder_option.h"
 #include "prometheus/exposer.h"
 #include "runtime/base/status_macros.h"
 #include "runtime/cpu/cpu_backend.h"
@@ -22,6 +24,7 @@
 #include "runtime/model/checkpoint.h"
 #include "runtime/model/tokenizer.h"
 #include "runtime/state/state_layout.h"
+#include "service/cpu_quota.h"
 #include "service/hyla_service.h"
 #include "service/memory_plan.h"
 #include "service/metrics.h"
@@ -58,9 +61,27 @@ std::string WithPort(const std::string& host_port, int port) {
   return absl::StrCat(host_port.substr(0, host_port.rfind(':')), ":", port);
 }
 
+// Removes the builder plugins (server reflection registers itself for every server): the health
+// listener serves grpc.health.v1 and nothing else.
+class NoPluginsOption : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
+void SetHealth(grpc::Server* server, const char* name, bool serving) {
+  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(name, serving);
+}
+
 }  // namespace
 
 HylaServer::~HylaServer() {
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
+  }
   if (!stopped_ && server_ != nullptr) {
     service_->MarkForcedShutdown();
     server_->Shutdown(std::chrono::system_clock::now());
@@ -134,7 +155,17 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   eo.num_workers = flags.workers;
   eo.max_queued = flags.queue_bound;
   eo.max_context = max_context;
-  eo.max_batch = std::max(1, std::min(32, plan.slots_per_worker));
+  eo.max_batch =
+      flags.max_batch > 0 ? flags.max_batch : std::max(1, std::min(64, plan.slots_per_worker));
+  eo.token_budget = flags.token_budget;
+  eo.prefill_chunk_tokens = flags.prefill_chunk;
+  if (absl::Status st = ValidateStepBudget(eo.max_batch, eo.token_budget, eo.prefill_chunk_tokens);
+      !st.ok()) {
+    if (flags.max_batch > 0) return st;
+    return absl::InvalidArgumentError(absl::StrCat(
+        st.message(), " (--max-batch 0 means min(64, state slots per worker) = ", eo.max_batch,
+        "; set --max-batch or raise --token-budget)"));
+  }
   eo.default_max_new_tokens = static_cast<int>(std::min<int64_t>(256, max_context - 1));
   eo.session_ttl =
       flags.session_ttl == absl::ZeroDuration() ? absl::InfiniteDuration() : flags.session_ttl;
@@ -143,8 +174,17 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   eo.max_pending_events = flags.max_pending_tokens;
   eo.tokenizer = s->tokenizer_;
   eo.observer = s->metrics_;
-  const int hw = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = std::max(1, hw / flags.workers);
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string threads_note;
+  int threads = flags.threads;
+  if (threads > 0) {
+    threads_note = "--threads";
+  } else {
+    const CpuCount cpus = DetectCpuCount(hw);
+    threads = std::max(1, cpus.cpus / flags.workers);
+    threads_note =
+        absl::StrCat(cpus.cpus, " CPUs from ", cpus.source, " / ", flags.workers, " worker(s)");
+  }
   cpu::CpuBackendOptions bo;
   bo.num_threads = threads;
   bo.store.num_slots = plan.slots_per_worker;
@@ -217,10 +257,40 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   s->grpc_address_ = WithPort(flags.listen, grpc_port);
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   for (const char* name : kHealthNames) health->SetServingStatus(name, false);  // not ready yet
+
+  // ---- plaintext health listener ----
+  if (!flags.health_listen.empty()) {
+    grpc::ServerBuilder hb;
+    int health_port = -1;
+    hb.AddListeningPort(flags.health_listen, grpc::InsecureServerCredentials(), &health_port);
+    hb.SetOption(std::make_unique<NoPluginsOption>());
+    s->health_unimplemented_ = std::make_unique<grpc::CallbackGenericService>();
+    hb.RegisterCallbackGenericService(s->health_unimplemented_.get());
+    hb.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    hb.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+    s->health_server_ = hb.BuildAndStart();
+    if (s->health_server_ == nullptr || health_port <= 0) {
+      s->health_server_.reset();
+      s->service_->MarkForcedShutdown();
+      s->server_->Shutdown(std::chrono::system_clock::now());
+      s->server_->Wait();
+      s->server_.reset();
+      return absl::UnavailableError(absl::StrCat("--health-listen: cannot listen on ",
+                                                 flags.health_listen,
+                                                 " (address in use or invalid)"));
+    }
+    s->health_address_ = WithPort(flags.health_listen, health_port);
+    for (const char* name : kHealthNames) SetHealth(s->health_server_.get(), name, false);
+  }
   // ---- metrics listener (after the gRPC port: a failed bind there costs no civetweb stop) ----
   try {
     s->exposer_ = std::make_unique<prometheus::Exposer>(flags.metrics_listen);
   } catch (const std::exception& e) {
+    if (s->health_server_ != nullptr) {
+      s->health_server_->Shutdown(std::chrono::system_clock::now());
+      s->health_server_->Wait();
+      s->health_server_.reset();
+    }
     s->service_->MarkForcedShutdown();
     s->server_->Shutdown(std::chrono::system_clock::now());
     s->server_->Wait();
@@ -232,7 +302,10 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   const std::vector<int> mports = s->exposer_->GetListeningPorts();
   s->metrics_address_ = WithPort(flags.metrics_listen, mports.empty() ? 0 : mports.front());
 
-  for (const char* name : kHealthNames) health->SetServingStatus(name, true);
+  for (const char* name : kHealthNames) {
+    health->SetServingStatus(name, true);
+    SetHealth(s->health_server_.get(), name, true);
+  }
 
   const EngineInfo& info = s->engine_->info();
   s->startup_log_ = absl::StrCat(
@@ -241,9 +314,13 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
       config->vocab_size, ", ", tokenizer_note, "), device ", device, ", max context ",
       info.max_context, "\n", "hyla-server: memory plan: ", DescribeMemoryPlan(plan_in, plan),
       "; slot ", layout.slot_bytes(), " bytes, KV block ", layout.block_bytes(), " bytes, ",
-      layout.num_streams(), " KV streams\n", "hyla-server: listening grpc=", s->grpc_address_,
-      " metrics=", s->metrics_address_, " tls=", flags.tls_cert.empty() ? "off" : "on",
-      " auth=", flags.auth_token.empty() ? "off" : "on", "\n");
+      layout.num_streams(), " KV streams\n", "hyla-server: threads: ", threads, " per worker (",
+      threads_note, "); batch: ", eo.max_batch, " sequences, ", eo.token_budget,
+      " tokens per step, prefill chunk ", eo.prefill_chunk_tokens, "\n",
+      "hyla-server: listening grpc=", s->grpc_address_, " metrics=", s->metrics_address_,
+      " tls=", flags.tls_cert.empty() ? "off" : "on",
+      " auth=", flags.auth_token.empty() ? "off" : "on",
+      s->health_address_.empty() ? "" : absl::StrCat(" health=", s->health_address_), "\n");
   return s;
 }
 
@@ -254,7 +331,10 @@ DrainResult HylaServer::Drain(absl::Duration deadline) {
   // new calls are refused.
   service_->StartDrain();
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  for (const char* name : {"", "hyla.v1.Hyla", "readiness"}) health->SetServingStatus(name, false);
+  for (const char* name : {"", "hyla.v1.Hyla", "readiness"}) {
+    health->SetServingStatus(name, false);
+    SetHealth(health_server_.get(), name, false);
+  }
   r.drained = service_->WaitIdle(start + deadline);
   if (!r.drained) {
     r.cut_calls = service_->active_calls();
@@ -262,6 +342,11 @@ DrainResult HylaServer::Drain(absl::Duration deadline) {
   }
   server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
+    health_server_.reset();
+  }
   stopped_ = true;
   server_.reset();
   engine_.reset();

@@ -1,7 +1,8 @@
 // HylaServer: everything hyla-server runs, assembled from its flags — the model and its memory
 // plan, the Engine with one CPU backend per worker, the Prometheus exposer, and the gRPC server
 // (hyla.v1.Hyla, grpc.health.v1 with "", "hyla.v1.Hyla", "readiness" and "liveness", server
-// reflection, keepalive / connection-age arguments, optional TLS).
+// reflection, keepalive / connection-age arguments, optional TLS), and with --health-listen a
+// second, plaintext gRPC server that serves only grpc.health.v1 with the same statuses.
 //
 // Lifecycle: Create binds both listeners and starts serving (health SERVING). Drain is the
 // SIGTERM path: health NOT_SERVING (all names but "liveness"), new calls UNAVAILABLE "draining",
@@ -21,6 +22,7 @@
 #include "service/server_flags.h"
 
 namespace grpc {
+class CallbackGenericService;
 class Server;
 }  // namespace grpc
 namespace prometheus {
@@ -57,6 +59,8 @@ class HylaServer {
   // "HOST:PORT" actually bound (port resolved when the flag said 0).
   const std::string& grpc_address() const { return grpc_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
+  // Empty without --health-listen.
+  const std::string& health_address() const { return health_address_; }
 
   // The SIGTERM path (see the header comment). Returns when the server has stopped.
   DrainResult Drain(absl::Duration deadline);
@@ -68,6 +72,7 @@ class HylaServer {
   std::string startup_log_;
   std::string grpc_address_;
   std::string metrics_address_;
+  std::string health_address_;
   // Destruction order matters: the gRPC server first, then the service, the engine, the exposer
   // and the metrics.
   std::shared_ptr<Metrics> metrics_;
@@ -76,6 +81,11 @@ class HylaServer {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<HylaService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // --health-listen: plaintext, grpc.health.v1 only, statuses set together with server_'s.
+  // Answers every other method UNIMPLEMENTED there (and gives that server the callback methods
+  // gRPC needs to run its health service without a completion queue of ours).
+  std::unique_ptr<grpc::CallbackGenericService> health_unimplemented_;
+  std::unique_ptr<grpc::Server> health_server_;
   bool stopped_ = false;
 };
 

@@ -111,6 +111,18 @@ absl::Status ValidateHostPort(absl::string_view flag, absl::string_view value) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateStepBudget(int max_batch, int64_t token_budget, int64_t prefill_chunk) {
+  const int64_t need = int64_t{max_batch} - 1 + prefill_chunk;
+  if (token_budget < need) {
+    return Bad("token-budget",
+               absl::StrCat("must be at least --max-batch - 1 + --prefill-chunk = ", max_batch,
+                            " - 1 + ", prefill_chunk, " = ", need,
+                            " (a prefill chunk must fit beside a full batch of decodes), got ",
+                            token_budget));
+  }
+  return absl::OkStatus();
+}
+
 std::string ServerUsage() {
   return R"(Usage: hyla-server [flags]
 
@@ -123,9 +135,20 @@ Model and device:
                                models/default, or the source tree's models/default)
   --device cpu                 backend (only "cpu" in this build)
   --workers N                  workers, each with its own backend and scheduler thread [1]
+  --threads N                  CPU backend threads per worker; 0: the container's CPU quota
+                               (cgroup cpu.max or cfs_quota/period, rounded up; else the
+                               hardware threads) divided by --workers [0]
+Batching (per worker):
+  --max-batch N                sequences per step; 0: min(64, state slots per worker) [0]
+  --token-budget N             tokens per step (decodes + prefill chunks); at least
+                               --max-batch - 1 + --prefill-chunk [512]
+  --prefill-chunk N            prefill chunk tokens [256]
 Listeners:
   --listen HOST:PORT           gRPC address [0.0.0.0:50051] (port 0: any free port)
   --metrics-listen HOST:PORT   Prometheus address [0.0.0.0:9464] (port 0: any free port)
+  --health-listen HOST:PORT    plaintext listener serving only grpc.health.v1 (the same
+                               statuses as --listen), for Kubernetes gRPC probes when --listen
+                               uses TLS; default: none
 Memory and admission:
   --memory-budget SIZE         state memory (slots + KV blocks) of all workers, K/M/G suffixes [1G]
   --queue-bound N              requests waiting for admission at most; beyond: UNAVAILABLE [64]
@@ -210,7 +233,12 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
          f.device = std::string(v);
          return absl::OkStatus();
        }},
+      {"health-listen", host_port(&f.health_listen)},
       {"workers", int32(&f.workers, 1, 256)},
+      {"threads", int32(&f.threads, 0, 1024)},
+      {"max-batch", int32(&f.max_batch, 0, 4096)},
+      {"token-budget", integer(&f.token_budget, 1, int64_t{1} << 20)},
+      {"prefill-chunk", integer(&f.prefill_chunk, 1, int64_t{1} << 20)},
       {"memory-budget",
        [&f](absl::string_view flag, absl::string_view v) -> absl::Status {
          HYLA_ASSIGN_OR_RETURN(f.memory_budget_bytes, ParseByteSize(flag, v));
@@ -311,6 +339,19 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
   if (f.kv_cap_tokens % kBlockTokens != 0) {
     return Bad("kv-cap-tokens", absl::StrCat("must be a multiple of the ", kBlockTokens,
                                              "-token KV block, got ", f.kv_cap_tokens));
+  }
+  if (f.max_batch > 0) {
+    HYLA_RETURN_IF_ERROR(ValidateStepBudget(f.max_batch, f.token_budget, f.prefill_chunk));
+  } else if (f.token_budget < f.prefill_chunk) {
+    HYLA_RETURN_IF_ERROR(ValidateStepBudget(1, f.token_budget, f.prefill_chunk));
+  }
+  if (!f.health_listen.empty()) {
+    const bool fixed_port = !absl::EndsWith(f.health_listen, ":0");
+    if (fixed_port && (f.health_listen == f.listen || f.health_listen == f.metrics_listen)) {
+      return Bad(
+          "health-listen",
+          absl::StrCat("must differ from --listen and --metrics-listen, got ", f.health_listen));
+    }
   }
   if (!auth_set && !env_auth_token.empty()) f.auth_token = env_auth_token;
   return f;

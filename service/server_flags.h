@@ -20,8 +20,13 @@ struct ServerFlags {
   std::string model;                            // empty: the embedded default model
   std::string listen = "0.0.0.0:50051";         // gRPC
   std::string metrics_listen = "0.0.0.0:9464";  // Prometheus /metrics
+  std::string health_listen;                    // plaintext grpc.health.v1 only; empty: none
   std::string device = "cpu";
   int workers = 1;
+  int threads = 0;    // CPU backend threads per worker; 0: the CPU quota / workers (server.cc)
+  int max_batch = 0;  // sequences per step per worker; 0: min(64, state slots per worker)
+  int64_t token_budget = 512;   // tokens per step per worker (decodes + prefill chunks)
+  int64_t prefill_chunk = 256;  // prefill chunk tokens
   int64_t memory_budget_bytes = int64_t{1} << 30;  // state slots + KV blocks, all workers
   int queue_bound = 64;
   int64_t max_context = 0;    // 0: the model's max_position_embeddings
@@ -59,6 +64,10 @@ absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view flag, absl::s
 // Checks "HOST:PORT" ("[::1]:50051" for IPv6; port 0 = any free port). InvalidArgument naming
 // `flag`.
 absl::Status ValidateHostPort(absl::string_view flag, absl::string_view value);
+
+// The engine's step rule: --token-budget >= --max-batch - 1 + --prefill-chunk, so that a prefill
+// chunk always fits beside a full batch of decodes. InvalidArgument naming --token-budget.
+absl::Status ValidateStepBudget(int max_batch, int64_t token_budget, int64_t prefill_chunk);
 
 }  // namespace hyla::service
 

@@ -13,9 +13,16 @@ grpc_python_plugin (Debian: protobuf-compiler, protobuf-compiler-grpc):
     protoc -I proto --python_out=OUT --grpc_python_out=OUT \
         --plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin proto/hyla/v1/hyla.proto
 
+Session affinity: every call about a session sends the request metadata `session-id: ID`, on
+which a load balancer such as deploy/envoy/ hashes to route the session to the replica that holds
+its state. The client therefore picks the session id itself (--session, default a random one). A
+fork is sent with its PARENT's id as `session-id` (hyla-server creates the child on the parent's
+worker, so it must reach the parent's replica), and so is every later call on the fork: the
+routing key of a fork family is its first session's id.
+
 Usage:
     examples/python/client.py --server localhost:50051 [--token TOKEN] [--prompt TEXT]
-        [--max-tokens N] [--seed S] [--stubs DIR]
+        [--max-tokens N] [--seed S] [--session ID] [--stubs DIR]
 Exit status: 0 on success, 1 when a call failed (its gRPC code is printed).
 """
 
@@ -25,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 
 import grpc
 
@@ -74,6 +82,14 @@ def print_usage(label, usage):
           f"softmax_equivalent={s.softmax_equivalent_bytes} context={s.context_tokens}")
 
 
+SESSION_ID_METADATA = "session-id"
+
+
+def with_session(metadata, session_id):
+    """The call metadata plus `session-id: session_id` (the load balancer's routing key)."""
+    return list(metadata or []) + [(SESSION_ID_METADATA, session_id)]
+
+
 def generate(stub, pb, metadata, label, **fields):
     """Streams one Generate call; returns (token ids, text, usage)."""
     ids, text, usage = [], [], None
@@ -94,6 +110,8 @@ def main():
     parser.add_argument("--prompt", default="The state of a hybrid model is small. ")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--session", default="",
+                        help="id of the session to create (default: py-<random>)")
     parser.add_argument("--stubs", default="", help="folder with the generated hyla/v1 stubs")
     args = parser.parse_args()
 
@@ -115,23 +133,29 @@ def main():
             generate(stub, pb, metadata, "generate", text=args.prompt, sampling=sampling,
                      stopping=stopping)
 
-            # A session: the second request processes only its own new tokens.
-            session = stub.CreateSession(pb.CreateSessionRequest(text=args.prompt),
-                                         metadata=metadata, timeout=60)
+            # A session: the second request processes only its own new tokens. The client names
+            # it, and every call about it carries `session-id` (session affinity).
+            sid = args.session or "py-" + uuid.uuid4().hex[:16]
+            routed = with_session(metadata, sid)
+            session = stub.CreateSession(pb.CreateSessionRequest(session_id=sid, text=args.prompt),
+                                         metadata=routed, timeout=60)
             print(f"session: id={session.session_id} context_tokens={session.context_tokens}")
-            generate(stub, pb, metadata, "turn 1", session_id=session.session_id,
+            generate(stub, pb, routed, "turn 1", session_id=session.session_id,
                      text="First question? ", sampling=sampling, stopping=stopping)
-            _, _, usage = generate(stub, pb, metadata, "turn 2", session_id=session.session_id,
+            _, _, usage = generate(stub, pb, routed, "turn 2", session_id=session.session_id,
                                    text="Second question? ", sampling=sampling, stopping=stopping)
             print(f"turn 2 processed {usage.prompt_tokens} new tokens and reused "
                   f"{usage.reused_tokens} from the session")
-            fork = stub.ForkSession(pb.ForkSessionRequest(session_id=session.session_id),
-                                    metadata=metadata, timeout=60)
+            # The fork goes where its parent is: the parent's id as `session-id`, now and for
+            # every later call on the fork.
+            fork = stub.ForkSession(pb.ForkSessionRequest(session_id=session.session_id,
+                                                          new_session_id=sid + "-fork"),
+                                    metadata=routed, timeout=60)
             print(f"fork: id={fork.session_id} context_tokens={fork.context_tokens}")
             listed = stub.ListSessions(pb.ListSessionsRequest(), metadata=metadata, timeout=30)
             print("sessions:", ", ".join(s.session_id for s in listed.sessions))
-            for sid in (fork.session_id, session.session_id):
-                stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid), metadata=metadata,
+            for child in (fork.session_id, session.session_id):
+                stub.DeleteSession(pb.DeleteSessionRequest(session_id=child), metadata=routed,
                                    timeout=30)
             print("deleted both sessions")
     except grpc.RpcError as e:

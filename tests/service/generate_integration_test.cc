@@ -3,6 +3,7 @@
 // over the concatenated text while processing only the new tokens, and a fork diverges without
 // changing its parent.
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -195,6 +196,40 @@ TEST_F(GenerateTest, SessionCreatedWithAPrefixContinuesLikeOneRequest) {
   EXPECT_EQ(on_session.finished->usage().prompt_tokens(), static_cast<int>(question.size()));
   EXPECT_GE(on_session.finished->usage().reused_tokens(), static_cast<int>(prefix.size()) - 1);
   EXPECT_TRUE(DeleteSession(*stub, created.session_id()).ok());
+}
+
+// Session affinity routes a fork by its parent's id, to the replica that holds the parent: the
+// server must create the child on the parent's worker (and a fork of a fork there too).
+TEST_F(GenerateTest, ForksStayOnTheirParentsWorker) {
+  auto stub = server_->NewStub();
+  constexpr int kParents = 6;
+  std::set<int> workers;
+  for (int i = 0; i < kParents; ++i) {
+    const std::string id = absl::StrCat("affine-", i);
+    const v1::SessionInfo parent = CreateSession(*stub, id, absl::StrCat("Parent ", i, ". "));
+    workers.insert(static_cast<int>(parent.worker()));
+    std::string from = id;
+    for (int depth = 1; depth <= 2; ++depth) {  // a child, then a grandchild
+      const std::string child_id = absl::StrCat(id, "-fork", depth);
+      grpc::ClientContext ctx;
+      v1::ForkSessionRequest req;
+      req.set_session_id(from);
+      req.set_new_session_id(child_id);
+      v1::SessionInfo child;
+      const grpc::Status st = stub->ForkSession(&ctx, req, &child);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      EXPECT_EQ(child.worker(), parent.worker()) << child_id;
+      EXPECT_EQ(GetSession(*stub, child_id).worker(), parent.worker()) << child_id;
+      from = child_id;
+    }
+  }
+  // Both workers held parents: the check above could have failed.
+  EXPECT_EQ(workers.size(), 2u);
+  for (int i = 0; i < kParents; ++i) {
+    for (const char* suffix : {"-fork2", "-fork1", ""}) {
+      EXPECT_TRUE(DeleteSession(*stub, absl::StrCat("affine-", i, suffix)).ok());
+    }
+  }
 }
 
 TEST_F(GenerateTest, ForkDivergesWithoutChangingItsParent) {

@@ -209,9 +209,11 @@ TEST(LifecycleTest, OverloadPastTheMemoryBudgetIsUnavailableWithARetryHint) {
 }
 
 TEST(LifecycleTest, OverloadPastTheQueueBoundIsUnavailableWithARetryHint) {
-  // 42 slots at 1024 tokens (1684096 bytes each); a worker runs 32 at once, so requests 33 and
-  // 34 queue although memory would hold them, and the next ones find the queue full.
-  auto server = Start({"--max-context=1024", "--memory-budget=68M", "--queue-bound=2"});
+  // 42 slots at 1024 tokens (1684096 bytes each); a worker runs 32 at once (--max-batch), so
+  // requests 33 and 34 queue although memory would hold them, and the next ones find the queue
+  // full.
+  auto server =
+      Start({"--max-context=1024", "--memory-budget=68M", "--queue-bound=2", "--max-batch=32"});
   ASSERT_NE(server, nullptr);
   auto channel = server->NewChannel();
   auto stub = v1::Hyla::NewStub(channel);

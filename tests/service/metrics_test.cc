@@ -1,7 +1,11 @@
 #include "service/metrics.h"
 
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -289,6 +293,73 @@ TEST(MetricsTest, SerializesToTextFormat) {
   EXPECT_NE(text.find("# TYPE hyla_requests_total counter"), std::string::npos);
   EXPECT_NE(text.find("hyla_build_info{"), std::string::npos);
   EXPECT_NE(text.find("hyla_time_to_first_token_seconds_bucket{le=\"0.5\"} 0"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hyla::service
+
+namespace hyla::service {
+namespace {
+
+// docs/metrics.md lists every histogram's bucket bounds; they must be the exported ones.
+TEST(MetricsTest, DocsListTheBucketBoundaries) {
+  const std::string path = std::string(HYLA_SOURCE_DIR) + "/docs/metrics.md";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << path;
+  // "| `a`, `b` | 0.1 0.2 ... |" rows of the bucket table.
+  std::map<std::string, std::vector<double>> documented;
+  std::map<std::string, bool> token_rule;  // rows that state the 1-2-5 rule
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("| `hyla_", 0) != 0) continue;
+    const size_t bar = line.find('|', 1);
+    const size_t end = line.find('|', bar + 1);
+    if (bar == std::string::npos || end == std::string::npos) continue;
+    const std::string names = line.substr(1, bar - 1);
+    const std::string cell = line.substr(bar + 1, end - bar - 1);
+    std::vector<double> bounds;
+    std::istringstream words(cell);
+    std::string w;
+    while (words >> w) {
+      char* stop = nullptr;
+      const double v = std::strtod(w.c_str(), &stop);
+      if (stop == w.c_str() || *stop != '\0') break;  // the prose after the numbers
+      bounds.push_back(v);
+    }
+    if (bounds.empty()) continue;  // the metric table, not the bucket table
+    for (size_t at = names.find('`'); at != std::string::npos; at = names.find('`', at + 1)) {
+      const size_t close = names.find('`', at + 1);
+      const std::string name = names.substr(at + 1, close - at - 1);
+      documented[name] = bounds;
+      token_rule[name] = cell.find("1-2-5 steps") != std::string::npos;
+      at = close;
+    }
+  }
+  ASSERT_FALSE(documented.empty()) << "no bucket table in " << path;
+
+  auto m = Make();  // maximum context 2048
+  int histograms = 0;
+  for (const prometheus::MetricFamily& f : m->Collect()) {
+    if (f.type != prometheus::MetricType::Histogram) continue;
+    ++histograms;
+    ASSERT_FALSE(f.metric.empty()) << f.name;
+    std::vector<double> exported;
+    for (const auto& b : f.metric.front().histogram.bucket) {
+      if (!std::isinf(b.upper_bound)) exported.push_back(b.upper_bound);
+    }
+    auto it = documented.find(f.name);
+    ASSERT_NE(it, documented.end()) << f.name << " has no row in the bucket table";
+    std::vector<double> want = it->second;
+    if (token_rule[f.name]) {  // documented as "1 2 5 ... 10000 ... while <= max context"
+      want.clear();
+      for (double v : it->second) {
+        if (v <= 2048) want.push_back(v);
+      }
+    }
+    EXPECT_EQ(exported, want) << f.name;
+  }
+  EXPECT_EQ(histograms, 11);
+  EXPECT_EQ(documented.size(), 11u);
 }
 
 }  // namespace

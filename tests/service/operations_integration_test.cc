@@ -1,6 +1,7 @@
 // Operations against a real hyla-server: /metrics passes `promtool check metrics` and agrees with
 // the traffic sent, reflection lists the services, bearer-token authentication, TLS, start-up
 // errors that name the flag, the `hyla` CLI and the Python client example.
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -10,11 +11,13 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "service/raw_clients.h"
 #include "tests/service/server_process.h"
@@ -249,6 +252,184 @@ TEST(OperationsTest, ServesTls) {
   rmdir(dir.c_str());
 }
 
+// A self-signed certificate for localhost / 127.0.0.1 in a fresh temporary folder.
+struct TestCert {
+  std::string dir, cert, key;
+  TestCert() {
+    char dir_template[] = "/tmp/hyla_tls_XXXXXX";
+    if (mkdtemp(dir_template) == nullptr) return;
+    dir = dir_template;
+    cert = dir + "/cert.pem";
+    key = dir + "/key.pem";
+    const std::string openssl = FindProgram("openssl");
+    EXPECT_FALSE(openssl.empty()) << "openssl is needed to make a test certificate";
+    const ProgramResult gen =
+        RunProgram({openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"});
+    EXPECT_EQ(gen.exit_code, 0) << gen.err;
+  }
+  ~TestCert() {
+    std::remove(cert.c_str());
+    std::remove(key.c_str());
+    rmdir(dir.c_str());
+  }
+  std::string Pem() const {
+    std::ifstream in(cert);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    return pem.str();
+  }
+};
+
+// --health-listen: Kubernetes' gRPC probes speak plaintext only; with TLS on --listen they probe
+// a plaintext port that serves grpc.health.v1 alone, with the main server's statuses.
+TEST(OperationsTest, PlaintextHealthListenerBesideTlsFollowsTheDrain) {
+  TestCert tls;
+  ASSERT_FALSE(tls.dir.empty());
+  auto server = Start({"--memory-budget=128M", "--drain-deadline=60s", "--tls-cert=" + tls.cert,
+                       "--tls-key=" + tls.key, "--health-listen=127.0.0.1:0"});
+  ASSERT_NE(server, nullptr);
+  ASSERT_FALSE(server->health_address().empty()) << server->Stderr();
+  EXPECT_NE(server->health_address(), server->grpc_address());
+  EXPECT_NE(server->Stderr().find(" tls=on auth=off health=" + server->health_address()),
+            std::string::npos)
+      << server->Stderr();
+  auto health_channel =
+      grpc::CreateChannel(server->health_address(), grpc::InsecureChannelCredentials());
+  for (const char* name : {"", "hyla.v1.Hyla", "readiness", "liveness"}) {
+    auto h = service::CheckHealth(health_channel, name, absl::Seconds(10));
+    ASSERT_TRUE(h.ok()) << name << ": " << h.status();
+    EXPECT_EQ(*h, service::ServingStatus::kServing) << name;
+  }
+  {  // Unknown names are unknown there too.
+    auto h = service::CheckHealth(health_channel, "no.such.Service", absl::Seconds(10));
+    EXPECT_TRUE(!h.ok() || *h == service::ServingStatus::kServiceUnknown);
+  }
+  // Health only: no reflection and no hyla.v1.Hyla on the plaintext port.
+  EXPECT_FALSE(service::ListServices(health_channel, absl::Seconds(5)).ok());
+  {
+    auto plain_stub = v1::Hyla::NewStub(health_channel);
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(plain_stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
+  }
+  // The main port still needs TLS for its health service: a plaintext probe there fails.
+  EXPECT_FALSE(service::CheckHealth(server->NewChannel(), "", absl::Seconds(3)).ok());
+  // The CLI probes the plaintext port.
+  const ProgramResult cli = RunProgram(
+      {CliBinary(), "--server", server->health_address(), "health", "--service", "readiness"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(cli.out, "SERVING\n");
+
+  // Streams in flight over TLS keep the drain going while the health port is checked.
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls.Pem();
+  auto tls_channel = grpc::CreateChannel(server->grpc_address(), grpc::SslCredentials(ssl));
+  constexpr int kStreams = 8;
+  constexpr int kTokens = 1000;
+  absl::Mutex mu;
+  int started = 0;
+  std::vector<grpc::Status> statuses(kStreams);
+  std::vector<int> tokens(kStreams, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = v1::Hyla::NewStub(tls_channel);
+      grpc::ClientContext ctx;
+      auto reader = stub->Generate(&ctx, SampledRequest(absl::StrCat("drain ", i), kTokens, i));
+      v1::GenerateResponse r;
+      bool first = true;
+      while (reader->Read(&r)) {
+        tokens[i] += r.token_ids_size();
+        if (first) {
+          absl::MutexLock lock(&mu);
+          ++started;
+          first = false;
+        }
+      }
+      statuses[i] = reader->Finish();
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return started == kStreams; };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)));
+  }
+  server->Signal(SIGTERM);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto h = service::CheckHealth(health_channel, "readiness", absl::Seconds(5));
+        return h.ok() && *h == service::ServingStatus::kNotServing;
+      },
+      absl::Seconds(10)))
+      << server->Stderr();
+  for (const char* name : {"", "hyla.v1.Hyla"}) {
+    auto h = service::CheckHealth(health_channel, name, absl::Seconds(5));
+    ASSERT_TRUE(h.ok()) << name << ": " << h.status();
+    EXPECT_EQ(*h, service::ServingStatus::kNotServing) << name;
+  }
+  {  // The process is alive while it drains.
+    auto h = service::CheckHealth(health_channel, "liveness", absl::Seconds(5));
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_EQ(*h, service::ServingStatus::kServing);
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    EXPECT_EQ(tokens[i], kTokens) << i;
+  }
+  const std::optional<int> code = server->WaitExit(absl::Seconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, 0) << server->Stderr();
+  // After the exit nothing answers on the health port.
+  EXPECT_FALSE(service::CheckHealth(health_channel, "liveness", absl::Seconds(2)).ok());
+}
+
+TEST(OperationsTest, ThreadsAndBatchAreLoggedAndChecked) {
+  {
+    auto server = Start({"--memory-budget=32M", "--max-context=512", "--threads=3",
+                         "--max-batch=64", "--token-budget=400", "--prefill-chunk=128"});
+    ASSERT_NE(server, nullptr);
+    EXPECT_NE(server->Stderr().find("threads: 3 per worker (--threads); batch: 64 sequences, 400 "
+                                    "tokens per step, prefill chunk 128"),
+              std::string::npos)
+        << server->Stderr();
+  }
+  int slots = 0;
+  {  // Defaults: threads from the cgroup quota or the hardware; batch min(64, slots).
+    auto server = Start({"--memory-budget=128M", "--max-context=512"});
+    ASSERT_NE(server, nullptr);
+    const std::string log = server->Stderr();
+    EXPECT_TRUE(log.find("CPUs from cgroup v") != std::string::npos ||
+                log.find("hardware threads (no cgroup CPU quota)") != std::string::npos)
+        << log;
+    auto stub = server->NewStub();
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    slots = static_cast<int>(info.state_slots());
+    ASSERT_GE(slots, 64) << "the test expects a budget with room for 64 sequences";
+    EXPECT_NE(log.find("batch: 64 sequences, 512 tokens per step, prefill chunk 256"),
+              std::string::npos)
+        << log;
+  }
+  {  // The automatic batch of 64 needs --token-budget >= 63 + --prefill-chunk.
+    const ProgramResult r = RunProgram(
+        {ServerBinary(), "--model=" + TestModelDir(), "--memory-budget=128M", "--max-context=512",
+         "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0", "--token-budget=300"});
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("--token-budget: must be at least --max-batch - 1 + --prefill-chunk = "
+                         "64 - 1 + 256 = 319"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("--max-batch 0 means min(64, state slots per worker) = 64"),
+              std::string::npos)
+        << r.err;
+  }
+}
+
 TEST(OperationsTest, StartupErrorsNameTheFlag) {
   struct Case {
     std::vector<std::string> args;
@@ -265,6 +446,9 @@ TEST(OperationsTest, StartupErrorsNameTheFlag) {
       {{"--stall-timeout=0"}, 2, "--stall-timeout"},
       {{"--tls-cert=/x.pem"}, 2, "--tls-key"},
       {{"--unknown-flag=1"}, 2, "--unknown-flag"},
+      {{"--health-listen=nowhere"}, 2, "--health-listen"},
+      {{"--threads=-1"}, 2, "--threads"},
+      {{"--max-batch=64", "--prefill-chunk=512"}, 2, "--token-budget"},
       {{model, "--memory-budget=1M", "--listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"},
        1,
        "--memory-budget"},
@@ -296,9 +480,19 @@ TEST(OperationsTest, StartupErrorsNameTheFlag) {
                   "--listen=127.0.0.1:0", "--metrics-listen=" + first->metrics_address()});
   EXPECT_EQ(taken_metrics.exit_code, 1) << taken_metrics.err;
   EXPECT_NE(taken_metrics.err.find("--metrics-listen"), std::string::npos) << taken_metrics.err;
+  const ProgramResult taken_health = RunProgram(
+      {ServerBinary(), model, "--memory-budget=32M", "--max-context=512", "--listen=127.0.0.1:0",
+       "--metrics-listen=127.0.0.1:0", "--health-listen=" + first->metrics_address()});
+  EXPECT_EQ(taken_health.exit_code, 1) << taken_health.err;
+  EXPECT_NE(taken_health.err.find("--health-listen: cannot listen"), std::string::npos)
+      << taken_health.err;
   const ProgramResult help = RunProgram({ServerBinary(), "--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("--memory-budget"), std::string::npos);
+  for (const char* flag :
+       {"--health-listen", "--threads", "--max-batch", "--token-budget", "--prefill-chunk"}) {
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
+  }
 }
 
 TEST(OperationsTest, StartupLogShowsModelMemoryPlanAndAddresses) {

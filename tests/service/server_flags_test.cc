@@ -206,3 +206,62 @@ TEST(ServerFlagsTest, HelpAndUsage) {
 
 }  // namespace
 }  // namespace hyla::service
+
+namespace hyla::service {
+namespace {
+
+TEST(ServerFlagsTest, HealthThreadsAndBatchFlags) {
+  auto d = ParseServerFlags({});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->health_listen, "");
+  EXPECT_EQ(d->threads, 0);
+  EXPECT_EQ(d->max_batch, 0);
+  EXPECT_EQ(d->token_budget, 512);
+  EXPECT_EQ(d->prefill_chunk, 256);
+
+  auto f = ParseServerFlags({"--health-listen=0.0.0.0:8081", "--threads", "6", "--max-batch=64",
+                             "--token-budget=1024", "--prefill-chunk", "128"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->health_listen, "0.0.0.0:8081");
+  EXPECT_EQ(f->threads, 6);
+  EXPECT_EQ(f->max_batch, 64);
+  EXPECT_EQ(f->token_budget, 1024);
+  EXPECT_EQ(f->prefill_chunk, 128);
+
+  // The boundary of the step rule: 64 - 1 + 256 = 319.
+  EXPECT_TRUE(ParseServerFlags({"--max-batch=64", "--token-budget=319"}).ok());
+  auto low = ParseServerFlags({"--max-batch=64", "--token-budget=318"});
+  ASSERT_FALSE(low.ok());
+  EXPECT_EQ(low.status().message(),
+            "--token-budget: must be at least --max-batch - 1 + --prefill-chunk = 64 - 1 + 256 = "
+            "319 (a prefill chunk must fit beside a full batch of decodes), got 318");
+  // Without --max-batch the batch is resolved at start; a budget below one chunk fails here.
+  auto chunk = ParseServerFlags({"--prefill-chunk=600"});
+  ASSERT_FALSE(chunk.ok());
+  EXPECT_NE(chunk.status().message().find("--token-budget: must be at least"), std::string::npos);
+
+  struct Bad {
+    std::vector<std::string> args;
+    std::string flag;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {{"--health-listen=nowhere"}, "--health-listen"},
+           {{"--health-listen=0.0.0.0:50051"}, "--health-listen"},  // the gRPC port
+           {{"--health-listen=0.0.0.0:9464"}, "--health-listen"},   // the metrics port
+           {{"--threads=-1"}, "--threads"},
+           {{"--threads=many"}, "--threads"},
+           {{"--max-batch=-2"}, "--max-batch"},
+           {{"--token-budget=0"}, "--token-budget"},
+           {{"--prefill-chunk=0"}, "--prefill-chunk"},
+       }) {
+    auto r = ParseServerFlags(b.args);
+    ASSERT_FALSE(r.ok()) << b.args.front();
+    EXPECT_EQ(r.status().message().rfind(b.flag + ":", 0), 0u) << r.status().message();
+  }
+  // Port 0 on both: two free ports, no conflict.
+  EXPECT_TRUE(ParseServerFlags({"--listen=127.0.0.1:0", "--health-listen=127.0.0.1:0"}).ok());
+  EXPECT_NE(ServerUsage().find("--health-listen HOST:PORT"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hyla::service

@@ -157,6 +157,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(std::vector<
   }
   p->grpc_address_ = FieldAfter(log, "listening grpc=").value_or("");
   p->metrics_address_ = FieldAfter(log, " metrics=").value_or("");
+  p->health_address_ = FieldAfter(log, " health=").value_or("");
   return p;
 }
 

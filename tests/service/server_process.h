@@ -49,6 +49,8 @@ class ServerProcess {
 
   const std::string& grpc_address() const { return grpc_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
+  // The plaintext health listener (--health-listen); empty without one.
+  const std::string& health_address() const { return health_address_; }
   pid_t pid() const { return pid_; }
 
   std::shared_ptr<grpc::Channel> NewChannel(const grpc::ChannelArguments& args = {}) const;
@@ -72,6 +74,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   std::string grpc_address_;
   std::string metrics_address_;
+  std::string health_address_;
   std::thread reader_;
   std::thread reaper_;
   mutable absl::Mutex mu_;
