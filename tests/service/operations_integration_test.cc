@@ -430,6 +430,39 @@ TEST(OperationsTest, ThreadsAndBatchAreLoggedAndChecked) {
   }
 }
 
+// 64 concurrent streams on one worker decode in one batch with the default --max-batch
+// (min(64, slots)); with --max-batch=32 no step holds more than 32.
+TEST(OperationsTest, SixtyFourStreamsShareOneBatch) {
+  for (const int max_batch : {0, 32}) {
+    std::vector<std::string> args = {"--workers=1", "--memory-budget=128M", "--max-context=512",
+                                     "--queue-bound=128"};
+    if (max_batch > 0) args.push_back(absl::StrCat("--max-batch=", max_batch));
+    auto server = Start(args);
+    ASSERT_NE(server, nullptr);
+    constexpr int kStreams = 64;
+    auto channel = server->NewChannel();
+    std::vector<grpc::Status> statuses(kStreams);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kStreams; ++i) {
+      threads.emplace_back([&, i] {
+        auto stub = v1::Hyla::NewStub(channel);
+        statuses[i] = RunGenerate(*stub, SampledRequest(absl::StrCat("s", i), 300, i)).status;
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int i = 0; i < kStreams; ++i) EXPECT_TRUE(statuses[i].ok()) << i;
+    const double upto32 = Metric(*server, "hyla_batch_size_bucket", {{"le", "32"}});
+    const double upto64 = Metric(*server, "hyla_batch_size_bucket", {{"le", "64"}});
+    const double steps = Metric(*server, "hyla_batch_size_count");
+    EXPECT_EQ(upto64, steps) << "no step holds more than 64";
+    if (max_batch == 0) {
+      EXPECT_GT(upto64 - upto32, 0) << "no step held more than 32 of the 64 streams";
+    } else {
+      EXPECT_EQ(upto32, steps) << "a step held more than --max-batch=32";
+    }
+  }
+}
+
 TEST(OperationsTest, StartupErrorsNameTheFlag) {
   struct Case {
     std::vector<std::string> args;
