@@ -14,13 +14,13 @@
     }                                                                                    \
   } while (0)
 
-#define HYLA_CHECK_MSG(cond, msg)                                                    \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: HYLA_CHECK failed: %s: %s\n", __FILE__, __LINE__, \
-                   #cond, (msg));                                                    \
-      std::abort();                                                                  \
-    }                                                                                \
+#define HYLA_CHECK_MSG(cond, msg)                                                           \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
+      std::fprintf(stderr, "%s:%d: HYLA_CHECK failed: %s: %s\n", __FILE__, __LINE__, #cond, \
+                   (msg));                                                                  \
+      std::abort();                                                                         \
+    }                                                                                       \
   } while (0)
 
 #endif  // HYLA_RUNTIME_BASE_CHECK_H_

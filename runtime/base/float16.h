@@ -61,7 +61,7 @@ inline uint16_t FloatToFp16(float f) {
     return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
   }
   if (exp >= 0x1f) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
-  if (exp <= 0) {                                                  // subnormal or zero
+  if (exp <= 0) {                                                 // subnormal or zero
     if (exp < -10) return static_cast<uint16_t>(sign);
     mant |= 0x800000u;
     const int shift = 14 - exp;

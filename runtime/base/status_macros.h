@@ -17,8 +17,8 @@
 #define HYLA_ASSIGN_OR_RETURN(lhs, expr) \
   HYLA_ASSIGN_OR_RETURN_IMPL_(HYLA_CONCAT_(hyla_statusor_, __LINE__), lhs, expr)
 
-#define HYLA_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
-  auto statusor = (expr);                                \
+#define HYLA_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)   \
+  auto statusor = (expr);                                  \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 

@@ -21,7 +21,8 @@ struct BlockNames {
 
 BlockNames NamesFor(Family family) {
   if (family == Family::kLlama) {
-    return {"model.embed_tokens.weight", "input_layernorm", "self_attn", "post_attention_layernorm"};
+    return {"model.embed_tokens.weight", "input_layernorm", "self_attn",
+            "post_attention_layernorm"};
   }
   // fla-style models (gated_deltanet, NAtS-L, NHA).
   return {"model.embeddings.weight", "attn_norm", "attn", "mlp_norm"};
@@ -66,11 +67,14 @@ absl::Status CpuBackend::Load(const CpuBackendOptions& options) {
   for (size_t i = 0; i < cfg.layers.size(); ++i) {
     const std::string p = absl::StrCat("model.layers.", i, ".");
     Block& b = blocks_[i];
-    HYLA_ASSIGN_OR_RETURN(b.mixer_norm, ck->TakeF32(absl::StrCat(p, names.mixer_norm, ".weight"), {d}));
+    HYLA_ASSIGN_OR_RETURN(b.mixer_norm,
+                          ck->TakeF32(absl::StrCat(p, names.mixer_norm, ".weight"), {d}));
     HYLA_ASSIGN_OR_RETURN(b.mlp_norm, ck->TakeF32(absl::StrCat(p, names.mlp_norm, ".weight"), {d}));
-    HYLA_ASSIGN_OR_RETURN(b.w_gate, ck->TakeF32(absl::StrCat(p, "mlp.gate_proj.weight"), {inter, d}));
+    HYLA_ASSIGN_OR_RETURN(b.w_gate,
+                          ck->TakeF32(absl::StrCat(p, "mlp.gate_proj.weight"), {inter, d}));
     HYLA_ASSIGN_OR_RETURN(b.w_up, ck->TakeF32(absl::StrCat(p, "mlp.up_proj.weight"), {inter, d}));
-    HYLA_ASSIGN_OR_RETURN(b.w_down, ck->TakeF32(absl::StrCat(p, "mlp.down_proj.weight"), {d, inter}));
+    HYLA_ASSIGN_OR_RETURN(b.w_down,
+                          ck->TakeF32(absl::StrCat(p, "mlp.down_proj.weight"), {d, inter}));
     CpuLayerArgs args;
     args.config = &cfg;
     args.layer = static_cast<int>(i);
@@ -132,8 +136,8 @@ absl::Status CpuBackend::Step(absl::Span<const SequenceWork> batch, StepOutput* 
       return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no valid state slot"));
     }
     if (!slots.insert(w.seq->slot).second) {
-      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": slot ", w.seq->slot,
-                                                     " appears twice in one step"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch item ", i, ": slot ", w.seq->slot, " appears twice in one step"));
     }
     if (w.tokens.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no tokens"));

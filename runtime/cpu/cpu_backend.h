@@ -21,8 +21,8 @@
 namespace hyla::cpu {
 
 struct CpuBackendOptions {
-  int num_threads = 2;           // threads of the internal pool (the caller's thread included)
-  StateStoreOptions store;       // slots, blocks, per-sequence cap and policy
+  int num_threads = 2;      // threads of the internal pool (the caller's thread included)
+  StateStoreOptions store;  // slots, blocks, per-sequence cap and policy
 };
 
 class CpuBackend : public Backend {
@@ -41,7 +41,7 @@ class CpuBackend : public Backend {
   struct Block {
     F32Tensor mixer_norm;  // [hidden]
     std::unique_ptr<CpuLayer> mixer;
-    F32Tensor mlp_norm;    // [hidden]
+    F32Tensor mlp_norm;              // [hidden]
     F32Tensor w_gate, w_up, w_down;  // [inter, hidden], [inter, hidden], [hidden, inter]
   };
 

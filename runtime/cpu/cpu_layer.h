@@ -27,9 +27,9 @@ namespace hyla::cpu {
 // One sequence's share of a step.
 struct CpuSeq {
   SequenceState* seq = nullptr;
-  int64_t start_pos = 0;  // tokens already in the state before this step
-  int64_t row_begin = 0;  // first row of this sequence in the packed activations
-  int64_t num_rows = 0;   // new tokens in this step
+  int64_t start_pos = 0;    // tokens already in the state before this step
+  int64_t row_begin = 0;    // first row of this sequence in the packed activations
+  int64_t num_rows = 0;     // new tokens in this step
   uint8_t* slot = nullptr;  // this sequence's slot memory (layout().slot_bytes() bytes)
 };
 
@@ -42,7 +42,8 @@ struct CpuContext {
   RoutingCounts* routing = nullptr;
 
   float* BlockData(int32_t block) const {
-    return reinterpret_cast<float*>(block_memory + static_cast<int64_t>(block) * layout->block_bytes());
+    return reinterpret_cast<float*>(block_memory +
+                                    static_cast<int64_t>(block) * layout->block_bytes());
   }
   // Makes the block of `chunk` in `stream` writable (allocating it or copying a shared one, see
   // StateStore::PrepareAppend) and returns its data.
@@ -77,8 +78,8 @@ class CpuLayer {
   // x: [total_rows, hidden] the normalised block input; out: [total_rows, hidden] the mixer
   // output (before the residual add). Advances nothing in SequenceState except block tables;
   // CpuBackend advances num_tokens after all layers ran.
-  virtual absl::Status Forward(const CpuContext& ctx, absl::Span<const CpuSeq> seqs,
-                               const float* x, float* out) = 0;
+  virtual absl::Status Forward(const CpuContext& ctx, absl::Span<const CpuSeq> seqs, const float* x,
+                               float* out) = 0;
 };
 
 struct CpuLayerArgs {

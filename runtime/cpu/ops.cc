@@ -31,7 +31,6 @@ inline void DotRows(const float* const* xr, const float* w, int64_t n, float* ou
 
 }  // namespace
 
-
 #if defined(__AVX2__) && defined(__FMA__)
 namespace {
 
@@ -146,7 +145,6 @@ void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t r
   });
 }
 
-
 float Dot(const float* a, const float* b, int64_t n) {
   float out;
   const float* rows[1] = {a};
@@ -155,8 +153,8 @@ float Dot(const float* a, const float* b, int64_t n) {
 }
 #endif  // AVX2 && FMA
 
-void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w,
-            int64_t out, const float* bias, float* y) {
+void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w, int64_t out,
+            const float* bias, float* y) {
   LinearStrided(pool, x, in, rows, in, w, out, bias, y, out);
 }
 
@@ -179,7 +177,8 @@ void RmsNormRows(ThreadPool* pool, const float* x, const float* w, float eps, in
                  int64_t n, float* out, bool gemma) {
   pool->ParallelFor(rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1)),
                     [&](int64_t b, int64_t e) {
-                      for (int64_t r = b; r < e; ++r) RmsNorm(x + r * n, w, eps, n, out + r * n, gemma);
+                      for (int64_t r = b; r < e; ++r)
+                        RmsNorm(x + r * n, w, eps, n, out + r * n, gemma);
                     });
 }
 

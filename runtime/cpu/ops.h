@@ -18,8 +18,8 @@ namespace hyla::cpu {
 
 // y[r, o] = Σ_k x[r, k] · w[o, k] (+ bias[o]).   x: [rows, in], w: [out, in] (PyTorch Linear
 // layout), y: [rows, out]; x and y rows are `x_stride` / `y_stride` floats apart.
-void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w,
-            int64_t out, const float* bias, float* y);
+void Linear(ThreadPool* pool, const float* x, int64_t rows, int64_t in, const float* w, int64_t out,
+            const float* bias, float* y);
 void LinearStrided(ThreadPool* pool, const float* x, int64_t x_stride, int64_t rows, int64_t in,
                    const float* w, int64_t out, const float* bias, float* y, int64_t y_stride);
 
@@ -41,7 +41,9 @@ inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 // PyTorch softplus with beta 1, threshold 20.
 inline float Softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
 // log(sigmoid(x)), stable.
-inline float LogSigmoid(float x) { return x < 0 ? x - std::log1p(std::exp(x)) : -std::log1p(std::exp(-x)); }
+inline float LogSigmoid(float x) {
+  return x < 0 ? x - std::log1p(std::exp(x)) : -std::log1p(std::exp(-x));
+}
 
 // In-place softmax over n values.
 void Softmax(float* x, int64_t n);

@@ -28,8 +28,8 @@ enum class LogitsMode {
 };
 
 struct SequenceWork {
-  SequenceState* seq = nullptr;       // advanced by Step: num_tokens += tokens.size()
-  absl::Span<const int32_t> tokens;   // new tokens (at least one), ids < vocab_size
+  SequenceState* seq = nullptr;      // advanced by Step: num_tokens += tokens.size()
+  absl::Span<const int32_t> tokens;  // new tokens (at least one), ids < vocab_size
   LogitsMode logits = LogitsMode::kLast;
 };
 

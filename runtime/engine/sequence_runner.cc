@@ -18,15 +18,17 @@ absl::StatusOr<std::vector<std::vector<float>>> RunBatchedLogits(
   const size_t n = ids.size();
   std::vector<std::vector<int64_t>> plan(n);
   for (size_t i = 0; i < n; ++i) {
-    plan[i] = chunks[i].empty() ? std::vector<int64_t>{static_cast<int64_t>(ids[i].size())} : chunks[i];
+    plan[i] =
+        chunks[i].empty() ? std::vector<int64_t>{static_cast<int64_t>(ids[i].size())} : chunks[i];
     int64_t sum = 0;
     for (int64_t c : plan[i]) {
-      if (c <= 0) return absl::InvalidArgumentError(absl::StrCat("chunk sizes must be positive, got ", c));
+      if (c <= 0)
+        return absl::InvalidArgumentError(absl::StrCat("chunk sizes must be positive, got ", c));
       sum += c;
     }
     if (sum != static_cast<int64_t>(ids[i].size())) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk sizes sum to ", sum, " but there are ",
-                                                     ids[i].size(), " ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk sizes sum to ", sum, " but there are ", ids[i].size(), " ids"));
     }
   }
   std::vector<std::unique_ptr<SequenceState>> seqs(n);
@@ -79,12 +81,12 @@ absl::StatusOr<std::vector<std::vector<float>>> RunBatchedLogits(
   return logits;
 }
 
-absl::StatusOr<std::vector<float>> RunSequenceLogits(Backend& backend, absl::Span<const int32_t> ids,
+absl::StatusOr<std::vector<float>> RunSequenceLogits(Backend& backend,
+                                                     absl::Span<const int32_t> ids,
                                                      absl::Span<const int64_t> chunks) {
-  HYLA_ASSIGN_OR_RETURN(
-      std::vector<std::vector<float>> all,
-      RunBatchedLogits(backend, {std::vector<int32_t>(ids.begin(), ids.end())},
-                       {std::vector<int64_t>(chunks.begin(), chunks.end())}));
+  HYLA_ASSIGN_OR_RETURN(std::vector<std::vector<float>> all,
+                        RunBatchedLogits(backend, {std::vector<int32_t>(ids.begin(), ids.end())},
+                                         {std::vector<int64_t>(chunks.begin(), chunks.end())}));
   return std::move(all[0]);
 }
 

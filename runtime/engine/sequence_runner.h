@@ -16,7 +16,8 @@ namespace hyla {
 
 // Feeds `ids` to a fresh sequence in calls of `chunks` sizes (empty: one call; the sizes must
 // sum to ids.size()) and returns the logits of every position, [T, vocab] row-major.
-absl::StatusOr<std::vector<float>> RunSequenceLogits(Backend& backend, absl::Span<const int32_t> ids,
+absl::StatusOr<std::vector<float>> RunSequenceLogits(Backend& backend,
+                                                     absl::Span<const int32_t> ids,
                                                      absl::Span<const int64_t> chunks);
 
 // Runs several sequences together, batch by batch: at each step every unfinished sequence feeds

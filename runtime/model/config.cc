@@ -12,20 +12,28 @@ namespace hyla {
 
 absl::string_view FamilyName(Family f) {
   switch (f) {
-    case Family::kNatsl: return "natsl";
-    case Family::kNha: return "nha";
-    case Family::kGdn: return "gdn";
-    case Family::kLlama: return "llama";
+    case Family::kNatsl:
+      return "natsl";
+    case Family::kNha:
+      return "nha";
+    case Family::kGdn:
+      return "gdn";
+    case Family::kLlama:
+      return "llama";
   }
   return "?";
 }
 
 absl::string_view LayerKindName(LayerKind k) {
   switch (k) {
-    case LayerKind::kGdn: return "gdn";
-    case LayerKind::kNatsl: return "natsl";
-    case LayerKind::kNha: return "nha";
-    case LayerKind::kAttention: return "attention";
+    case LayerKind::kGdn:
+      return "gdn";
+    case LayerKind::kNatsl:
+      return "natsl";
+    case LayerKind::kNha:
+      return "nha";
+    case LayerKind::kAttention:
+      return "attention";
   }
   return "?";
 }
@@ -91,7 +99,8 @@ absl::Status CheckGdn(absl::string_view path, const std::string& where, const Gd
     return Bad(path, absl::StrCat(where, " num_v_heads (", g.num_v_heads,
                                   ") must be a multiple of num_heads (", g.num_heads, ")"));
   }
-  if (g.use_short_conv) HYLA_RETURN_IF_ERROR(CheckPositive(path, where + " conv_size", g.conv_size));
+  if (g.use_short_conv)
+    HYLA_RETURN_IF_ERROR(CheckPositive(path, where + " conv_size", g.conv_size));
   if (!std::isfinite(g.norm_eps) || g.norm_eps <= 0) {
     return Bad(path, absl::StrCat(where, " norm_eps must be a positive finite number"));
   }
@@ -124,8 +133,9 @@ absl::Status ValidateModelConfig(const ModelConfig& c, absl::string_view path) {
         HYLA_RETURN_IF_ERROR(CheckGdn(path, where, n.gdn));
         HYLA_RETURN_IF_ERROR(CheckPositive(path, where + " num_attn_heads", n.num_attn_heads));
         if (n.num_attn_heads % n.gdn.num_heads != 0) {
-          return Bad(path, absl::StrCat(where, " num_attn_heads (", n.num_attn_heads,
-                                        ") must be a multiple of num_heads (", n.gdn.num_heads, ")"));
+          return Bad(path,
+                     absl::StrCat(where, " num_attn_heads (", n.num_attn_heads,
+                                  ") must be a multiple of num_heads (", n.gdn.num_heads, ")"));
         }
         if (n.gdn.key_dim() % n.num_attn_heads != 0 || n.gdn.value_dim() % n.num_attn_heads != 0) {
           return Bad(path, absl::StrCat(where, " key_dim (", n.gdn.key_dim(), ") and value_dim (",
@@ -148,11 +158,13 @@ absl::Status ValidateModelConfig(const ModelConfig& c, absl::string_view path) {
         HYLA_RETURN_IF_ERROR(CheckPositive(path, where + " head_v_dim", n.head_v_dim));
         HYLA_RETURN_IF_ERROR(CheckPositive(path, where + " num_slots", n.num_slots));
         if (n.window_size < 0 || n.kv_shift < 0) {
-          return Bad(path, absl::StrCat(where, " window_size and gsa_kv_shift must not be negative"));
+          return Bad(path,
+                     absl::StrCat(where, " window_size and gsa_kv_shift must not be negative"));
         }
         if (n.num_heads % n.num_kv_heads != 0) {
-          return Bad(path, absl::StrCat(where, " num_heads (", n.num_heads,
-                                        ") must be a multiple of num_kv_heads (", n.num_kv_heads, ")"));
+          return Bad(path,
+                     absl::StrCat(where, " num_heads (", n.num_heads,
+                                  ") must be a multiple of num_kv_heads (", n.num_kv_heads, ")"));
         }
         break;
       }

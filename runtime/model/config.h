@@ -19,7 +19,8 @@
 namespace hyla {
 
 enum class Family {
-  kNatsl,  // model_type "neural_attention_search_linear_attn_gdn" (automl/NeuralAttentionSearchLinear)
+  kNatsl,  // model_type "neural_attention_search_linear_attn_gdn"
+           // (automl/NeuralAttentionSearchLinear)
   kNha,    // model_type "nha" (JusenD/NHA from-scratch model)
   kGdn,    // model_type "gated_deltanet" (fla), optionally with softmax layers (config "attn")
   kLlama,  // model_type "llama" (Hugging Face transformers)
@@ -42,49 +43,49 @@ enum class NormKind {
 
 // Gated DeltaNet token mixer (fla layers/gated_deltanet.py). Also the GDN branch of NAtS-L.
 struct GdnLayerConfig {
-  int num_heads = 0;      // H: q/k heads
-  int num_v_heads = 0;    // HV: value heads (GVA when > H; HV % H == 0)
-  int head_k_dim = 0;     // dk
-  int head_v_dim = 0;     // dv = dk * expand_v
+  int num_heads = 0;    // H: q/k heads
+  int num_v_heads = 0;  // HV: value heads (GVA when > H; HV % H == 0)
+  int head_k_dim = 0;   // dk
+  int head_v_dim = 0;   // dv = dk * expand_v
   bool use_short_conv = true;
   int conv_size = 4;
-  bool use_gate = true;   // output gate g_proj + gated RMSNorm
+  bool use_gate = true;           // output gate g_proj + gated RMSNorm
   bool allow_neg_eigval = false;  // beta * 2
-  float norm_eps = 1e-6f;  // o_norm eps
+  float norm_eps = 1e-6f;         // o_norm eps
   int key_dim() const { return num_heads * head_k_dim; }
   int value_dim() const { return num_v_heads * head_v_dim; }
 };
 
 // NAtS-L layer (src/nats/layers/natsl_attn_gdn.py).
 struct NatslLayerConfig {
-  GdnLayerConfig gdn;          // the GDN branch; gdn.num_heads = decision heads H
-  int num_attn_heads = 0;      // Ha (multiple of H)
-  int attn_head_k_dim = 0;     // d_ak = key_dim / Ha
-  int attn_head_v_dim = 0;     // d_av = value_dim / Ha
-  int chunk_size = 64;         // nats_block_size C
+  GdnLayerConfig gdn;       // the GDN branch; gdn.num_heads = decision heads H
+  int num_attn_heads = 0;   // Ha (multiple of H)
+  int attn_head_k_dim = 0;  // d_ak = key_dim / Ha
+  int attn_head_v_dim = 0;  // d_av = value_dim / Ha
+  int chunk_size = 64;      // nats_block_size C
   bool attn_qk_norm = true;
   bool attn_with_short_conv = true;
   bool attn_apply_pos_encoding = false;  // only false (NoPE) is supported
   bool decay_for_non_gdn_blocks = true;
-  bool outputs_are_weighted = true;      // "outputs_are_wighted" in the reference config
+  bool outputs_are_weighted = true;  // "outputs_are_wighted" in the reference config
   int groups() const { return num_attn_heads / gdn.num_heads; }  // G
 };
 
 // NHA layer (nha_fla/layers/nha.py, from-scratch model).
 struct NhaLayerConfig {
-  int num_heads = 0;        // query heads
-  int num_kv_heads = 0;     // KV heads (state is per KV head)
+  int num_heads = 0;     // query heads
+  int num_kv_heads = 0;  // KV heads (state is per KV head)
   int head_k_dim = 0;
   int head_v_dim = 0;
-  int num_slots = 0;        // M
-  int window_size = 0;      // W: each query sees itself and W past tokens
-  int kv_shift = 0;         // gsa_kv_shift: slots consume token t - kv_shift
+  int num_slots = 0;    // M
+  int window_size = 0;  // W: each query sees itself and W past tokens
+  int kv_shift = 0;     // gsa_kv_shift: slots consume token t - kv_shift
   float gate_logit_normalizer = 8.0f;
-  float scale = 1.0f;       // logit scale (1.0 in the from-scratch layer)
+  float scale = 1.0f;  // logit scale (1.0 in the from-scratch layer)
   float rope_theta = 10000.0f;
   bool feature_map_swish = true;  // swish(q), swish(k) on the slot path
   bool use_output_gate = false;
-  bool use_norm = true;     // output RMSNorm (g_norm)
+  bool use_norm = true;  // output RMSNorm (g_norm)
   float output_norm_eps = 1e-5f;
   bool use_short_conv = false;
   int conv_size = 4;
@@ -101,9 +102,9 @@ struct AttentionLayerConfig {
   int num_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  int rotary_dim = 0;        // dims that get RoPE (head_dim unless partial)
+  int rotary_dim = 0;  // dims that get RoPE (head_dim unless partial)
   float rope_theta = 10000.0f;
-  int window_size = 0;       // 0: full causal attention; else keys j in [t - window_size + 1, t]
+  int window_size = 0;  // 0: full causal attention; else keys j in [t - window_size + 1, t]
   bool qk_norm = false;
   bool qkv_bias = false;
   bool o_bias = false;

@@ -14,12 +14,13 @@ const JsonValue* ConfigReader::Get(absl::string_view key) const {
 
 bool ConfigReader::Has(absl::string_view key) const { return Get(key) != nullptr; }
 
-std::string ConfigReader::KeyName(absl::string_view key) const { return absl::StrCat(prefix_, key); }
+std::string ConfigReader::KeyName(absl::string_view key) const {
+  return absl::StrCat(prefix_, key);
+}
 
 void ConfigReader::Fail(absl::string_view key, absl::string_view what) {
   if (!status_.ok()) return;
-  status_ = absl::InvalidArgumentError(
-      absl::StrCat(path_, ": key \"", KeyName(key), "\": ", what));
+  status_ = absl::InvalidArgumentError(absl::StrCat(path_, ": key \"", KeyName(key), "\": ", what));
 }
 
 int64_t ConfigReader::Int(absl::string_view key, int64_t default_value) {

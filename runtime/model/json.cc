@@ -53,12 +53,18 @@ const JsonValue* JsonValue::Find(absl::string_view key) const {
 
 const char* JsonValue::TypeName(Type t) {
   switch (t) {
-    case Type::kNull: return "null";
-    case Type::kBool: return "bool";
-    case Type::kNumber: return "number";
-    case Type::kString: return "string";
-    case Type::kArray: return "array";
-    case Type::kObject: return "object";
+    case Type::kNull:
+      return "null";
+    case Type::kBool:
+      return "bool";
+    case Type::kNumber:
+      return "number";
+    case Type::kString:
+      return "string";
+    case Type::kArray:
+      return "array";
+    case Type::kObject:
+      return "object";
   }
   return "?";
 }
@@ -112,9 +118,18 @@ class Parser {
       *out = JsonValue::String(std::move(str));
       return absl::OkStatus();
     }
-    if (Consume("true")) { *out = JsonValue::Bool(true); return absl::OkStatus(); }
-    if (Consume("false")) { *out = JsonValue::Bool(false); return absl::OkStatus(); }
-    if (Consume("null")) { *out = JsonValue::Null(); return absl::OkStatus(); }
+    if (Consume("true")) {
+      *out = JsonValue::Bool(true);
+      return absl::OkStatus();
+    }
+    if (Consume("false")) {
+      *out = JsonValue::Bool(false);
+      return absl::OkStatus();
+    }
+    if (Consume("null")) {
+      *out = JsonValue::Null();
+      return absl::OkStatus();
+    }
     if (Consume("NaN")) {
       *out = JsonValue::Number(std::numeric_limits<double>::quiet_NaN(), false, 0);
       return absl::OkStatus();
@@ -194,10 +209,14 @@ class Parser {
     for (int k = 0; k < 4; ++k) {
       const char h = s_[pos_++];
       v <<= 4;
-      if (h >= '0' && h <= '9') v |= h - '0';
-      else if (h >= 'a' && h <= 'f') v |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') v |= h - 'A' + 10;
-      else return Error("bad \\u escape");
+      if (h >= '0' && h <= '9')
+        v |= h - '0';
+      else if (h >= 'a' && h <= 'f')
+        v |= h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F')
+        v |= h - 'A' + 10;
+      else
+        return Error("bad \\u escape");
     }
     *cp = v;
     return absl::OkStatus();
@@ -217,14 +236,30 @@ class Parser {
       if (pos_ >= s_.size()) return Error("unterminated escape");
       const char e = s_[pos_++];
       switch (e) {
-        case '"': out->push_back('"'); break;
-        case '\\': out->push_back('\\'); break;
-        case '/': out->push_back('/'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
+        case '"':
+          out->push_back('"');
+          break;
+        case '\\':
+          out->push_back('\\');
+          break;
+        case '/':
+          out->push_back('/');
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
         case 'u': {
           uint32_t cp = 0;
           absl::Status st = ParseHex4(&cp);
@@ -242,7 +277,8 @@ class Parser {
           AppendUtf8(cp, out);
           break;
         }
-        default: return Error("bad escape");
+        default:
+          return Error("bad escape");
       }
     }
   }
@@ -263,8 +299,14 @@ class Parser {
       items.push_back(std::move(v));
       SkipSpace();
       if (pos_ >= s_.size()) return Error("unterminated array");
-      if (s_[pos_] == ',') { ++pos_; continue; }
-      if (s_[pos_] == ']') { ++pos_; break; }
+      if (s_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (s_[pos_] == ']') {
+        ++pos_;
+        break;
+      }
       return Error("expected ',' or ']'");
     }
     *out = JsonValue::Array(std::move(items));
@@ -298,8 +340,14 @@ class Parser {
       members.emplace_back(std::move(key), std::move(v));
       SkipSpace();
       if (pos_ >= s_.size()) return Error("unterminated object");
-      if (s_[pos_] == ',') { ++pos_; continue; }
-      if (s_[pos_] == '}') { ++pos_; break; }
+      if (s_[pos_] == ',') {
+        ++pos_;
+        continue;
+      }
+      if (s_[pos_] == '}') {
+        ++pos_;
+        break;
+      }
       return Error("expected ',' or '}'");
     }
     *out = JsonValue::Object(std::move(members));

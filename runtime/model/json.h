@@ -43,9 +43,7 @@ class JsonValue {
   int64_t int_value() const { return int_; }
   const std::string& string_value() const { return string_; }
   const std::vector<JsonValue>& array_items() const { return items_; }
-  const std::vector<std::pair<std::string, JsonValue>>& object_members() const {
-    return members_;
-  }
+  const std::vector<std::pair<std::string, JsonValue>>& object_members() const { return members_; }
   // Object member by key, or nullptr (also when this is not an object).
   const JsonValue* Find(absl::string_view key) const;
 

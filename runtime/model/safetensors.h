@@ -66,8 +66,9 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   std::vector<uint8_t> bytes;  // raw little-endian data, numel × DTypeSize(dtype)
 };
-absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                              const std::vector<std::pair<std::string, std::string>>& metadata = {});
+absl::Status WriteSafetensors(
+    const std::string& path, const std::vector<TensorToWrite>& tensors,
+    const std::vector<std::pair<std::string, std::string>>& metadata = {});
 
 }  // namespace hyla
 

@@ -72,7 +72,7 @@ absl::StatusOr<StateLayout> StateLayout::Create(const ModelConfig& config, DType
         const int64_t s_bytes = int64_t{g.num_v_heads} * g.head_k_dim * g.head_v_dim * kF32;
         b.Add(layer, "S", s_bytes);            // running state (includes the current chunk)
         b.Add(layer, "S_committed", s_bytes);  // state at the start of the current chunk
-        b.Add(layer, "g_sum", int64_t{g.num_v_heads} * kF32);     // Σg over the current chunk
+        b.Add(layer, "g_sum", int64_t{g.num_v_heads} * kF32);       // Σg over the current chunk
         b.Add(layer, "x_sum", int64_t{config.hidden_size} * kF32);  // Σx over the current chunk
         L.first_stream_[i] = static_cast<int>(L.streams_.size());
         for (int h = 0; h < g.num_heads; ++h) {
@@ -94,8 +94,9 @@ absl::StatusOr<StateLayout> StateLayout::Create(const ModelConfig& config, DType
         const NhaLayerConfig& n = lc.nha;
         if (n.use_short_conv) {
           b.Add(layer, "conv",
-                ConvTailBytes(n.conv_size, int64_t{n.num_heads} * n.head_k_dim +
-                                               int64_t{n.num_kv_heads} * (n.head_k_dim + n.head_v_dim)));
+                ConvTailBytes(n.conv_size,
+                              int64_t{n.num_heads} * n.head_k_dim +
+                                  int64_t{n.num_kv_heads} * (n.head_k_dim + n.head_v_dim)));
         }
         b.Add(layer, "H_K", int64_t{n.num_kv_heads} * n.head_k_dim * n.num_slots * kF32);
         b.Add(layer, "H_V", int64_t{n.num_kv_heads} * n.num_slots * n.head_v_dim * kF32);
@@ -103,7 +104,8 @@ absl::StatusOr<StateLayout> StateLayout::Create(const ModelConfig& config, DType
         // (needed when the slots consume a token as it leaves the window).
         const int64_t ring_tokens = std::max(n.window_size, n.kv_shift);
         b.Add(layer, "ring",
-              ring_tokens * n.num_kv_heads * (int64_t{n.head_k_dim} + n.head_v_dim + n.num_slots) * kv);
+              ring_tokens * n.num_kv_heads * (int64_t{n.head_k_dim} + n.head_v_dim + n.num_slots) *
+                  kv);
         L.softmax_equivalent_token_bytes_ +=
             int64_t{n.num_kv_heads} * (n.head_k_dim + n.head_v_dim) * kv;
         break;

@@ -28,20 +28,20 @@ inline constexpr int kBlockTokens = 64;  // KV block size = NAtS-L chunk size
 
 struct StateComponent {
   int layer = 0;
-  std::string name;  // e.g. "conv", "S", "S_committed", "g_sum", "x_sum", "H_K", "H_V", "ring"
+  std::string name;    // e.g. "conv", "S", "S_committed", "g_sum", "x_sum", "H_K", "H_V", "ring"
   int64_t offset = 0;  // bytes from the slot start (64-byte aligned)
   int64_t bytes = 0;
 };
 
 struct KvStream {
   int layer = 0;
-  int index_in_layer = 0;  // NAtS-L decision head, else 0
-  int heads = 0;           // softmax heads stored in this stream
-  int key_dim = 0;         // per head
-  int value_dim = 0;       // per head
-  int64_t token_bytes = 0; // heads * (key_dim + value_dim) * sizeof(kv_dtype)
-  int window = 0;          // > 0: sliding window (blocks wholly outside it are freed)
-  bool routed = false;     // NAtS-L: completed chunks are kept only when routed to softmax
+  int index_in_layer = 0;   // NAtS-L decision head, else 0
+  int heads = 0;            // softmax heads stored in this stream
+  int key_dim = 0;          // per head
+  int value_dim = 0;        // per head
+  int64_t token_bytes = 0;  // heads * (key_dim + value_dim) * sizeof(kv_dtype)
+  int window = 0;           // > 0: sliding window (blocks wholly outside it are freed)
+  bool routed = false;      // NAtS-L: completed chunks are kept only when routed to softmax
 };
 
 class StateLayout {

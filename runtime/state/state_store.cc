@@ -10,8 +10,8 @@ namespace hyla {
 absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Create(const StateLayout& layout,
                                                                const StateStoreOptions& options) {
   if (options.num_slots <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("state store: num_slots must be positive, got ",
-                                                   options.num_slots));
+    return absl::InvalidArgumentError(
+        absl::StrCat("state store: num_slots must be positive, got ", options.num_slots));
   }
   if (options.num_blocks < 0) {
     return absl::InvalidArgumentError("state store: num_blocks must not be negative");
@@ -81,7 +81,8 @@ absl::StatusOr<int> StateStore::PrepareAppend(SequenceState* seq, int stream, in
     if (refcount_[block] == 1) return static_cast<int>(table.size()) - 1;
     // Shared with a fork: copy-on-write.
     if (free_blocks_.empty()) {
-      return absl::ResourceExhaustedError("KV block pool exhausted (copy-on-write of a shared block)");
+      return absl::ResourceExhaustedError(
+          "KV block pool exhausted (copy-on-write of a shared block)");
     }
     const int32_t fresh = free_blocks_.back();
     free_blocks_.pop_back();
@@ -92,9 +93,10 @@ absl::StatusOr<int> StateStore::PrepareAppend(SequenceState* seq, int stream, in
     return static_cast<int>(table.size()) - 1;
   }
   HYLA_CHECK(table.empty() || table.back().chunk < chunk);
-  const int64_t cap_blocks = options_.max_kv_tokens_per_stream > 0
-                                 ? std::max<int64_t>(1, options_.max_kv_tokens_per_stream / kBlockTokens)
-                                 : 0;
+  const int64_t cap_blocks =
+      options_.max_kv_tokens_per_stream > 0
+          ? std::max<int64_t>(1, options_.max_kv_tokens_per_stream / kBlockTokens)
+          : 0;
   if (cap_blocks > 0 && static_cast<int64_t>(table.size()) >= cap_blocks) {
     if (options_.cap_policy == KvCapPolicy::kReject) {
       return absl::ResourceExhaustedError(absl::StrCat(

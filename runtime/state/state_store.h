@@ -41,9 +41,9 @@ enum class KvCapPolicy {
 // The state of one sequence (a request or a session): its slot, its block tables and length.
 struct SequenceState {
   int32_t slot = -1;
-  int64_t num_tokens = 0;                     // tokens already folded into the state
-  std::vector<std::vector<BlockRef>> streams; // [num_streams] block tables, oldest first
-  int64_t evicted_blocks = 0;                 // blocks dropped by kEvictOldest
+  int64_t num_tokens = 0;                      // tokens already folded into the state
+  std::vector<std::vector<BlockRef>> streams;  // [num_streams] block tables, oldest first
+  int64_t evicted_blocks = 0;                  // blocks dropped by kEvictOldest
 };
 
 struct StateStoreOptions {

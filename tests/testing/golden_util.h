@@ -25,7 +25,8 @@ inline std::string GoldenDir(const std::string& family) {
 }
 
 // A tensor of golden.safetensors as float (F32) or int32 values (I32/I64 widened).
-inline absl::StatusOr<std::vector<float>> GoldenF32(const std::string& family, const std::string& name,
+inline absl::StatusOr<std::vector<float>> GoldenF32(const std::string& family,
+                                                    const std::string& name,
                                                     std::vector<int64_t>* shape = nullptr) {
   auto file = SafetensorsFile::Open(GoldenDir(family) + "/golden.safetensors");
   if (!file.ok()) return file.status();
@@ -38,7 +39,8 @@ inline absl::StatusOr<std::vector<float>> GoldenF32(const std::string& family, c
   return v;
 }
 
-inline absl::StatusOr<std::vector<int32_t>> GoldenI32(const std::string& family, const std::string& name,
+inline absl::StatusOr<std::vector<int32_t>> GoldenI32(const std::string& family,
+                                                      const std::string& name,
                                                       std::vector<int64_t>* shape = nullptr) {
   auto file = SafetensorsFile::Open(GoldenDir(family) + "/golden.safetensors");
   if (!file.ok()) return file.status();
