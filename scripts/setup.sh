@@ -113,9 +113,13 @@ if [[ "${HYLA_SKIP_DEPLOY_VENV:-0}" != 1 && -f "${ROOT}/tests/deploy/requirement
     log "creating the deploy venv ${venv} (tests/deploy/requirements.txt)"
     rm -rf "${venv}"
     python3 -m venv "${venv}"
-    "${venv}/bin/python3" -m pip install --quiet --disable-pip-version-check \
-      -r "${ROOT}/tests/deploy/requirements.txt"
-    echo "${want}" >"${stamp}"
+    # Non-fatal: without PyPI the deploy checks fail by name, every other test still runs.
+    if "${venv}/bin/python3" -m pip install --quiet --disable-pip-version-check \
+      -r "${ROOT}/tests/deploy/requirements.txt"; then
+      echo "${want}" >"${stamp}"
+    else
+      log "WARNING: could not install tests/deploy/requirements.txt from PyPI: the deploy checks will fail"
+    fi
   fi
 fi
 
