@@ -14,9 +14,14 @@
 #include "kernels/ops.h"
 #include "runtime/base/float16.h"
 #include "runtime/cpu/ops.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace hyla {
 namespace {
+
+// Every test skips (reported as skipped) where no CUDA device is present.
+class RmsNormKernel : public gpu_test::GpuTest {};
+class SiluMulKernel : public gpu_test::GpuTest {};
 
 // Asserts that a launcher returned 0, naming the error otherwise.
 #define ASSERT_CUDA_OK(expr)                                                            \
@@ -162,7 +167,7 @@ std::vector<T> Rows(const std::vector<T>& v, int64_t rows, int64_t n, int64_t st
   return out;
 }
 
-TEST(RmsNormKernel, F32MatchesCpu) {
+TEST_F(RmsNormKernel, F32MatchesCpu) {
   for (const NormCase& c : NormCases()) {
     SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " n=" << c.n
                                     << " x_stride=" << c.x_stride << " gemma=" << c.gemma);
@@ -182,7 +187,7 @@ TEST(RmsNormKernel, F32MatchesCpu) {
   }
 }
 
-TEST(RmsNormKernel, Bf16MatchesCpu) {
+TEST_F(RmsNormKernel, Bf16MatchesCpu) {
   for (const NormCase& c : NormCases()) {
     SCOPED_TRACE(testing::Message() << "rows=" << c.rows << " n=" << c.n
                                     << " x_stride=" << c.x_stride << " gemma=" << c.gemma);
@@ -202,7 +207,7 @@ TEST(RmsNormKernel, Bf16MatchesCpu) {
   }
 }
 
-TEST(RmsNormKernel, InPlaceMisalignedAndOnAStream) {
+TEST_F(RmsNormKernel, InPlaceMisalignedAndOnAStream) {
   const int64_t rows = 6, n = 96;
   // x starts one float past the allocation: not 16-byte aligned, so the scalar path runs.
   const std::vector<float> x = RandomFloats(rows * n + 1, 5, 1.0f);
@@ -226,7 +231,7 @@ TEST(RmsNormKernel, InPlaceMisalignedAndOnAStream) {
   ExpectCloseF32(got, want, "rmsnorm in place");
 }
 
-TEST(RmsNormKernel, RejectsBadArgumentsAndAcceptsNoRows) {
+TEST_F(RmsNormKernel, RejectsBadArgumentsAndAcceptsNoRows) {
   DeviceBuffer d(1024);
   ASSERT_TRUE(d.ok());
   float* p = d.as<float>();
@@ -246,7 +251,7 @@ struct SiluCase {
   bool fused;  // gate|up in one [rows, 2n] buffer
 };
 
-TEST(SiluMulKernel, MatchesCpuF32AndBf16) {
+TEST_F(SiluMulKernel, MatchesCpuF32AndBf16) {
   const std::vector<SiluCase> cases = {{1, 1, false},   {3, 7, false},     {3, 7, true},
                                        {5, 64, true},   {17, 1000, false}, {17, 1000, true},
                                        {2, 5632, true}, {4097, 24, false}, {1, 8193, true}};
@@ -306,7 +311,7 @@ TEST(SiluMulKernel, MatchesCpuF32AndBf16) {
   }
 }
 
-TEST(SiluMulKernel, RejectsBadArguments) {
+TEST_F(SiluMulKernel, RejectsBadArguments) {
   DeviceBuffer d(1024);
   ASSERT_TRUE(d.ok());
   float* p = d.as<float>();
