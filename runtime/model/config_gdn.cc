@@ -21,41 +21,6 @@
 namespace hyla {
 namespace {
 
-// Python's math.isclose(a, b, rel_tol=1e-5) (abs_tol 0).
-bool IsClose(double a, double b) {
-  return a == b || std::fabs(a - b) <= 1e-5 * std::max(std::fabs(a), std::fabs(b));
-}
-
-// "dtype" (transformers 5) or "torch_dtype" (transformers 4); float32 when neither is present.
-DType ReadDType(ConfigReader& r) {
-  const char* key = r.Has("dtype") ? "dtype" : "torch_dtype";
-  std::string name = r.String(key, "float32");
-  if (name.rfind("torch.", 0) == 0) name = name.substr(6);
-  if (name == "float32") return DType::kF32;
-  if (name == "bfloat16") return DType::kBF16;
-  if (name == "float16") return DType::kF16;
-  r.Fail(key,
-         absl::StrCat("unsupported dtype \"", name, "\" (expected float32, bfloat16 or float16)"));
-  return DType::kF32;
-}
-
-// bos/eos ids: an integer, null (-1: Python None), or a list of integers (the first one is used);
-// `default_value` when the key is absent.
-int TokenId(const JsonValue& root, ConfigReader& r, const char* key, int64_t default_value) {
-  const JsonValue* present = root.Find(key);
-  if (present != nullptr && present->is_null()) return -1;
-  const JsonValue* v = r.Get(key);
-  if (v != nullptr && v->is_array()) {
-    std::optional<std::vector<int64_t>> ids = r.IntList(key);
-    if (!ids.has_value() || ids->empty()) {
-      if (ids.has_value()) r.Fail(key, "expected a non-empty list of token ids");
-      return -1;
-    }
-    return static_cast<int>((*ids)[0]);
-  }
-  return static_cast<int>(r.Int(key, default_value));
-}
-
 // A positive integer that is not a JSON boolean (fla's _positive_int).
 int PositiveInt(ConfigReader& r, const char* key, int64_t default_value) {
   const JsonValue* v = r.Get(key);
@@ -163,10 +128,10 @@ absl::StatusOr<ModelConfig> ParseGdnConfig(const JsonValue& root, absl::string_v
   c.norm_eps = static_cast<float>(r.Float("norm_eps", 1e-6));
   c.norm_kind = NormKind::kPlain;
   c.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
-  c.bos_token_id = TokenId(root, r, "bos_token_id", 1);
-  c.eos_token_id = TokenId(root, r, "eos_token_id", 2);
+  c.bos_token_id = r.TokenId("bos_token_id", 1);
+  c.eos_token_id = r.TokenId("eos_token_id", 2);
   c.max_position_embeddings = static_cast<int>(r.Int("max_position_embeddings", 2048));
-  c.dtype = ReadDType(r);
+  c.dtype = r.TorchDType();
 
   // GatedDeltaNet layer (fla/layers/gated_deltanet.py).
   GdnLayerConfig g;
@@ -193,9 +158,9 @@ absl::StatusOr<ModelConfig> ParseGdnConfig(const JsonValue& root, absl::string_v
     return r.status();
   }
   g.head_v_dim = static_cast<int>(std::trunc(v_exact));
-  if (!IsClose(v_exact, g.head_v_dim) ||
-      !IsClose(static_cast<double>(g.num_v_heads) * head_dim * expand_v,
-               static_cast<double>(g.num_v_heads) * g.head_v_dim)) {
+  if (!PyIsClose(v_exact, g.head_v_dim) ||
+      !PyIsClose(static_cast<double>(g.num_v_heads) * head_dim * expand_v,
+                 static_cast<double>(g.num_v_heads) * g.head_v_dim)) {
     r.Fail("expand_v", absl::StrCat("expand_v=", expand_v,
                                     " does not give an integer value dim with head_dim=", head_dim,
                                     " (", v_exact, ")"));

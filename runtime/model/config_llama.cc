@@ -23,42 +23,6 @@
 namespace hyla {
 namespace {
 
-// Reads an optional token id that may be null (-1), an integer or (eos) a list of integers (the
-// first is taken).
-int ReadTokenId(ConfigReader& r, const JsonValue& root, absl::string_view key, int default_value,
-                bool allow_list) {
-  const JsonValue* v = root.Find(key);
-  if (v == nullptr) return default_value;
-  if (v->is_null()) return -1;
-  if (allow_list && v->is_array()) {
-    const std::vector<JsonValue>& items = v->array_items();
-    if (items.empty()) return -1;
-    if (!items[0].is_integer()) {
-      r.Fail(key, "expected an integer or a list of integers");
-      return default_value;
-    }
-    for (const JsonValue& item : items) {
-      if (!item.is_integer()) {
-        r.Fail(key, "expected an integer or a list of integers");
-        return default_value;
-      }
-    }
-    return static_cast<int>(items[0].int_value());
-  }
-  return static_cast<int>(r.Int(key, default_value));
-}
-
-DType ReadDType(ConfigReader& r) {
-  const char* key = r.Has("dtype") ? "dtype" : "torch_dtype";
-  const std::string s = r.String(key, "float32");
-  if (s == "float32" || s == "float") return DType::kF32;
-  if (s == "bfloat16") return DType::kBF16;
-  if (s == "float16" || s == "half") return DType::kF16;
-  r.Fail(key,
-         absl::StrCat("unsupported dtype \"", s, "\" (expected float32, bfloat16 or float16)"));
-  return DType::kF32;
-}
-
 // Positive finite number under `key` (required when `required`).
 double PositiveFloat(ConfigReader& r, absl::string_view key, double default_value, bool required) {
   if (required && !r.Has(key)) {
@@ -123,9 +87,9 @@ absl::StatusOr<ModelConfig> ParseLlamaConfig(const JsonValue& root, absl::string
   c.norm_kind = NormKind::kPlain;
   c.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
   c.max_position_embeddings = static_cast<int>(r.Int("max_position_embeddings", 2048));
-  c.bos_token_id = ReadTokenId(r, root, "bos_token_id", 1, /*allow_list=*/false);
-  c.eos_token_id = ReadTokenId(r, root, "eos_token_id", 2, /*allow_list=*/true);
-  c.dtype = ReadDType(r);
+  c.bos_token_id = r.TokenId("bos_token_id", 1);
+  c.eos_token_id = r.TokenId("eos_token_id", 2);
+  c.dtype = r.TorchDType();
 
   AttentionLayerConfig a;
   a.num_heads = static_cast<int>(r.Int("num_attention_heads", 32));

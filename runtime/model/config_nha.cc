@@ -41,18 +41,6 @@ bool IsExplicitNull(const JsonValue& obj, absl::string_view key) {
   return v != nullptr && v->is_null();
 }
 
-// Torch dtype name of the checkpoint ("dtype" in transformers 5, "torch_dtype" before).
-DType ParseTorchDType(ConfigReader& r) {
-  const char* key = r.Has("dtype") ? "dtype" : "torch_dtype";
-  const std::string name = r.String(key, "float32");
-  if (name == "float32") return DType::kF32;
-  if (name == "bfloat16") return DType::kBF16;
-  if (name == "float16") return DType::kF16;
-  r.Fail(key,
-         absl::StrCat("unsupported dtype \"", name, "\" (supported: float32, bfloat16, float16)"));
-  return DType::kF32;
-}
-
 // The RoPE base the layer uses: config.rope_theta. transformers 5 also writes
 // rope_parameters.rope_theta; when both are present they must agree.
 absl::StatusOr<double> ParseRopeTheta(ConfigReader& r, absl::string_view path) {
@@ -137,10 +125,10 @@ absl::StatusOr<ModelConfig> ParseNhaConfig(const JsonValue& root, absl::string_v
   c.norm_eps = static_cast<float>(r.Float("norm_eps", 1e-6));
   c.norm_kind = NormKind::kPlain;
   c.tie_word_embeddings = r.Bool("tie_word_embeddings", false);
-  c.bos_token_id = static_cast<int>(r.Int("bos_token_id", 1));
-  c.eos_token_id = static_cast<int>(r.Int("eos_token_id", 2));
+  c.bos_token_id = r.TokenId("bos_token_id", 1);
+  c.eos_token_id = r.TokenId("eos_token_id", 2);
   c.max_position_embeddings = static_cast<int>(r.Int("max_position_embeddings", 4096));
-  c.dtype = ParseTorchDType(r);
+  c.dtype = r.TorchDType();
 
   // MLP: fla GatedMLP derives its width from hidden_ratio when intermediate_size is null.
   const std::string hidden_act = r.String("hidden_act", "swish");

@@ -1,5 +1,6 @@
 #include "runtime/model/config_reader.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -95,6 +96,34 @@ std::optional<std::vector<int64_t>> ConfigReader::IntList(absl::string_view key)
     out.push_back(item.int_value());
   }
   return out;
+}
+
+bool PyIsClose(double a, double b) {
+  return a == b || std::fabs(a - b) <= 1e-5 * std::max(std::fabs(a), std::fabs(b));
+}
+
+DType ConfigReader::TorchDType() {
+  const char* key = Has("dtype") ? "dtype" : "torch_dtype";
+  std::string name = String(key, "float32");
+  if (name.rfind("torch.", 0) == 0) name = name.substr(6);
+  if (name == "float32" || name == "float") return DType::kF32;
+  if (name == "bfloat16") return DType::kBF16;
+  if (name == "float16" || name == "half") return DType::kF16;
+  Fail(key,
+       absl::StrCat("unsupported dtype \"", name, "\" (expected float32, bfloat16 or float16)"));
+  return DType::kF32;
+}
+
+int ConfigReader::TokenId(absl::string_view key, int64_t default_value) {
+  const JsonValue* raw = obj_.Find(key);
+  if (raw == nullptr) return static_cast<int>(default_value);
+  if (raw->is_null()) return -1;
+  if (raw->is_array()) {
+    std::optional<std::vector<int64_t>> ids = IntList(key);
+    if (!ids.has_value() || ids->empty()) return -1;
+    return static_cast<int>((*ids)[0]);
+  }
+  return static_cast<int>(Int(key, default_value));
 }
 
 }  // namespace hyla

@@ -19,9 +19,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "runtime/model/dtype.h"
 #include "runtime/model/json.h"
 
 namespace hyla {
+
+// Python's math.isclose(a, b, rel_tol=1e-5) (abs_tol 0): how the authors' configs check that
+// derived head dimensions are whole numbers.
+bool PyIsClose(double a, double b);
 
 class ConfigReader {
  public:
@@ -38,6 +43,12 @@ class ConfigReader {
   bool Bool(absl::string_view key, bool default_value);
   std::string String(absl::string_view key, absl::string_view default_value);
   std::optional<std::vector<int64_t>> IntList(absl::string_view key);
+  // The checkpoint's torch dtype: "dtype" (transformers 5) or "torch_dtype" (4), with or without
+  // the "torch." prefix; float32 when neither is present. F32, BF16 or F16, else an error.
+  DType TorchDType();
+  // A token id: an integer; null → -1 (Python None); a list → its first id (empty → -1);
+  // `default_value` when absent.
+  int TokenId(absl::string_view key, int64_t default_value);
 
   // Records an error about `key` (first one wins).
   void Fail(absl::string_view key, absl::string_view what);
