@@ -322,7 +322,10 @@ absl::StatusOr<BenchReport> RunBenchmark(const BenchOptions& options) {
              (!run.closed_loop || run.next == static_cast<int>(run.requests.size()));
     });
   }
-  return ComputeReport(options, std::move(run.records));
+  BenchReport report = ComputeReport(options, std::move(run.records));
+  report.model = absl::StrCat(info.family(), " (", info.parameters(), " parameters, ",
+                              info.layer_kinds_size(), " layers) on ", info.device());
+  return report;
 }
 
 void PrintTable(const BenchOptions& options, const BenchReport& rep, std::ostream& out) {
@@ -333,6 +336,7 @@ void PrintTable(const BenchOptions& options, const BenchReport& rep, std::ostrea
   };
   out << "============ hyla-bench result ============\n";
   row("Server:", options.server);
+  row("Model:", rep.model);
   row("Mode:", options.request_rate > 0
                    ? absl::StrCat("open loop, Poisson ", options.request_rate, " req/s")
                    : absl::StrCat("closed loop, concurrency ", options.concurrency));
@@ -364,6 +368,7 @@ void PrintTable(const BenchOptions& options, const BenchReport& rep, std::ostrea
 std::string ReportJson(const BenchOptions& options, const BenchReport& rep) {
   std::ostringstream o;
   o << "{\n  \"server\": \"" << options.server << "\",\n";
+  o << "  \"model\": \"" << rep.model << "\",\n";
   o << "  \"mode\": \"" << (options.request_rate > 0 ? "open" : "closed") << "\",\n";
   o << "  \"concurrency\": " << options.concurrency << ",\n";
   o << "  \"request_rate\": " << Num(options.request_rate) << ",\n";

@@ -67,6 +67,7 @@ Summary Summarize(std::vector<double> values);
 double Percentile(const std::vector<double>& sorted, double p);  // p in [0, 100]
 
 struct BenchReport {
+  std::string model;  // from GetModelInfo: family, parameters, device
   int requested = 0;
   int completed = 0;
   std::map<std::string, int> failed;  // by status code name
