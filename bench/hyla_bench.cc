@@ -18,52 +18,12 @@
 #include "absl/strings/str_split.h"
 #include "grpcpp/grpcpp.h"
 #include "hyla/v1/hyla.grpc.pb.h"
+#include "service/status_mapping.h"
 
 namespace hyla::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return absl::StrCat("CODE_", static_cast<int>(code));
-  }
-}
 
 // Shared state of one run: the records, the number of calls still running, and (closed loop) the
 // next request index to start.
@@ -113,7 +73,7 @@ class GenerateCall : public grpc::ClientReadReactor<hyla::v1::GenerateResponse> 
     RequestRecord& r = run_->records[index_];
     const double end = run_->Now();
     r.ok = status.ok();
-    r.status = CodeName(status.error_code());
+    r.status = std::string(service::GrpcCodeName(status.error_code()));
     r.e2e = end - r.sent;
     r.ttft = r.token_times.empty() ? r.e2e : r.token_times.front() - r.sent;
     RunState* run = run_;
@@ -266,7 +226,7 @@ absl::StatusOr<BenchReport> RunBenchmark(const BenchOptions& options) {
     grpc::Status st = stub->GetModelInfo(&ctx, hyla::v1::GetModelInfoRequest(), &info);
     if (!st.ok()) {
       return absl::UnavailableError(absl::StrCat("GetModelInfo on ", options.server, ": ",
-                                                 CodeName(st.error_code()), " ",
+                                                 service::GrpcCodeName(st.error_code()), " ",
                                                  st.error_message()));
     }
   }

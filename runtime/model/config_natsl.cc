@@ -223,22 +223,7 @@ absl::StatusOr<ModelConfig> ParseNatslConfig(const JsonValue& root, absl::string
   if (r.Has("intermediate_size")) {
     c.intermediate_size = PositiveInt(r, "intermediate_size", 0);
   } else {
-    const JsonValue* ratio_json = r.Get("hidden_ratio");
-    double width;
-    if (ratio_json == nullptr || ratio_json->is_integer()) {
-      const int64_t ratio = r.Int("hidden_ratio", 4);
-      // Python: hidden_size * hidden_ratio * 2 is an int, then "/ 3" is a true division.
-      width = static_cast<double>(int64_t{c.hidden_size} * ratio * 2) / 3.0;
-    } else {
-      const double ratio = r.Float("hidden_ratio", 4.0);
-      width = static_cast<double>(c.hidden_size) * ratio * 2.0 / 3.0;
-    }
-    if (!(width >= 0) || width > INT32_MAX) {
-      r.Fail("hidden_ratio", "does not give a valid MLP width");
-    } else {
-      const int64_t inter = static_cast<int64_t>(std::trunc(width));
-      c.intermediate_size = static_cast<int>(256 * ((inter + 256 - 1) / 256));
-    }
+    c.intermediate_size = r.FlaGatedMlpWidth(c.hidden_size);
   }
 
   // "attn": validated by the configuration class (a dict with "layers" and "num_heads"), but

@@ -136,12 +136,10 @@ absl::StatusOr<ModelConfig> ParseNhaConfig(const JsonValue& root, absl::string_v
     r.Fail("hidden_act", absl::StrCat("unsupported activation \"", hidden_act,
                                       "\" (only \"swish\", i.e. SwiGLU, is supported)"));
   }
-  const double hidden_ratio = r.Float("hidden_ratio", 4.0);
   if (r.Has("intermediate_size")) {
     c.intermediate_size = static_cast<int>(r.Int("intermediate_size", 0));
   } else {
-    const int64_t width = static_cast<int64_t>(c.hidden_size * hidden_ratio * 2.0 / 3.0);
-    c.intermediate_size = static_cast<int>(256 * ((width + 256 - 1) / 256));
+    c.intermediate_size = r.FlaGatedMlpWidth(c.hidden_size);
   }
   (void)r.Bool("norm_first", true);  // stored, never read: the block is always pre-norm
   (void)r.Bool("fuse_norm", true);

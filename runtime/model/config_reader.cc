@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 
@@ -124,6 +125,25 @@ int ConfigReader::TokenId(absl::string_view key, int64_t default_value) {
     return static_cast<int>((*ids)[0]);
   }
   return static_cast<int>(Int(key, default_value));
+}
+
+int ConfigReader::FlaGatedMlpWidth(int hidden_size) {
+  const JsonValue* ratio_json = Get("hidden_ratio");
+  double width;
+  if (ratio_json == nullptr || ratio_json->is_integer()) {
+    const int64_t ratio = Int("hidden_ratio", 4);
+    // Python: hidden_size * hidden_ratio * 2 is an int, then "/ 3" is a true division.
+    width = static_cast<double>(int64_t{hidden_size} * ratio * 2) / 3.0;
+  } else {
+    const double ratio = Float("hidden_ratio", 4.0);
+    width = static_cast<double>(hidden_size) * ratio * 2.0 / 3.0;
+  }
+  if (!(width >= 0) || width > INT32_MAX) {
+    Fail("hidden_ratio", "does not give a valid MLP width");
+    return 0;
+  }
+  const int64_t inter = static_cast<int64_t>(std::trunc(width));
+  return static_cast<int>(256 * ((inter + 256 - 1) / 256));
 }
 
 }  // namespace hyla

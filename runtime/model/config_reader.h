@@ -49,6 +49,10 @@ class ConfigReader {
   // A token id: an integer; null → -1 (Python None); a list → its first id (empty → -1);
   // `default_value` when absent.
   int TokenId(absl::string_view key, int64_t default_value);
+  // fla GatedMLP's width when intermediate_size is null: int(hidden_size · hidden_ratio · 2 / 3)
+  // (Python semantics: integer product, true division) rounded up to a multiple of 256;
+  // hidden_ratio null means 4. 0 with an error on "hidden_ratio" when it gives no valid width.
+  int FlaGatedMlpWidth(int hidden_size);
 
   // Records an error about `key` (first one wins).
   void Fail(absl::string_view key, absl::string_view what);
