@@ -236,4 +236,16 @@ size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, i
 
 }  // namespace hyla::kernels
 
+// The APIs of the remaining ops, one header per .cu (each is part of this header: include
+// kernels/ops.h, never them directly; they use KernelDType from above).
+#include "kernels/elementwise.h"
+#include "kernels/gated_rmsnorm.h"
+#include "kernels/kv_append.h"
+#include "kernels/natsl.h"
+#include "kernels/nha.h"
+#include "kernels/paged_attention_prefill.h"
+#include "kernels/rope.h"
+#include "kernels/sampling.h"
+#include "kernels/short_conv_prefill.h"
+
 #endif  // HYLA_KERNELS_OPS_H_

@@ -1,0 +1,130 @@
+// Small fp32 ops around the residual stream (API: kernels/elementwise.h via kernels/ops.h).
+// Grid-stride loops; memory-bound, no shared memory.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/common.cuh"
+#include "kernels/ops.h"
+
+namespace hyla::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 1 << 16;
+
+unsigned GridFor(int64_t count) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(kMaxBlocks, (count + kThreads - 1) / kThreads)));
+}
+
+template <typename T>
+__global__ void EmbeddingGatherKernel(const T* table, int64_t vocab, int64_t n, const int32_t* ids,
+                                      int64_t rows, float* out) {
+  const int64_t total = rows * n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    const int32_t id = ids[r];
+    out[i] = (id >= 0 && id < vocab) ? ToFloat(table[static_cast<int64_t>(id) * n + c]) : 0.0f;
+  }
+}
+
+__global__ void AddInPlaceKernel(float* y, const float* x, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void AddBiasKernel(float* y, int64_t y_stride, const float* bias, int64_t rows,
+                              int64_t n) {
+  const int64_t total = rows * n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    y[r * y_stride + c] += bias[c];
+  }
+}
+
+__global__ void ConvertKernel(const float* x, int64_t count, __nv_bfloat16* out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    out[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
+__global__ void GatherRowsKernel(const float* x, int64_t x_stride, const int32_t* rows_idx,
+                                 int64_t rows, int64_t n, float* out) {
+  const int64_t total = rows * n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    out[i] = x[static_cast<int64_t>(rows_idx[r]) * x_stride + c];
+  }
+}
+
+}  // namespace
+
+int EmbeddingGather(const void* table, KernelDType table_dtype, int64_t vocab, int64_t n,
+                    const int32_t* ids, int64_t rows, float* out, void* stream) {
+  if (table == nullptr || ids == nullptr || out == nullptr || vocab < 1 || n < 1 || rows < 0) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rows == 0) return 0;
+  if (table_dtype == KernelDType::kF32) {
+    EmbeddingGatherKernel<float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+        static_cast<const float*>(table), vocab, n, ids, rows, out);
+  } else {
+    EmbeddingGatherKernel<__nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+        static_cast<const __nv_bfloat16*>(table), vocab, n, ids, rows, out);
+  }
+  return LaunchResult();
+}
+
+int AddInPlaceF32(float* y, const float* x, int64_t count, void* stream) {
+  if (count < 0 || (count > 0 && (y == nullptr || x == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (count == 0) return 0;
+  AddInPlaceKernel<<<GridFor(count), kThreads, 0, AsStream(stream)>>>(y, x, count);
+  return LaunchResult();
+}
+
+int AddBiasF32(float* y, int64_t y_stride, const float* bias, int64_t rows, int64_t n,
+               void* stream) {
+  if (rows < 0 || n < 1 || y_stride < n || (rows > 0 && (y == nullptr || bias == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rows == 0) return 0;
+  AddBiasKernel<<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(y, y_stride, bias, rows, n);
+  return LaunchResult();
+}
+
+int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream) {
+  if (count < 0 || (count > 0 && (x == nullptr || out == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (count == 0) return 0;
+  ConvertKernel<<<GridFor(count), kThreads, 0, AsStream(stream)>>>(
+      x, count, reinterpret_cast<__nv_bfloat16*>(out));
+  return LaunchResult();
+}
+
+int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int64_t rows,
+                  int64_t n, float* out, void* stream) {
+  if (rows < 0 || n < 1 || x_stride < n ||
+      (rows > 0 && (x == nullptr || rows_idx == nullptr || out == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rows == 0) return 0;
+  GatherRowsKernel<<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(x, x_stride, rows_idx,
+                                                                         rows, n, out);
+  return LaunchResult();
+}
+
+}  // namespace hyla::kernels

@@ -1,0 +1,2 @@
+// STUB (owner: helper): kernels of gated_rmsnorm. API in kernels/gated_rmsnorm.h.
+#include "kernels/ops.h"

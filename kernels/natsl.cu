@@ -1,0 +1,2 @@
+// STUB (owner: helper): kernels of natsl. API in kernels/natsl.h.
+#include "kernels/ops.h"

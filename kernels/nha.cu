@@ -1,0 +1,2 @@
+// STUB (owner: helper): kernels of nha. API in kernels/nha.h.
+#include "kernels/ops.h"

@@ -1,0 +1,2 @@
+// STUB (owner: helper): kernels of sampling. API in kernels/sampling.h.
+#include "kernels/ops.h"

@@ -1,0 +1,10 @@
+// Host-only API of kernels/sampling.cu: part of kernels/ops.h (include that, never this). STUB.
+#ifndef HYLA_KERNELS_SAMPLING_H_
+#define HYLA_KERNELS_SAMPLING_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hyla::kernels {}  // namespace hyla::kernels
+
+#endif  // HYLA_KERNELS_SAMPLING_H_

@@ -1,0 +1,90 @@
+// CudaBackend: the Backend of one GPU. Same contract as cpu::CpuBackend (the reference): the
+// residual blocks (pre-norm → mixer → residual → norm → SwiGLU → residual) around per-kind
+// CudaLayers, the embedding and the LM head, for a batch of sequences at different positions.
+//
+// Memory is planned at Create and never grows: weights (fp32 or bf16, Precision), the state-slot
+// pool and the KV-block pool (sizes from CudaBackendOptions::store, which the server derives from
+// its memory budget), and one scratch arena sized for `max_step_tokens` rows and
+// `max_step_seqs` sequences. A step that needs more scratch fails with ResourceExhausted; the
+// request path never calls cudaMalloc. Recurrent state is fp32 in both precisions.
+//
+// Thread-safety: one scheduler thread drives a CudaBackend (the device context is bound to it).
+#ifndef HYLA_RUNTIME_CUDA_CUDA_BACKEND_H_
+#define HYLA_RUNTIME_CUDA_CUDA_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/cuda/cuda_layer.h"
+#include "runtime/cuda/cuda_util.h"
+#include "runtime/cuda/device_context.h"
+#include "runtime/cuda/gemm.h"
+#include "runtime/engine/backend.h"
+#include "runtime/model/checkpoint.h"
+#include "runtime/state/state_store.h"
+
+namespace hyla::cuda {
+
+struct CudaBackendOptions {
+  int device = 0;
+  Precision precision = Precision::kBf16;
+  StateStoreOptions store;       // slots, blocks, per-sequence cap and policy
+  int64_t max_step_tokens = 8192;  // rows one step may carry (the scheduler's token budget)
+  int max_step_seqs = 256;         // sequences one step may carry
+  // Extra scratch bytes on top of the planned activations (0: the default margin).
+  int64_t extra_scratch_bytes = 0;
+};
+
+// Device memory a CudaBackend of `options` would hold besides the weights (for the server's
+// memory plan): slot pool + KV pool + scratch.
+int64_t CudaBackendStateBytes(const ModelConfig& config, const CudaBackendOptions& options);
+
+class CudaBackend : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(
+      std::unique_ptr<Checkpoint> checkpoint, const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  const ModelConfig& config() const override { return config_; }
+  const StateLayout& layout() const override { return layout_; }
+  StateStore& store() override { return *store_; }
+  void ResetSlot(int32_t slot) override;
+  void CopySlot(int32_t src, int32_t dst) override;
+  absl::Status Step(absl::Span<const SequenceWork> batch, StepOutput* out) override;
+
+  DeviceContext& device() { return *dev_; }
+  Precision precision() const { return options_.precision; }
+  int64_t weight_bytes() const { return weights_->bytes(); }
+  int64_t scratch_high_water() const;
+
+ private:
+  struct Block {
+    const float* mixer_norm = nullptr;  // [hidden]
+    std::unique_ptr<CudaLayer> mixer;
+    const float* mlp_norm = nullptr;  // [hidden]
+    DeviceMatrix w_gate_up;           // [2·inter, hidden] (gate rows, then up rows)
+    DeviceMatrix w_down;              // [hidden, inter]
+  };
+
+  CudaBackend(const ModelConfig& config, StateLayout layout, const CudaBackendOptions& options);
+  absl::Status Load(std::unique_ptr<Checkpoint> checkpoint);
+
+  ModelConfig config_;
+  StateLayout layout_;
+  CudaBackendOptions options_;
+  std::unique_ptr<DeviceContext> dev_;
+  std::unique_ptr<DeviceWeights> weights_;
+  std::unique_ptr<StateStore> store_;
+  DeviceBuffer slot_pool_;   // [num_slots, slot_bytes]
+  DeviceBuffer block_pool_;  // [num_blocks, block_bytes]
+  const void* embed_ = nullptr;  // [vocab, hidden] in the weights' precision
+  const float* final_norm_ = nullptr;
+  DeviceMatrix lm_head_;  // [vocab, hidden]
+  std::vector<Block> blocks_;
+};
+
+}  // namespace hyla::cuda
+
+#endif  // HYLA_RUNTIME_CUDA_CUDA_BACKEND_H_

@@ -1,0 +1,117 @@
+// CudaLayer: the CUDA implementation of one token mixer (GDN, NAtS-L, NHA, softmax attention).
+// CudaBackend runs the residual block around it (norms, SwiGLU MLP, residual adds) and calls
+// Forward once per step with all sequences of the batch packed row by row — the same contract
+// as cpu::CpuLayer (runtime/cpu/cpu_layer.h), which is each layer's reference.
+//
+// Memory: activations are fp32 on the device. A sequence's slot (recurrent state, conv tails,
+// NHA slots and rings, NAtS-L committed state) lives in the device slot pool at
+// slot_pool + slot · layout.slot_bytes(), with the component offsets of StateLayout; recurrent
+// state is fp32, rings and KV blocks use layout.kv_dtype() (fp32 or bf16). KV block b lives at
+// block_pool + b · layout.block_bytes() with the CPU block layout (keys [64, heads, key_dim]
+// then values [64, heads, value_dim], cpu_layer.h BlockKey/BlockValue).
+//
+// Block tables stay on the host (StateStore); a layer allocates blocks through
+// CudaContext::WritableBlock (copy-on-write on the device) and uploads the tables it needs into
+// step scratch.
+//
+// Thread-safety: owned by one CudaBackend and called from its worker thread only.
+#ifndef HYLA_RUNTIME_CUDA_CUDA_LAYER_H_
+#define HYLA_RUNTIME_CUDA_CUDA_LAYER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "runtime/cuda/device_context.h"
+#include "runtime/cuda/gemm.h"
+#include "runtime/engine/backend.h"
+#include "runtime/model/checkpoint.h"
+#include "runtime/model/config.h"
+#include "runtime/state/state_layout.h"
+#include "runtime/state/state_store.h"
+
+namespace hyla::cuda {
+
+// One sequence's share of a step (host side).
+struct CudaSeq {
+  SequenceState* seq = nullptr;
+  int64_t start_pos = 0;  // tokens already in the state before this step
+  int64_t row_begin = 0;  // first row of this sequence in the packed activations
+  int64_t num_rows = 0;   // new tokens in this step
+  int32_t slot = -1;      // state slot index
+};
+
+// Per-step batch description with device copies, built once per step by CudaBackend.
+struct CudaBatch {
+  std::vector<CudaSeq> seqs;  // host
+  int64_t total_rows = 0;
+  int64_t max_rows = 0;     // largest num_rows of a sequence
+  bool all_decode = false;  // every sequence has exactly one new row
+  // Device arrays (step scratch):
+  const int32_t* slots = nullptr;       // [num_seqs] slot index
+  const int32_t* cu_seqlens = nullptr;  // [num_seqs + 1] row offsets
+  const int64_t* start_pos = nullptr;   // [num_seqs]
+  const int32_t* row_seq = nullptr;     // [total_rows] sequence index of each row
+  const int32_t* row_pos = nullptr;     // [total_rows] absolute position of each row
+  // Host copies of the same (for kernel plans):
+  std::vector<int32_t> host_cu_seqlens;  // [num_seqs + 1]
+  std::vector<int64_t> host_start_pos;   // [num_seqs]
+  std::vector<int32_t> host_row_pos;     // [total_rows]
+  int num_seqs() const { return static_cast<int>(seqs.size()); }
+};
+
+// What a layer may touch during Forward.
+struct CudaContext {
+  DeviceContext* dev = nullptr;
+  StateStore* store = nullptr;
+  const StateLayout* layout = nullptr;
+  uint8_t* slot_pool = nullptr;   // device, [num_slots, layout->slot_bytes()]
+  uint8_t* block_pool = nullptr;  // device, [num_blocks, layout->block_bytes()]
+  const CudaBatch* batch = nullptr;
+  RoutingCounts* routing = nullptr;
+
+  // Device address of a slot component.
+  uint8_t* SlotComponent(int32_t slot, int layer, absl::string_view name) const {
+    return slot_pool + static_cast<int64_t>(slot) * layout->slot_bytes() +
+           layout->Component(layer, name).offset;
+  }
+  uint8_t* BlockData(int32_t block) const {
+    return block_pool + static_cast<int64_t>(block) * layout->block_bytes();
+  }
+  // Makes the block of `chunk` in `stream` writable (allocating it, or copying a shared one on
+  // the device, see StateStore::PrepareAppend) and returns its block index.
+  absl::StatusOr<int32_t> WritableBlock(SequenceState* seq, int stream, int64_t chunk) const;
+};
+
+class CudaLayer {
+ public:
+  virtual ~CudaLayer() = default;
+  // x: [total_rows, hidden] fp32 device, the normalised block input; out: [total_rows, hidden]
+  // fp32 device, the mixer output (before the residual add). Advances nothing in SequenceState
+  // except block tables; CudaBackend advances num_tokens after all layers ran. Scratch comes from
+  // ctx.dev->scratch() and is freed after the step.
+  virtual absl::Status Forward(const CudaContext& ctx, const float* x, float* out) = 0;
+};
+
+struct CudaLayerArgs {
+  const ModelConfig* config = nullptr;
+  int layer = 0;
+  std::string prefix;  // e.g. "model.layers.3.attn." (fla) or "model.layers.3.self_attn." (llama)
+  Checkpoint* checkpoint = nullptr;
+  const StateLayout* layout = nullptr;
+  DeviceContext* dev = nullptr;
+  DeviceWeights* weights = nullptr;  // uploads; owns the device copies
+};
+
+absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaGdnLayer(const CudaLayerArgs& args);
+absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaNatslLayer(const CudaLayerArgs& args);
+absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaNhaLayer(const CudaLayerArgs& args);
+absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaAttentionLayer(const CudaLayerArgs& args);
+
+}  // namespace hyla::cuda
+
+#endif  // HYLA_RUNTIME_CUDA_CUDA_LAYER_H_
