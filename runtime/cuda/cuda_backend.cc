@@ -1,0 +1,412 @@
+#include "runtime/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
+#include "runtime/base/check.h"
+#include "runtime/base/status_macros.h"
+
+namespace hyla::cuda {
+namespace {
+
+// Tensor names of the residual block around the mixer, by family (as cpu::CpuBackend).
+struct BlockNames {
+  const char* embed;
+  const char* mixer_norm;
+  const char* mixer;
+  const char* mlp_norm;
+};
+
+BlockNames NamesFor(Family family) {
+  if (family == Family::kLlama) {
+    return {"model.embed_tokens.weight", "input_layernorm", "self_attn",
+            "post_attention_layernorm"};
+  }
+  return {"model.embeddings.weight", "attn_norm", "attn", "mlp_norm"};
+}
+
+DType KvDType(Precision p) { return p == Precision::kF32 ? DType::kF32 : DType::kBF16; }
+
+// Rows of logits computed per LM-head GEMM (bounds the logits scratch; more rows are done in
+// pieces).
+int64_t LogitsRowsPerPiece(const CudaBackendOptions& o) {
+  return std::max<int64_t>(256, o.max_step_seqs);
+}
+
+// The widest per-row activation a mixer projects to (floats): its projections plus outputs,
+// bounded generously over the kinds.
+int64_t WidestMixerRow(const ModelConfig& c) {
+  int64_t widest = 12 * int64_t{c.hidden_size};
+  for (const LayerConfig& l : c.layers) {
+    if (l.kind == LayerKind::kAttention) {
+      const AttentionLayerConfig& a = l.attention;
+      widest = std::max<int64_t>(widest, 2 * (a.num_heads + a.num_kv_heads) * a.head_dim);
+    } else if (l.kind == LayerKind::kGdn || l.kind == LayerKind::kNatsl) {
+      const GdnLayerConfig& g = l.kind == LayerKind::kGdn ? l.gdn : l.natsl.gdn;
+      widest = std::max<int64_t>(widest, 4 * (g.key_dim() + g.value_dim()));
+    }
+  }
+  return widest;
+}
+
+// Step scratch plan: activations of max_step_tokens rows, the LM head pieces, the mixers'
+// projections and the chunked-GDN workspace, plus a margin.
+int64_t PlannedScratchBytes(const ModelConfig& c, const CudaBackendOptions& o) {
+  const int64_t rows = std::max<int64_t>(1, o.max_step_tokens);
+  const int64_t d = c.hidden_size;
+  const int64_t inter = c.intermediate_size;
+  int64_t bytes = 0;
+  bytes += rows * sizeof(float) * (3 * d + 3 * inter);   // h, xn, mix, gate|up, act
+  bytes += rows * sizeof(uint16_t) * std::max(d, inter);  // bf16 GEMM input
+  bytes += rows * sizeof(float) * 2 * WidestMixerRow(c);  // a mixer's projections and outputs
+  bytes += LogitsRowsPerPiece(o) * sizeof(float) * (c.vocab_size + d);
+  int64_t gdn_ws = 0;
+  for (const LayerConfig& l : c.layers) {
+    if (l.kind == LayerKind::kGdn || l.kind == LayerKind::kNatsl) {
+      const GdnLayerConfig& g = l.kind == LayerKind::kGdn ? l.gdn : l.natsl.gdn;
+      const int pieces = static_cast<int>(rows / kBlockTokens + 2 * o.max_step_seqs);
+      gdn_ws = std::max<int64_t>(
+          gdn_ws, static_cast<int64_t>(kernels::GdnPrefillWorkspaceBytes(
+                      pieces, g.num_v_heads, g.head_k_dim, g.head_v_dim)));
+    }
+  }
+  bytes += gdn_ws;
+  bytes += int64_t{64} << 20;  // step metadata, block tables, small per-layer buffers
+  bytes += o.extra_scratch_bytes;
+  return bytes;
+}
+
+}  // namespace
+
+int64_t CudaBackendStateBytes(const ModelConfig& config, const CudaBackendOptions& options) {
+  absl::StatusOr<StateLayout> layout = StateLayout::Create(config, KvDType(options.precision));
+  if (!layout.ok()) return 0;
+  return options.store.num_slots * layout->slot_bytes() +
+         options.store.num_blocks * layout->block_bytes() + PlannedScratchBytes(config, options);
+}
+
+CudaBackend::CudaBackend(const ModelConfig& config, StateLayout layout,
+                         const CudaBackendOptions& options)
+    : config_(config), layout_(std::move(layout)), options_(options) {}
+
+CudaBackend::~CudaBackend() {
+  if (dev_ != nullptr) (void)dev_->Synchronize();
+  // Layers and weights free their device memory before the context goes (member order below
+  // would destroy dev_ last anyway; be explicit).
+  blocks_.clear();
+  weights_.reset();
+  slot_pool_.Reset();
+  block_pool_.Reset();
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    std::unique_ptr<Checkpoint> checkpoint, const CudaBackendOptions& options) {
+  if (checkpoint == nullptr) return absl::InvalidArgumentError("CudaBackend: no checkpoint");
+  if (options.max_step_tokens < 1 || options.max_step_seqs < 1) {
+    return absl::InvalidArgumentError(
+        "CudaBackend: max_step_tokens and max_step_seqs must be at least 1");
+  }
+  HYLA_ASSIGN_OR_RETURN(StateLayout layout, StateLayout::Create(checkpoint->config(),
+                                                                KvDType(options.precision)));
+  std::unique_ptr<CudaBackend> backend(
+      new CudaBackend(checkpoint->config(), std::move(layout), options));
+  HYLA_RETURN_IF_ERROR(backend->Load(std::move(checkpoint)));
+  return backend;
+}
+
+absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
+  const ModelConfig& cfg = config_;
+  const int64_t d = cfg.hidden_size;
+  const int64_t inter = cfg.intermediate_size;
+  HYLA_ASSIGN_OR_RETURN(dev_, DeviceContext::Create(
+                                  options_.device,
+                                  static_cast<size_t>(PlannedScratchBytes(cfg, options_))));
+  weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
+  const BlockNames names = NamesFor(cfg.family);
+  Checkpoint* ck = checkpoint.get();
+
+  {
+    HYLA_ASSIGN_OR_RETURN(F32Tensor embed, ck->TakeF32(names.embed, {cfg.vocab_size, d}));
+    HYLA_ASSIGN_OR_RETURN(DeviceMatrix m, weights_->Matrix(embed, names.embed));
+    embed_ = m.data;
+    if (cfg.tie_word_embeddings) {
+      lm_head_ = m;
+      if (ck->Has("lm_head.weight")) {
+        HYLA_ASSIGN_OR_RETURN(F32Tensor unused, ck->TakeF32("lm_head.weight", {cfg.vocab_size, d}));
+        (void)unused;
+      }
+    }
+  }
+  if (!cfg.tie_word_embeddings) {
+    HYLA_ASSIGN_OR_RETURN(F32Tensor head, ck->TakeF32("lm_head.weight", {cfg.vocab_size, d}));
+    HYLA_ASSIGN_OR_RETURN(lm_head_, weights_->Matrix(head, "lm_head.weight"));
+  }
+  {
+    HYLA_ASSIGN_OR_RETURN(F32Tensor norm, ck->TakeF32("model.norm.weight", {d}));
+    HYLA_ASSIGN_OR_RETURN(final_norm_, weights_->F32(norm, "model.norm.weight"));
+  }
+
+  blocks_.resize(cfg.layers.size());
+  for (size_t i = 0; i < cfg.layers.size(); ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    Block& b = blocks_[i];
+    {
+      const std::string n = absl::StrCat(p, names.mixer_norm, ".weight");
+      HYLA_ASSIGN_OR_RETURN(F32Tensor t, ck->TakeF32(n, {d}));
+      HYLA_ASSIGN_OR_RETURN(b.mixer_norm, weights_->F32(t, n));
+    }
+    {
+      const std::string n = absl::StrCat(p, names.mlp_norm, ".weight");
+      HYLA_ASSIGN_OR_RETURN(F32Tensor t, ck->TakeF32(n, {d}));
+      HYLA_ASSIGN_OR_RETURN(b.mlp_norm, weights_->F32(t, n));
+    }
+    {
+      HYLA_ASSIGN_OR_RETURN(F32Tensor gate,
+                            ck->TakeF32(absl::StrCat(p, "mlp.gate_proj.weight"), {inter, d}));
+      HYLA_ASSIGN_OR_RETURN(F32Tensor up,
+                            ck->TakeF32(absl::StrCat(p, "mlp.up_proj.weight"), {inter, d}));
+      std::vector<float> fused(static_cast<size_t>(2 * inter * d));
+      std::memcpy(fused.data(), gate.data(), sizeof(float) * inter * d);
+      std::memcpy(fused.data() + inter * d, up.data(), sizeof(float) * inter * d);
+      const F32Tensor t = F32Tensor::View(fused.data(), {2 * inter, d});
+      HYLA_ASSIGN_OR_RETURN(b.w_gate_up, weights_->Matrix(t, absl::StrCat(p, "mlp.gate|up")));
+    }
+    {
+      HYLA_ASSIGN_OR_RETURN(F32Tensor down,
+                            ck->TakeF32(absl::StrCat(p, "mlp.down_proj.weight"), {d, inter}));
+      HYLA_ASSIGN_OR_RETURN(b.w_down, weights_->Matrix(down, absl::StrCat(p, "mlp.down_proj")));
+    }
+    CudaLayerArgs args;
+    args.config = &cfg;
+    args.layer = static_cast<int>(i);
+    args.prefix = absl::StrCat(p, names.mixer, ".");
+    args.checkpoint = ck;
+    args.layout = &layout_;
+    args.dev = dev_.get();
+    args.weights = weights_.get();
+    switch (cfg.layers[i].kind) {
+      case LayerKind::kGdn: {
+        HYLA_ASSIGN_OR_RETURN(b.mixer, CreateCudaGdnLayer(args));
+        break;
+      }
+      case LayerKind::kNatsl: {
+        HYLA_ASSIGN_OR_RETURN(b.mixer, CreateCudaNatslLayer(args));
+        break;
+      }
+      case LayerKind::kNha: {
+        HYLA_ASSIGN_OR_RETURN(b.mixer, CreateCudaNhaLayer(args));
+        break;
+      }
+      case LayerKind::kAttention: {
+        HYLA_ASSIGN_OR_RETURN(b.mixer, CreateCudaAttentionLayer(args));
+        break;
+      }
+    }
+  }
+  HYLA_RETURN_IF_ERROR(ck->CheckAllTaken());
+  checkpoint.reset();  // every weight is on the device now
+
+  HYLA_ASSIGN_OR_RETURN(store_, StateStore::Create(layout_, options_.store));
+  HYLA_ASSIGN_OR_RETURN(
+      slot_pool_,
+      DeviceBuffer::Allocate(static_cast<size_t>(store_->num_slots() * layout_.slot_bytes()),
+                             "state-slot pool"));
+  HYLA_ASSIGN_OR_RETURN(
+      block_pool_,
+      DeviceBuffer::Allocate(static_cast<size_t>(store_->num_blocks() * layout_.block_bytes()),
+                             "KV-block pool"));
+  return dev_->Synchronize();
+}
+
+int64_t CudaBackend::scratch_high_water() const {
+  return static_cast<int64_t>(dev_->scratch().high_water());
+}
+
+void CudaBackend::ResetSlot(int32_t slot) {
+  HYLA_CHECK(slot >= 0 && slot < store_->num_slots());
+  if (layout_.slot_bytes() == 0) return;
+  const absl::Status st = dev_->Memset(
+      slot_pool_.as<uint8_t>() + static_cast<int64_t>(slot) * layout_.slot_bytes(), 0,
+      static_cast<size_t>(layout_.slot_bytes()));
+  HYLA_CHECK_MSG(st.ok(), st.ToString().c_str());
+}
+
+void CudaBackend::CopySlot(int32_t src, int32_t dst) {
+  HYLA_CHECK(src >= 0 && src < store_->num_slots() && dst >= 0 && dst < store_->num_slots());
+  if (src == dst || layout_.slot_bytes() == 0) return;
+  uint8_t* base = slot_pool_.as<uint8_t>();
+  const absl::Status st =
+      dev_->CopyDeviceToDevice(base + static_cast<int64_t>(dst) * layout_.slot_bytes(),
+                               base + static_cast<int64_t>(src) * layout_.slot_bytes(),
+                               static_cast<size_t>(layout_.slot_bytes()));
+  HYLA_CHECK_MSG(st.ok(), st.ToString().c_str());
+}
+
+absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput* out) {
+  const ModelConfig& cfg = config_;
+  const int64_t d = cfg.hidden_size;
+  const int64_t inter = cfg.intermediate_size;
+  const int64_t vocab = cfg.vocab_size;
+
+  // Validate everything before touching any state.
+  if (static_cast<int64_t>(batch.size()) > options_.max_step_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat("step of ", batch.size(),
+                                                   " sequences exceeds max_step_seqs ",
+                                                   options_.max_step_seqs));
+  }
+  CudaBatch cb;
+  cb.seqs.resize(batch.size());
+  std::set<int32_t> slots;
+  std::vector<int32_t> ids;
+  int64_t rows = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceWork& w = batch[i];
+    if (w.seq == nullptr || w.seq->slot < 0 || w.seq->slot >= store_->num_slots()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no valid state slot"));
+    }
+    if (!slots.insert(w.seq->slot).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch item ", i, ": slot ", w.seq->slot, " appears twice in one step"));
+    }
+    if (w.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no tokens"));
+    }
+    for (int32_t t : w.tokens) {
+      if (t < 0 || t >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    CudaSeq& s = cb.seqs[i];
+    s.seq = w.seq;
+    s.start_pos = w.seq->num_tokens;
+    s.row_begin = rows;
+    s.num_rows = static_cast<int64_t>(w.tokens.size());
+    s.slot = w.seq->slot;
+    rows += s.num_rows;
+    ids.insert(ids.end(), w.tokens.begin(), w.tokens.end());
+  }
+  if (rows > options_.max_step_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("step of ", rows,
+                                                   " tokens exceeds max_step_tokens ",
+                                                   options_.max_step_tokens));
+  }
+
+  // Per-step metadata on the device.
+  ScratchArena& scratch = dev_->scratch();
+  scratch.Rewind();
+  const int n = static_cast<int>(batch.size());
+  std::vector<int32_t> h_slots(n), h_row_seq(rows);
+  cb.host_cu_seqlens.assign(n + 1, 0);
+  cb.host_start_pos.assign(n, 0);
+  cb.host_row_pos.assign(rows, 0);
+  cb.total_rows = rows;
+  cb.all_decode = true;
+  for (int i = 0; i < n; ++i) {
+    const CudaSeq& s = cb.seqs[i];
+    h_slots[i] = s.slot;
+    cb.host_cu_seqlens[i + 1] = static_cast<int32_t>(s.row_begin + s.num_rows);
+    cb.host_start_pos[i] = s.start_pos;
+    cb.max_rows = std::max(cb.max_rows, s.num_rows);
+    if (s.num_rows != 1) cb.all_decode = false;
+    for (int64_t r = 0; r < s.num_rows; ++r) {
+      h_row_seq[s.row_begin + r] = i;
+      cb.host_row_pos[s.row_begin + r] = static_cast<int32_t>(s.start_pos + r);
+    }
+  }
+  HYLA_ASSIGN_OR_RETURN(cb.slots, dev_->Upload(h_slots.data(), n, "step slots"));
+  HYLA_ASSIGN_OR_RETURN(cb.cu_seqlens,
+                        dev_->Upload(cb.host_cu_seqlens.data(), n + 1, "step cu_seqlens"));
+  HYLA_ASSIGN_OR_RETURN(cb.start_pos, dev_->Upload(cb.host_start_pos.data(), n, "step start_pos"));
+  HYLA_ASSIGN_OR_RETURN(cb.row_seq, dev_->Upload(h_row_seq.data(), rows, "step row_seq"));
+  HYLA_ASSIGN_OR_RETURN(cb.row_pos, dev_->Upload(cb.host_row_pos.data(), rows, "step row_pos"));
+  HYLA_ASSIGN_OR_RETURN(const int32_t* d_ids, dev_->Upload(ids.data(), rows, "step token ids"));
+
+  HYLA_ASSIGN_OR_RETURN(float* h, scratch.AllocArray<float>(rows * d, "residual stream"));
+  HYLA_ASSIGN_OR_RETURN(float* xn, scratch.AllocArray<float>(rows * d, "normed input"));
+  HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * d, "mixer output"));
+  void* stream = dev_->kernel_stream();
+  const bool gemma = cfg.norm_kind == NormKind::kGemma;
+  const float eps = static_cast<float>(cfg.norm_eps);
+
+  HYLA_KERNEL_RETURN_IF_ERROR(
+      kernels::EmbeddingGather(embed_,
+                               options_.precision == Precision::kF32 ? kernels::KernelDType::kF32
+                                                                     : kernels::KernelDType::kBf16,
+                               vocab, d, d_ids, rows, h, stream),
+      "embedding");
+
+  CudaContext ctx;
+  ctx.dev = dev_.get();
+  ctx.store = store_.get();
+  ctx.layout = &layout_;
+  ctx.slot_pool = slot_pool_.as<uint8_t>();
+  ctx.block_pool = block_pool_.as<uint8_t>();
+  ctx.batch = &cb;
+  RoutingCounts routing;
+  ctx.routing = &routing;
+
+  for (size_t li = 0; li < blocks_.size(); ++li) {
+    Block& b = blocks_[li];
+    const size_t mark = scratch.Mark();
+    HYLA_KERNEL_RETURN_IF_ERROR(
+        kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream), "mixer norm");
+    HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    scratch.RewindTo(mark);
+    HYLA_KERNEL_RETURN_IF_ERROR(
+        kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
+    HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
+    HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
+    HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
+    HYLA_KERNEL_RETURN_IF_ERROR(
+        kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows, inter, act, inter, stream),
+        "SwiGLU");
+    HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    scratch.RewindTo(mark);
+  }
+
+  // LM head over the rows asked for, in pieces of at most LogitsRowsPerPiece rows.
+  out->row_offset.assign(batch.size(), 0);
+  out->row_count.assign(batch.size(), 0);
+  std::vector<int32_t> head_rows;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t nr = batch[i].logits == LogitsMode::kAll    ? cb.seqs[i].num_rows
+                       : batch[i].logits == LogitsMode::kLast ? 1
+                                                              : 0;
+    out->row_offset[i] = static_cast<int64_t>(head_rows.size());
+    out->row_count[i] = nr;
+    const int64_t first = cb.seqs[i].row_begin + cb.seqs[i].num_rows - nr;
+    for (int64_t r = 0; r < nr; ++r) head_rows.push_back(static_cast<int32_t>(first + r));
+  }
+  const int64_t out_rows = static_cast<int64_t>(head_rows.size());
+  out->logits.resize(static_cast<size_t>(out_rows * vocab));
+  const int64_t piece = LogitsRowsPerPiece(options_);
+  if (out_rows > 0) {
+    HYLA_ASSIGN_OR_RETURN(const int32_t* d_head_rows,
+                          dev_->Upload(head_rows.data(), out_rows, "LM-head rows"));
+    HYLA_ASSIGN_OR_RETURN(float* head_in, scratch.AllocArray<float>(piece * d, "LM-head input"));
+    HYLA_ASSIGN_OR_RETURN(float* logits, scratch.AllocArray<float>(piece * vocab, "logits"));
+    for (int64_t r0 = 0; r0 < out_rows; r0 += piece) {
+      const int64_t nr = std::min(piece, out_rows - r0);
+      HYLA_KERNEL_RETURN_IF_ERROR(
+          kernels::GatherRowsF32(h, d, d_head_rows + r0, nr, d, head_in, stream), "gather rows");
+      HYLA_KERNEL_RETURN_IF_ERROR(
+          kernels::RmsNormF32(head_in, d, final_norm_, eps, nr, d, gemma, head_in, d, stream),
+          "final norm");
+      HYLA_RETURN_IF_ERROR(Linear(*dev_, head_in, nr, lm_head_, nullptr, logits));
+      HYLA_RETURN_IF_ERROR(dev_->CopyToHost(out->logits.data() + r0 * vocab, logits,
+                                            sizeof(float) * static_cast<size_t>(nr * vocab)));
+    }
+  }
+  HYLA_RETURN_IF_ERROR(dev_->Synchronize());
+  out->routing = routing;
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].seq->num_tokens += cb.seqs[i].num_rows;
+  return absl::OkStatus();
+}
+
+}  // namespace hyla::cuda

@@ -1,0 +1,2 @@
+// STUB: replaced by the CUDA backend tests.
+#include "tests/gpu/gpu_test_util.h"
