@@ -16,7 +16,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 1 << 16;
 
 unsigned GridFor(int64_t count) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(kMaxBlocks, (count + kThreads - 1) / kThreads)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min(kMaxBlocks, (count + kThreads - 1) / kThreads)));
 }
 
 template <typename T>

@@ -59,7 +59,7 @@ int64_t PlannedScratchBytes(const ModelConfig& c, const CudaBackendOptions& o) {
   const int64_t d = c.hidden_size;
   const int64_t inter = c.intermediate_size;
   int64_t bytes = 0;
-  bytes += rows * sizeof(float) * (3 * d + 3 * inter);   // h, xn, mix, gate|up, act
+  bytes += rows * sizeof(float) * (3 * d + 3 * inter);    // h, xn, mix, gate|up, act
   bytes += rows * sizeof(uint16_t) * std::max(d, inter);  // bf16 GEMM input
   bytes += rows * sizeof(float) * 2 * WidestMixerRow(c);  // a mixer's projections and outputs
   bytes += LogitsRowsPerPiece(o) * sizeof(float) * (c.vocab_size + d);
@@ -68,9 +68,8 @@ int64_t PlannedScratchBytes(const ModelConfig& c, const CudaBackendOptions& o) {
     if (l.kind == LayerKind::kGdn || l.kind == LayerKind::kNatsl) {
       const GdnLayerConfig& g = l.kind == LayerKind::kGdn ? l.gdn : l.natsl.gdn;
       const int pieces = static_cast<int>(rows / kBlockTokens + 2 * o.max_step_seqs);
-      gdn_ws = std::max<int64_t>(
-          gdn_ws, static_cast<int64_t>(kernels::GdnPrefillWorkspaceBytes(
-                      pieces, g.num_v_heads, g.head_k_dim, g.head_v_dim)));
+      gdn_ws = std::max<int64_t>(gdn_ws, static_cast<int64_t>(kernels::GdnPrefillWorkspaceBytes(
+                                             pieces, g.num_v_heads, g.head_k_dim, g.head_v_dim)));
     }
   }
   bytes += gdn_ws;
@@ -109,8 +108,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     return absl::InvalidArgumentError(
         "CudaBackend: max_step_tokens and max_step_seqs must be at least 1");
   }
-  HYLA_ASSIGN_OR_RETURN(StateLayout layout, StateLayout::Create(checkpoint->config(),
-                                                                KvDType(options.precision)));
+  HYLA_ASSIGN_OR_RETURN(StateLayout layout,
+                        StateLayout::Create(checkpoint->config(), KvDType(options.precision)));
   std::unique_ptr<CudaBackend> backend(
       new CudaBackend(checkpoint->config(), std::move(layout), options));
   HYLA_RETURN_IF_ERROR(backend->Load(std::move(checkpoint)));
@@ -121,8 +120,8 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
   const ModelConfig& cfg = config_;
   const int64_t d = cfg.hidden_size;
   const int64_t inter = cfg.intermediate_size;
-  HYLA_ASSIGN_OR_RETURN(dev_, DeviceContext::Create(
-                                  options_.device,
+  HYLA_ASSIGN_OR_RETURN(
+      dev_, DeviceContext::Create(options_.device,
                                   static_cast<size_t>(PlannedScratchBytes(cfg, options_))));
   weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
   const BlockNames names = NamesFor(cfg.family);
@@ -228,9 +227,9 @@ int64_t CudaBackend::scratch_high_water() const {
 void CudaBackend::ResetSlot(int32_t slot) {
   HYLA_CHECK(slot >= 0 && slot < store_->num_slots());
   if (layout_.slot_bytes() == 0) return;
-  const absl::Status st = dev_->Memset(
-      slot_pool_.as<uint8_t>() + static_cast<int64_t>(slot) * layout_.slot_bytes(), 0,
-      static_cast<size_t>(layout_.slot_bytes()));
+  const absl::Status st =
+      dev_->Memset(slot_pool_.as<uint8_t>() + static_cast<int64_t>(slot) * layout_.slot_bytes(), 0,
+                   static_cast<size_t>(layout_.slot_bytes()));
   HYLA_CHECK_MSG(st.ok(), st.ToString().c_str());
 }
 
@@ -253,9 +252,8 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
 
   // Validate everything before touching any state.
   if (static_cast<int64_t>(batch.size()) > options_.max_step_seqs) {
-    return absl::InvalidArgumentError(absl::StrCat("step of ", batch.size(),
-                                                   " sequences exceeds max_step_seqs ",
-                                                   options_.max_step_seqs));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step of ", batch.size(), " sequences exceeds max_step_seqs ", options_.max_step_seqs));
   }
   CudaBatch cb;
   cb.seqs.resize(batch.size());
@@ -290,9 +288,8 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
     ids.insert(ids.end(), w.tokens.begin(), w.tokens.end());
   }
   if (rows > options_.max_step_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("step of ", rows,
-                                                   " tokens exceeds max_step_tokens ",
-                                                   options_.max_step_tokens));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "step of ", rows, " tokens exceeds max_step_tokens ", options_.max_step_tokens));
   }
 
   // Per-step metadata on the device.

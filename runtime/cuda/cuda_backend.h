@@ -30,7 +30,7 @@ namespace hyla::cuda {
 struct CudaBackendOptions {
   int device = 0;
   Precision precision = Precision::kBf16;
-  StateStoreOptions store;       // slots, blocks, per-sequence cap and policy
+  StateStoreOptions store;         // slots, blocks, per-sequence cap and policy
   int64_t max_step_tokens = 8192;  // rows one step may carry (the scheduler's token budget)
   int max_step_seqs = 256;         // sequences one step may carry
   // Extra scratch bytes on top of the planned activations (0: the default margin).
@@ -43,8 +43,8 @@ int64_t CudaBackendStateBytes(const ModelConfig& config, const CudaBackendOption
 
 class CudaBackend : public Backend {
  public:
-  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(
-      std::unique_ptr<Checkpoint> checkpoint, const CudaBackendOptions& options);
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(std::unique_ptr<Checkpoint> checkpoint,
+                                                             const CudaBackendOptions& options);
   ~CudaBackend() override;
 
   const ModelConfig& config() const override { return config_; }
@@ -77,8 +77,8 @@ class CudaBackend : public Backend {
   std::unique_ptr<DeviceContext> dev_;
   std::unique_ptr<DeviceWeights> weights_;
   std::unique_ptr<StateStore> store_;
-  DeviceBuffer slot_pool_;   // [num_slots, slot_bytes]
-  DeviceBuffer block_pool_;  // [num_blocks, block_bytes]
+  DeviceBuffer slot_pool_;       // [num_slots, slot_bytes]
+  DeviceBuffer block_pool_;      // [num_blocks, block_bytes]
   const void* embed_ = nullptr;  // [vocab, hidden] in the weights' precision
   const float* final_norm_ = nullptr;
   DeviceMatrix lm_head_;  // [vocab, hidden]

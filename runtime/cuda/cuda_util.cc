@@ -7,9 +7,8 @@ namespace hyla::cuda {
 
 absl::Status CudaStatus(cudaError_t err, absl::string_view what) {
   if (err == cudaSuccess) return absl::OkStatus();
-  const std::string msg =
-      absl::StrCat(what, ": CUDA error ", static_cast<int>(err), " (", cudaGetErrorName(err), ": ",
-                   cudaGetErrorString(err), ")");
+  const std::string msg = absl::StrCat(what, ": CUDA error ", static_cast<int>(err), " (",
+                                       cudaGetErrorName(err), ": ", cudaGetErrorString(err), ")");
   if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
@@ -25,9 +24,8 @@ absl::Status CublasStatus(cublasStatus_t err, absl::string_view what) {
 absl::Status KernelStatus(int err, absl::string_view what) {
   if (err == 0) return absl::OkStatus();
   if (err == static_cast<int>(cudaErrorInvalidValue)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": kernel launcher rejected its arguments (",
-                     kernels::KernelErrorString(err), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": kernel launcher rejected its arguments (", kernels::KernelErrorString(err), ")"));
   }
   return CudaStatus(static_cast<cudaError_t>(err), what);
 }

@@ -29,15 +29,15 @@ absl::Status CublasStatus(cublasStatus_t err, absl::string_view what);
 // The return value of a kernels/ops.h launcher (0 or a cudaError_t as int).
 absl::Status KernelStatus(int err, absl::string_view what);
 
-#define HYLA_CUDA_RETURN_IF_ERROR(expr, what)                                      \
-  do {                                                                             \
+#define HYLA_CUDA_RETURN_IF_ERROR(expr, what)                                       \
+  do {                                                                              \
     const ::absl::Status hyla_cuda_status = ::hyla::cuda::CudaStatus((expr), what); \
-    if (!hyla_cuda_status.ok()) return hyla_cuda_status;                           \
+    if (!hyla_cuda_status.ok()) return hyla_cuda_status;                            \
   } while (0)
-#define HYLA_KERNEL_RETURN_IF_ERROR(expr, what)                                      \
-  do {                                                                               \
+#define HYLA_KERNEL_RETURN_IF_ERROR(expr, what)                                       \
+  do {                                                                                \
     const ::absl::Status hyla_cuda_status = ::hyla::cuda::KernelStatus((expr), what); \
-    if (!hyla_cuda_status.ok()) return hyla_cuda_status;                             \
+    if (!hyla_cuda_status.ok()) return hyla_cuda_status;                              \
   } while (0)
 
 // Device memory (cudaMalloc). Empty when default-constructed or moved from.

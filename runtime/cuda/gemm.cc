@@ -9,14 +9,12 @@
 
 namespace hyla::cuda {
 
-absl::string_view PrecisionName(Precision p) {
-  return p == Precision::kF32 ? "fp32" : "bf16";
-}
+absl::string_view PrecisionName(Precision p) { return p == Precision::kF32 ? "fp32" : "bf16"; }
 
 absl::StatusOr<DeviceMatrix> DeviceWeights::Matrix(const F32Tensor& t, absl::string_view name) {
   if (t.shape().size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ": expected a matrix, got rank ",
-                                                   t.shape().size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": expected a matrix, got rank ", t.shape().size()));
   }
   return MatrixRows(t, 0, t.shape()[0], name);
 }
@@ -34,8 +32,8 @@ absl::StatusOr<DeviceMatrix> DeviceWeights::MatrixRows(const F32Tensor& t, int64
   m.rows = rows;
   m.cols = cols;
   if (precision_ == Precision::kF32) {
-    HYLA_ASSIGN_OR_RETURN(DeviceBuffer buf,
-                          DeviceBuffer::Allocate(sizeof(float) * count, absl::StrCat("weight ", name)));
+    HYLA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::Allocate(sizeof(float) * count,
+                                                                   absl::StrCat("weight ", name)));
     HYLA_CUDA_RETURN_IF_ERROR(
         cudaMemcpy(buf.get(), src, sizeof(float) * count, cudaMemcpyHostToDevice),
         absl::StrCat("upload of ", name));
@@ -61,8 +59,8 @@ absl::StatusOr<DeviceMatrix> DeviceWeights::MatrixRows(const F32Tensor& t, int64
 
 absl::StatusOr<const float*> DeviceWeights::F32(const F32Tensor& t, absl::string_view name) {
   const int64_t count = t.numel();
-  HYLA_ASSIGN_OR_RETURN(DeviceBuffer buf,
-                        DeviceBuffer::Allocate(sizeof(float) * count, absl::StrCat("weight ", name)));
+  HYLA_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::Allocate(sizeof(float) * count,
+                                                                 absl::StrCat("weight ", name)));
   if (count > 0) {
     HYLA_CUDA_RETURN_IF_ERROR(
         cudaMemcpy(buf.get(), t.data(), sizeof(float) * count, cudaMemcpyHostToDevice),
@@ -86,8 +84,8 @@ absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceM
   if (y_stride == 0) y_stride = w.rows;
   if (n < 0 || w.data == nullptr || x == nullptr || y == nullptr || x_stride < w.cols ||
       y_stride < w.rows) {
-    return absl::InvalidArgumentError(absl::StrCat("Linear: bad arguments (n=", n, ", ", w.rows,
-                                                   "x", w.cols, " weight)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Linear: bad arguments (n=", n, ", ", w.rows, "x", w.cols, " weight)"));
   }
   const float alpha = 1.0f;
   const float beta = 0.0f;
@@ -95,19 +93,19 @@ absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceM
   const int k = static_cast<int>(w.cols);
   const int nn = static_cast<int>(n);
   if (w.dtype == DType::kF32) {
-    HYLA_RETURN_IF_ERROR(CublasStatus(
-        cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha,
-                    static_cast<const float*>(w.data), k, x, static_cast<int>(x_stride), &beta, y,
-                    static_cast<int>(y_stride)),
-        absl::StrCat("cublasSgemm ", w.rows, "x", w.cols, " by ", n, " rows")));
+    HYLA_RETURN_IF_ERROR(
+        CublasStatus(cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha,
+                                 static_cast<const float*>(w.data), k, x,
+                                 static_cast<int>(x_stride), &beta, y, static_cast<int>(y_stride)),
+                     absl::StrCat("cublasSgemm ", w.rows, "x", w.cols, " by ", n, " rows")));
   } else {
     // Round the activations to bf16 in scratch (dense), then bf16 × bf16 → fp32.
     const size_t mark = ctx.scratch().Mark();
-    HYLA_ASSIGN_OR_RETURN(uint16_t * xb, ctx.scratch().AllocArray<uint16_t>(n * w.cols,
-                                                                            "bf16 GEMM input"));
+    HYLA_ASSIGN_OR_RETURN(uint16_t * xb,
+                          ctx.scratch().AllocArray<uint16_t>(n * w.cols, "bf16 GEMM input"));
     if (x_stride == w.cols) {
-      HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::ConvertF32ToBf16(x, n * w.cols, xb, ctx.kernel_stream()), "ConvertF32ToBf16");
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::ConvertF32ToBf16(x, n * w.cols, xb, ctx.kernel_stream()),
+                                  "ConvertF32ToBf16");
     } else {
       for (int64_t r = 0; r < n; ++r) {
         HYLA_KERNEL_RETURN_IF_ERROR(kernels::ConvertF32ToBf16(x + r * x_stride, w.cols,
