@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <exception>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -20,6 +21,9 @@
 #include "prometheus/exposer.h"
 #include "runtime/base/status_macros.h"
 #include "runtime/cpu/cpu_backend.h"
+#ifdef HYLA_HAVE_CUDA_BACKEND
+#include "runtime/cuda/cuda_backend.h"
+#endif
 #include "runtime/engine/engine.h"
 #include "runtime/model/checkpoint.h"
 #include "runtime/model/tokenizer.h"
@@ -39,6 +43,32 @@ namespace hyla::service {
 namespace {
 
 constexpr const char* kHealthNames[] = {"", "hyla.v1.Hyla", "readiness", "liveness"};
+
+int VisibleGpus() {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+  return cuda::CudaDeviceCount();
+#else
+  return 0;
+#endif
+}
+
+// --device auto|cuda|cpu → "cuda" or "cpu".
+absl::StatusOr<std::string> ResolveDevice(const std::string& requested) {
+  if (requested == "cpu") return std::string("cpu");
+  const int gpus = VisibleGpus();
+  if (requested == "auto") return std::string(gpus > 0 ? "cuda" : "cpu");
+#ifndef HYLA_HAVE_CUDA_BACKEND
+  return absl::InvalidArgumentError(
+      "--device cuda: this build has no CUDA backend (nvcc was not found at build time; "
+      "configure with -DHYLA_CUDA=ON)");
+#endif
+  if (gpus == 0) {
+    return absl::FailedPreconditionError(
+        "--device cuda: no CUDA device is visible (check the driver, CUDA_VISIBLE_DEVICES and the "
+        "container's GPU resources)");
+  }
+  return std::string("cuda");
+}
 
 int DurationMs(absl::Duration d) {
   const int64_t ms = absl::ToInt64Milliseconds(d);
@@ -113,7 +143,11 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
     return absl::InvalidArgumentError(
         absl::StrCat("--model ", model_dir, ": ", config.status().message()));
   }
-  HYLA_ASSIGN_OR_RETURN(StateLayout layout, StateLayout::Create(*config, DType::kF32));
+  HYLA_ASSIGN_OR_RETURN(const std::string device_kind, ResolveDevice(flags.device));
+  const bool use_cuda = device_kind == "cuda";
+  const bool bf16 = use_cuda && flags.precision == "bf16";
+  HYLA_ASSIGN_OR_RETURN(StateLayout layout,
+                        StateLayout::Create(*config, bf16 ? DType::kBF16 : DType::kF32));
   int64_t max_context = flags.max_context;
   if (max_context == 0) {
     max_context = config->max_position_embeddings > 0 ? config->max_position_embeddings : 8192;
@@ -142,12 +176,12 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
 
   // ---- metrics ----
   const std::string device =
-      absl::StrJoin(std::vector<std::string>(flags.workers, flags.device), ",");
+      absl::StrJoin(std::vector<std::string>(flags.workers, device_kind), ",");
   BuildInfo build;
   build.version = HYLA_VERSION;
   build.model_type = config->model_type;
   build.family = std::string(FamilyName(config->family));
-  build.device = flags.device;
+  build.device = device_kind;
   HYLA_ASSIGN_OR_RETURN(s->metrics_, Metrics::Create(build, max_context));
 
   // ---- engine ----
@@ -191,12 +225,33 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   bo.store.num_blocks = plan.blocks_per_worker;
   bo.store.max_kv_tokens_per_stream = flags.kv_cap_tokens;
   bo.store.cap_policy = flags.kv_cap_policy;
-  auto factory = [model_dir, bo](int) -> absl::StatusOr<std::unique_ptr<Backend>> {
+  std::function<absl::StatusOr<std::unique_ptr<Backend>>(int)> factory =
+      [model_dir, bo](int) -> absl::StatusOr<std::unique_ptr<Backend>> {
     HYLA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
     HYLA_ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> b,
                           cpu::CpuBackend::Create(std::move(ckpt), bo));
     return std::unique_ptr<Backend>(std::move(b));
   };
+#ifdef HYLA_HAVE_CUDA_BACKEND
+  if (use_cuda) {
+    cuda::CudaBackendOptions co;
+    co.precision = bf16 ? cuda::Precision::kBf16 : cuda::Precision::kF32;
+    co.store = bo.store;
+    co.max_step_seqs = eo.max_batch;
+    co.max_step_tokens = std::max<int64_t>(eo.token_budget, eo.max_batch);
+    const int gpus = VisibleGpus();
+    threads_note = absl::StrCat("CUDA, ", cuda::PrecisionName(co.precision), ", ", gpus,
+                                " visible GPU(s)");
+    factory = [model_dir, co, gpus](int worker) -> absl::StatusOr<std::unique_ptr<Backend>> {
+      cuda::CudaBackendOptions o = co;
+      o.device = worker % gpus;
+      HYLA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
+      HYLA_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaBackend> b,
+                            cuda::CudaBackend::Create(std::move(ckpt), o));
+      return std::unique_ptr<Backend>(std::move(b));
+    };
+  }
+#endif
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(eo, factory);
   if (!engine.ok()) {
     return absl::Status(engine.status().code(),

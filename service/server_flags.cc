@@ -133,7 +133,11 @@ Model and device:
   --model DIR                  model directory (config.json + *.safetensors); default: the
                                embedded default model ($HYLA_DEFAULT_MODEL, <bin>/../share/hyla/
                                models/default, or the source tree's models/default)
-  --device cpu                 backend (only "cpu" in this build)
+  --device auto|cuda|cpu       backend; auto: cuda when this build has the CUDA backend and a
+                               GPU is visible, else cpu. With cuda, worker i runs on GPU
+                               i mod (visible GPUs): set --workers to the GPU count [auto]
+  --precision bf16|fp32        CUDA numerics: bf16 weights and KV cache (serving) or fp32
+                               (exact against fp32 checkpoints); state is fp32 in both [bf16]
   --workers N                  workers, each with its own backend and scheduler thread [1]
   --threads N                  CPU backend threads per worker; 0: the container's CPU quota
                                (cgroup cpu.max or cfs_quota/period, rounded up; else the
@@ -226,11 +230,20 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
       {"metrics-listen", host_port(&f.metrics_listen)},
       {"device",
        [&f](absl::string_view flag, absl::string_view v) -> absl::Status {
-         if (v != "cpu") {
+         if (v != "cpu" && v != "cuda" && v != "auto") {
            return Bad(flag, absl::StrCat("unsupported device \"", v,
-                                         "\": this build serves on \"cpu\" only"));
+                                         "\" (expected cpu, cuda or auto)"));
          }
          f.device = std::string(v);
+         return absl::OkStatus();
+       }},
+      {"precision",
+       [&f](absl::string_view flag, absl::string_view v) -> absl::Status {
+         if (v != "bf16" && v != "fp32") {
+           return Bad(flag, absl::StrCat("unsupported precision \"", v,
+                                         "\" (expected bf16 or fp32)"));
+         }
+         f.precision = std::string(v);
          return absl::OkStatus();
        }},
       {"health-listen", host_port(&f.health_listen)},

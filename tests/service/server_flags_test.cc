@@ -13,7 +13,8 @@ TEST(ServerFlagsTest, Defaults) {
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->model, "");
   EXPECT_EQ(f->listen, "0.0.0.0:50051");
-  EXPECT_EQ(f->device, "cpu");
+  EXPECT_EQ(f->device, "auto");
+  EXPECT_EQ(f->precision, "bf16");
   EXPECT_EQ(f->workers, 1);
   EXPECT_EQ(f->memory_budget_bytes, int64_t{1} << 30);
   EXPECT_EQ(f->kv_cap_policy, KvCapPolicy::kReject);
@@ -121,7 +122,8 @@ TEST(ServerFlagsTest, ErrorsNameTheFlag) {
       {{"--listen=:50051"}, "--listen"},
       {{"--listen=host:99999"}, "--listen"},
       {{"--metrics-listen=::1:80"}, "--metrics-listen"},
-      {{"--device=cuda"}, "--device"},
+      {{"--device=tpu"}, "--device"},
+      {{"--precision=fp16"}, "--precision"},
       {{"--tls-cert=c.pem"}, "--tls-key"},
       {{"--tls-key=k.pem"}, "--tls-cert"},
       {{"--max-pending-tokens=0"}, "--max-pending-tokens"},
@@ -182,6 +184,7 @@ TEST(ServerFlagsTest, HelpAndUsage) {
                            "--listen",
                            "--metrics-listen",
                            "--device",
+                           "--precision",
                            "--workers",
                            "--memory-budget",
                            "--queue-bound",
