@@ -110,6 +110,12 @@ class GdnBranch {
   int64_t off_g() const { return off_g_; }  // only meaningful with use_gate
   int64_t off_a() const { return off_a_; }
   int64_t off_b() const { return off_b_; }
+  // Device copies of the branch's fp32 parameters (valid as long as the DeviceWeights).
+  const float* a_log() const { return a_log_; }         // [HV] A_log (not −exp(A_log))
+  const float* dt_bias() const { return dt_bias_; }     // [HV]
+  const float* conv_weight() const { return conv_w_; }  // [conv_channels, conv_kernel]
+  int conv_kernel() const { return conv_kernel_; }      // K (1 without short convs)
+  float q_scale() const { return q_scale_; }            // dk^-1/2
 
   // Step 1. x: [rows, hidden] fp32 device (row stride x_stride, 0 = hidden);
   // proj: [rows, P] fp32 device (row stride proj_stride, 0 = P). proj must not alias x.
