@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <climits>
 #include <exception>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -240,8 +240,8 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
     co.max_step_seqs = eo.max_batch;
     co.max_step_tokens = std::max<int64_t>(eo.token_budget, eo.max_batch);
     const int gpus = VisibleGpus();
-    threads_note = absl::StrCat("CUDA, ", cuda::PrecisionName(co.precision), ", ", gpus,
-                                " visible GPU(s)");
+    threads_note =
+        absl::StrCat("CUDA, ", cuda::PrecisionName(co.precision), ", ", gpus, " visible GPU(s)");
     factory = [model_dir, co, gpus](int worker) -> absl::StatusOr<std::unique_ptr<Backend>> {
       cuda::CudaBackendOptions o = co;
       o.device = worker % gpus;

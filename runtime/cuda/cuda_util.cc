@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/ops.h"
+#include "runtime/cuda/cublas_api.h"
 
 namespace hyla::cuda {
 
@@ -15,8 +16,10 @@ absl::Status CudaStatus(cudaError_t err, absl::string_view what) {
 
 absl::Status CublasStatus(cublasStatus_t err, absl::string_view what) {
   if (err == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  const std::string msg = absl::StrCat(what, ": cuBLAS error ", static_cast<int>(err), " (",
-                                       cublasGetStatusString(err), ")");
+  absl::StatusOr<const CublasApi*> api = LoadCublas();
+  const std::string msg =
+      absl::StrCat(what, ": cuBLAS error ", static_cast<int>(err), " (",
+                   api.ok() ? (*api)->get_status_string(err) : "cuBLAS not loaded", ")");
   if (err == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
@@ -95,20 +98,25 @@ void CudaEvent::Reset() {
 }
 
 absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
+  absl::StatusOr<const CublasApi*> api = LoadCublas();
+  if (!api.ok()) return api.status();
   CublasHandle h;
-  absl::Status st = CublasStatus(cublasCreate(&h.handle_), "cublasCreate");
+  absl::Status st = CublasStatus((*api)->create(&h.handle_), "cublasCreate");
   if (!st.ok()) return st;
-  st = CublasStatus(cublasSetStream(h.handle_, stream), "cublasSetStream");
+  st = CublasStatus((*api)->set_stream(h.handle_, stream), "cublasSetStream");
   if (!st.ok()) return st;
   // Default math: fp32 GEMMs stay fp32 (TF32 only with CUBLAS_TF32_TENSOR_OP_MATH, which the
   // exactness path must not use); bf16 GEMMs use tensor cores with fp32 accumulation.
-  st = CublasStatus(cublasSetMathMode(h.handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  st = CublasStatus((*api)->set_math_mode(h.handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   if (!st.ok()) return st;
   return h;
 }
 
 void CublasHandle::Reset() {
-  if (handle_ != nullptr) cublasDestroy(handle_);
+  if (handle_ != nullptr) {
+    absl::StatusOr<const CublasApi*> api = LoadCublas();
+    if (api.ok()) (*api)->destroy(handle_);
+  }
   handle_ = nullptr;
 }
 

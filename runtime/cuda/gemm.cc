@@ -6,6 +6,7 @@
 #include "kernels/ops.h"
 #include "runtime/base/float16.h"
 #include "runtime/base/status_macros.h"
+#include "runtime/cuda/cublas_api.h"
 
 namespace hyla::cuda {
 
@@ -87,17 +88,18 @@ absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceM
     return absl::InvalidArgumentError(
         absl::StrCat("Linear: bad arguments (n=", n, ", ", w.rows, "x", w.cols, " weight)"));
   }
+  HYLA_ASSIGN_OR_RETURN(const CublasApi* cublas, LoadCublas());
   const float alpha = 1.0f;
   const float beta = 0.0f;
   const int m = static_cast<int>(w.rows);
   const int k = static_cast<int>(w.cols);
   const int nn = static_cast<int>(n);
   if (w.dtype == DType::kF32) {
-    HYLA_RETURN_IF_ERROR(
-        CublasStatus(cublasSgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha,
-                                 static_cast<const float*>(w.data), k, x,
-                                 static_cast<int>(x_stride), &beta, y, static_cast<int>(y_stride)),
-                     absl::StrCat("cublasSgemm ", w.rows, "x", w.cols, " by ", n, " rows")));
+    HYLA_RETURN_IF_ERROR(CublasStatus(
+        cublas->sgemm(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha,
+                      static_cast<const float*>(w.data), k, x, static_cast<int>(x_stride), &beta, y,
+                      static_cast<int>(y_stride)),
+        absl::StrCat("cublasSgemm ", w.rows, "x", w.cols, " by ", n, " rows")));
   } else {
     // Round the activations to bf16 in scratch (dense), then bf16 × bf16 → fp32.
     const size_t mark = ctx.scratch().Mark();
@@ -114,9 +116,9 @@ absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceM
       }
     }
     const absl::Status st = CublasStatus(
-        cublasGemmEx(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, w.data, CUDA_R_16BF,
-                     k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, static_cast<int>(y_stride),
-                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        cublas->gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, w.data,
+                        CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F,
+                        static_cast<int>(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         absl::StrCat("cublasGemmEx bf16 ", w.rows, "x", w.cols, " by ", n, " rows"));
     // The conversion buffer is dead once the GEMM is enqueued (stream order protects reuse).
     ctx.scratch().RewindTo(mark);

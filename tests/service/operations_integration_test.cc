@@ -148,7 +148,7 @@ TEST(OperationsTest, MetricsPassPromtoolAndAgreeWithTheTraffic) {
   EXPECT_EQ(v("hyla_state_memory_utilization_ratio"), 0);
   EXPECT_EQ(v("hyla_build_info", {{"family", "natsl"},
                                   {"model_type", "neural_attention_search_linear_attn_gdn"},
-                                  {"device", "cpu"}}),
+                                  {"device", ExpectedDevice()}}),
             1);
   // Sequences of each request end in the le_1k context bucket.
   EXPECT_EQ(v("hyla_session_state_bytes_count", {{"context_bucket", "le_1k"}}), generates + 1);
@@ -636,7 +636,7 @@ TEST(OperationsTest, CommandLineClient) {
 TEST(OperationsTest, PythonClientExample) {
   auto server = Start({"--memory-budget=32M", "--max-context=512"});
   ASSERT_NE(server, nullptr);
-  const std::string script = std::string(HYLA_SOURCE_DIR) + "/examples/python/client.py";
+  const std::string script = SourceDir() + "/examples/python/client.py";
   // Debian's interpreter, which has python3-grpcio and python3-protobuf.
   for (const std::string& stubs : {std::string(HYLA_PYTHON_STUBS_DIR), std::string()}) {
     std::vector<std::string> argv = {"/usr/bin/python3", script, "--server",

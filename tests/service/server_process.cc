@@ -73,9 +73,20 @@ std::optional<std::string> FieldAfter(const std::string& text, const std::string
 
 }  // namespace
 
-std::string ServerBinary() { return HYLA_SERVER_BIN; }
-std::string CliBinary() { return HYLA_CLI_BIN; }
-std::string DefaultModelDir() { return std::string(HYLA_SOURCE_DIR) + "/models/default"; }
+// The built-in paths can be overridden from the environment, so that a bundle of the test
+// programs runs on another machine (scripts/device_bundle.sh): HYLA_TEST_SERVER_BIN,
+// HYLA_TEST_CLI_BIN, HYLA_TEST_SOURCE_DIR.
+std::string EnvOr(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+std::string ServerBinary() { return EnvOr("HYLA_TEST_SERVER_BIN", HYLA_SERVER_BIN); }
+std::string CliBinary() { return EnvOr("HYLA_TEST_CLI_BIN", HYLA_CLI_BIN); }
+std::string SourceDir() { return EnvOr("HYLA_TEST_SOURCE_DIR", HYLA_SOURCE_DIR); }
+std::string DefaultModelDir() { return SourceDir() + "/models/default"; }
+std::string ExpectedDevice() {
+  return absl::StrContains(EnvOr("HYLA_TEST_SERVER_ARGS", ""), "--device=cuda") ? "cuda" : "cpu";
+}
 
 std::string TestModelDir() {
   static const std::string* const dir = [] {
@@ -116,6 +127,13 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(std::vector<
   if (!has("--listen")) args.push_back("--listen=127.0.0.1:0");
   if (!has("--metrics-listen")) args.push_back("--metrics-listen=127.0.0.1:0");
   if (!has("--model")) args.push_back("--model=" + TestModelDir());
+  // HYLA_TEST_SERVER_ARGS: extra flags for every server (e.g. "--device=cuda" to run the suite on
+  // the CUDA backend), unless the test sets the same flag itself.
+  for (const absl::string_view extra :
+       absl::StrSplit(EnvOr("HYLA_TEST_SERVER_ARGS", ""), ' ', absl::SkipEmpty())) {
+    const std::string flag(extra.substr(0, extra.find('=')));
+    if (!has(flag)) args.push_back(std::string(extra));
+  }
   args.erase(std::remove(args.begin(), args.end(), std::string("--model=")), args.end());
   std::vector<std::string> argv = {ServerBinary()};
   argv.insert(argv.end(), args.begin(), args.end());

@@ -31,6 +31,10 @@ namespace hyla::testing {
 // Paths baked in by tests/service/CMakeLists.txt.
 std::string ServerBinary();
 std::string CliBinary();
+// The backend the servers of this run use: "cuda" when HYLA_TEST_SERVER_ARGS has --device=cuda,
+// else "cpu".
+std::string ExpectedDevice();
+std::string SourceDir();        // the source tree ($HYLA_TEST_SOURCE_DIR overrides)
 std::string DefaultModelDir();  // <source>/models/default (the embedded default model)
 // The model the tests serve unless they say otherwise: the natsl "tiny" preset with seed 0
 // (vocab 256, hidden 64, 4 layers: GDN, NAtS-L, GDN, NAtS-L; 269,712 parameters), generated once

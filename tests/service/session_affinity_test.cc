@@ -169,7 +169,7 @@ TEST_F(SessionAffinityTest, CliSendsTheSessionIdOfEveryCallAboutASession) {
 }
 
 TEST_F(SessionAffinityTest, PythonClientSendsTheSessionIdAndTheParentsIdOnFork) {
-  const std::string script = std::string(HYLA_SOURCE_DIR) + "/examples/python/client.py";
+  const std::string script = SourceDir() + "/examples/python/client.py";
   const ProgramResult r =
       RunProgram({"/usr/bin/python3", script, "--server", address_, "--stubs",
                   HYLA_PYTHON_STUBS_DIR, "--session", "py-chat", "--max-tokens", "1"});
