@@ -31,26 +31,48 @@ while (($#)); do
   esac
 done
 
-# The programs to bundle: every GPU test program that this tree defines, and the benchmark.
-TARGETS=(kernels_gpu_test gdn_kernels_gpu_test paged_attention_gpu_test kernels_bench)
+# The programs to bundle: every GPU test program that this tree defines, the benchmark, the
+# server, its clients and the gRPC integration tests (run there with --device=cuda).
+GPU_TESTS=(kernels_gpu_test gdn_kernels_gpu_test paged_attention_gpu_test cuda_backend_gpu_test
+           attention_kernels_gpu_test gdn_layer_kernels_gpu_test natsl_kernels_gpu_test
+           nha_kernels_gpu_test sampling_kernels_gpu_test)
+PROGRAMS=(kernels_bench hyla-server hyla hyla-model)
+SERVICE_TESTS=(generate_integration_test lifecycle_integration_test operations_integration_test
+               validation_integration_test session_affinity_test)
+TARGETS=("${GPU_TESTS[@]}" "${PROGRAMS[@]}" "${SERVICE_TESTS[@]}")
 
 if ((BUILD_IT)); then
   cmake -S "${ROOT}" -B "${BUILD}" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHYLA_CUDA=ON \
-    -DHYLA_CUDA_ARCHITECTURES=90 -DHYLA_BUILD_SERVICE=OFF >/dev/null
+    -DHYLA_CUDA_ARCHITECTURES=90 -DHYLA_BUILD_SERVICE=ON >/dev/null
   ninja -C "${BUILD}" -j"${JOBS}" "${TARGETS[@]}"
 fi
 
 BUNDLE="${ROOT}/.bundle"
 rm -rf "${BUNDLE}"
-mkdir -p "${BUNDLE}/bin" "${BUNDLE}/lib"
+mkdir -p "${BUNDLE}/bin" "${BUNDLE}/lib" "${BUNDLE}/svc"
 for t in "${TARGETS[@]}"; do
   bin="$(find "${BUILD}" -type f -name "${t}" -perm -u+x | head -n 1)"
   if [[ -z "${bin}" ]]; then
     echo "device_bundle.sh: ${t} was not built in ${BUILD}" >&2
     exit 1
   fi
-  cp "${bin}" "${BUNDLE}/bin/"
+  case " ${SERVICE_TESTS[*]} " in
+    *" ${t} "*) cp "${bin}" "${BUNDLE}/svc/" ;;
+    *) cp "${bin}" "${BUNDLE}/bin/" ;;
+  esac
 done
+# promtool (a static Go program) for the metrics test, and the golden fixtures (../shared is not
+# part of the working tree that travels to the device).
+if command -v promtool >/dev/null; then cp "$(command -v promtool)" "${BUNDLE}/bin/"; fi
+GOLDEN="${ROOT}/../shared/golden"
+if [[ -d "${GOLDEN}" ]]; then
+  mkdir -p "${BUNDLE}/golden"
+  for fam in "${GOLDEN}"/*/; do
+    f="$(basename "${fam}")"
+    mkdir -p "${BUNDLE}/golden/${f}"
+    cp "${fam}"*.json "${fam}"*.safetensors "${BUNDLE}/golden/${f}/" 2>/dev/null || true
+  done
+fi
 
 # Shared libraries: everything ldd resolves, minus what the device machine provides.
 skip_lib() {
@@ -60,7 +82,8 @@ skip_lib() {
   esac
   return 1
 }
-for bin in "${BUNDLE}"/bin/*; do
+for bin in "${BUNDLE}"/bin/* "${BUNDLE}"/svc/*; do
+  [[ "$(basename "${bin}")" == promtool ]] && continue
   while read -r name _ path _; do
     [[ -n "${path:-}" && "${path}" == /* ]] || continue
     skip_lib "${name}" && continue

@@ -3,10 +3,11 @@
 # .bundle/run.sh): the GPU test programs, then the kernel benchmark, then compute-sanitizer
 # memcheck and racecheck on the test programs (when /usr/local/cuda/bin/compute-sanitizer
 # exists). Logs go to $OUT (default: ./device-out), at most 5 files:
-#   env.log (nvidia-smi, versions), tests.log, bench.log, memcheck.log, racecheck.log
+#   env.log (nvidia-smi, versions), tests.log, service.log (the gRPC integration suite against
+#   hyla-server --device=cuda), bench.log, memcheck.log, racecheck.log
 # and a summary is printed last. Exit status: 1 if a test or a sanitizer run failed.
 #
-# Usage: bash .bundle/run.sh [--quick] [--no-sanitizers] [--no-bench]
+# Usage: bash .bundle/run.sh [--quick] [--no-sanitizers] [--no-bench] [--no-service]
 # Environment: HYLA_SANITIZER_PROGRAMS (space-separated program names for the sanitizer runs,
 #              default: every *_gpu_test), HYLA_MEMCHECK_FILTER (gtest filter, default: all
 #              tests), HYLA_RACECHECK_FILTER (default '*Sanitizer*': the small instances of every
@@ -20,15 +21,22 @@ mkdir -p "${OUT}"
 QUICK=0
 SANITIZE=1
 BENCH=1
+SERVICE=1
 for arg in "$@"; do
   case "${arg}" in
     --quick) QUICK=1 ;;
     --no-sanitizers) SANITIZE=0 ;;
     --no-bench) BENCH=0 ;;
+    --no-service) SERVICE=0 ;;
     *) echo "device_run.sh: unknown argument ${arg}" >&2; exit 2 ;;
   esac
 done
 export LD_LIBRARY_PATH="${HERE}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+export PATH="${HERE}/bin:${PATH}"
+# The fixtures and the default model travel in the bundle / the working tree.
+[[ -d "${HERE}/golden" ]] && export HYLA_GOLDEN_DIR="${HERE}/golden"
+REPO="$(cd "${HERE}/.." && pwd)"
+[[ -d "${REPO}/models/default" ]] && export HYLA_DEFAULT_MODEL="${REPO}/models/default"
 MEMCHECK_FILTER="${HYLA_MEMCHECK_FILTER:-*}"
 RACECHECK_FILTER="${HYLA_RACECHECK_FILTER:-*Sanitizer*}"
 SAN_TIMEOUT="${HYLA_SANITIZER_TIMEOUT:-150}"
@@ -60,6 +68,28 @@ for t in "${HERE}"/bin/*_gpu_test; do
   fi
 done
 grep -h '^\[gpu-error\]' "${OUT}/tests.log" >"${OUT}/errors.txt" || true
+
+# 1b. The gRPC integration suite against hyla-server --device=cuda (the Python-client tests need
+# python3-grpcio, which the device lacks; they run in CI on the CPU).
+if ((SERVICE)) && compgen -G "${HERE}/svc/*" >/dev/null; then
+  : >"${OUT}/service.log"
+  for t in "${HERE}"/svc/*; do
+    name="$(basename "${t}")"
+    echo "===== ${name} (--device=cuda)" >>"${OUT}/service.log"
+    start=${SECONDS}
+    HYLA_TEST_SERVER_BIN="${HERE}/bin/hyla-server" HYLA_TEST_CLI_BIN="${HERE}/bin/hyla" \
+      HYLA_TEST_SOURCE_DIR="${REPO}" HYLA_TEST_SERVER_ARGS="${HYLA_TEST_SERVER_ARGS:---device=cuda}" \
+      timeout "${HYLA_SERVICE_TIMEOUT:-240}" "${t}" --gtest_color=no \
+      --gtest_filter="${HYLA_SERVICE_FILTER:--*Python*}" >>"${OUT}/service.log" 2>&1
+    rc=$?
+    if ((rc == 0)); then
+      summary+=("service   ${name}: PASS ($((SECONDS - start)) s)")
+    else
+      summary+=("service   ${name}: FAIL rc=${rc} ($((SECONDS - start)) s)")
+      failed=1
+    fi
+  done
+fi
 
 # 2. Benchmark.
 if ((BENCH)) && [[ -x "${HERE}/bin/kernels_bench" ]]; then

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -20,8 +21,10 @@
 
 namespace hyla::testing {
 
+// $HYLA_GOLDEN_DIR overrides the build's fixture directory (bundles run on another machine).
 inline std::string GoldenDir(const std::string& family) {
-  return std::string(HYLA_GOLDEN_DIR) + "/" + family;
+  const char* env = std::getenv("HYLA_GOLDEN_DIR");
+  return std::string(env != nullptr && *env != '\0' ? env : HYLA_GOLDEN_DIR) + "/" + family;
 }
 
 // A tensor of golden.safetensors as float (F32) or int32 values (I32/I64 widened).
