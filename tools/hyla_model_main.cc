@@ -692,13 +692,16 @@ log U(1,16), dt_bias = softplus⁻¹(logU(1e-3, 0.1)), norms 1), from a fixed se
   --preset P        shape (default tiny):
                       natsl: tiny, small, natsl-340m, natsl-760m
                       nha:   tiny, small, nha-llama3-8b
-                      gdn:   tiny, small, tiny-hybrid, qwen3next-1b
-                      llama: tiny, small, llama3-8b
+                      gdn:   tiny, small, tiny-hybrid, qwen3next-1b, qwen3next-1b-twin
+                      llama: tiny, small, llama3-8b, natsl-760m-twin
                     tiny/small are byte-vocabulary test models (small = the golden fixtures'
                     shapes); the others are paper-scale (bf16, GBs of weights: use --config-only)
+                    (the -twin presets are the all-softmax baselines of issue 5's comparison)
   --seed S          RNG seed (default 0)
   --dtype D         weight dtype (default: the preset's; f32 for tiny/small)
   --config-only     write config.json only
+  --threads N       threads drawing the values (default 1; 0: one per hardware thread); the
+                    bytes written are the same for any N
   --out DIR         output directory (created)
 
 Dimension overrides (applied to the preset): --vocab-size, --hidden-size, --num-layers,
@@ -715,7 +718,8 @@ int RunGenerateModel(const std::vector<std::string>& argv) {
                                               "num-slots",         "window-size"};
   std::vector<FlagSpec> specs = {{"family", true},     {"preset", true},       {"seed", true},
                                  {"dtype", true},      {"config-only", false}, {"out", true},
-                                 {"gdn-layers", true}, {"attn-layers", true},  {"help", false}};
+                                 {"gdn-layers", true}, {"attn-layers", true},  {"help", false},
+                                 {"threads", true}};
   for (const std::string& f : int_flags) specs.push_back({f.c_str(), true});
   absl::StatusOr<Args> args = ParseArgs(argv, specs);
   if (!args.ok()) return Usage(kCmd, args.status().message());
@@ -742,6 +746,12 @@ int RunGenerateModel(const std::vector<std::string>& argv) {
     o.shape.dtype = *parsed;
   }
   o.config_only = args->Has("config-only");
+  if (auto v = args->Get("threads")) {
+    absl::StatusOr<int64_t> parsed = ParseInt("threads", *v);
+    if (!parsed.ok()) return Usage(kCmd, parsed.status().message());
+    if (*parsed < 0 || *parsed > 1024) return Usage(kCmd, "--threads out of range [0, 1024]");
+    o.threads = static_cast<int>(*parsed);
+  }
   const std::map<std::string, int*> fields = {{"vocab-size", &o.shape.vocab_size},
                                               {"hidden-size", &o.shape.hidden_size},
                                               {"num-layers", &o.shape.num_layers},

@@ -1,6 +1,7 @@
 #include "tools/model_generator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -496,9 +498,9 @@ std::vector<std::string> PresetNames(Family family) {
     case Family::kNha:
       return {"tiny", "small", "nha-llama3-8b"};
     case Family::kGdn:
-      return {"tiny", "small", "tiny-hybrid", "qwen3next-1b"};
+      return {"tiny", "small", "tiny-hybrid", "qwen3next-1b", "qwen3next-1b-twin"};
     case Family::kLlama:
-      return {"tiny", "small", "llama3-8b"};
+      return {"tiny", "small", "llama3-8b", "natsl-760m-twin"};
   }
   return {};
 }
@@ -623,7 +625,7 @@ absl::StatusOr<ModelShape> PresetShape(Family family, absl::string_view preset) 
         s.attn_num_kv_heads = 2;
         return s;
       }
-      if (preset == "qwen3next-1b") {
+      if (preset == "qwen3next-1b" || preset == "qwen3next-1b-twin") {
         // Qwen3-Next's GDN layer (16 q/k heads × 128, 32 value heads × 128) and layout (full
         // attention every 4th layer) at ~1.2B parameters. fla's Attention has head_dim =
         // hidden / heads = 128 (Qwen3-Next uses 256 with its own attention block).
@@ -636,7 +638,8 @@ absl::StatusOr<ModelShape> PresetShape(Family family, absl::string_view preset) 
         s.num_v_heads = 32;
         s.head_dim = 128;
         s.expand_v = 1;
-        s.attn_layers = EveryNth(24, 4);
+        // The twin (issue 5's all-softmax baseline): the same model with every layer softmax.
+        s.attn_layers = EveryNth(24, preset == "qwen3next-1b-twin" ? 1 : 4);
         s.attn_num_heads = 16;
         s.attn_num_kv_heads = 2;
         s.max_position_embeddings = 262144;
@@ -677,6 +680,21 @@ absl::StatusOr<ModelShape> PresetShape(Family family, absl::string_view preset) 
         s.max_position_embeddings = 8192;
         s.bos_token_id = 128000;
         s.eos_token_id = 128001;
+        s.dtype = DType::kBF16;
+        return s;
+      }
+      if (preset == "natsl-760m-twin") {
+        // A transformer of natsl-760m's dimensions (issue 5's baseline): vocabulary, hidden size,
+        // depth and SwiGLU width (fla rule: 2/3 · 4 · 1536 = 4096) of natsl-760m, with every
+        // layer full softmax attention, 12 heads × 128 (MHA).
+        s.vocab_size = 32000;
+        s.hidden_size = 1536;
+        s.num_layers = 21;
+        s.intermediate_size = 4096;
+        s.num_heads = 12;
+        s.num_kv_heads = 12;
+        s.head_dim = 128;
+        s.max_position_embeddings = 262144;
         s.dtype = DType::kBF16;
         return s;
       }
@@ -724,14 +742,36 @@ absl::Status GenerateModel(const GeneratorOptions& options, const std::string& o
   }
   if (options.config_only) return absl::OkStatus();
 
-  std::vector<TensorToWrite> tensors;
-  for (const TensorSpec& spec : ListModelTensors(config)) {
-    TensorToWrite t;
-    t.name = spec.name;
+  const std::vector<TensorSpec> specs = ListModelTensors(config);
+  std::vector<TensorToWrite> tensors(specs.size());
+  auto draw = [&](size_t i) {
+    TensorToWrite& t = tensors[i];
+    t.name = specs[i].name;
     t.dtype = options.shape.dtype;
-    t.shape = spec.shape;
-    t.bytes = Encode(InitValues(spec, options.seed), t.dtype);
-    tensors.push_back(std::move(t));
+    t.shape = specs[i].shape;
+    t.bytes = Encode(InitValues(specs[i], options.seed), t.dtype);
+  };
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 1 || specs.size() <= 1) {
+    for (size_t i = 0; i < specs.size(); ++i) draw(i);
+  } else {
+    // Largest tensors first; each tensor has its own stream, so the bytes do not depend on the
+    // thread count or the order.
+    std::vector<size_t> order(specs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return specs[a].numel() > specs[b].numel(); });
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> workers;
+    const size_t n = std::min(static_cast<size_t>(threads), specs.size());
+    for (size_t w = 0; w < n; ++w) {
+      workers.emplace_back([&] {
+        for (size_t k = next++; k < order.size(); k = next++) draw(order[k]);
+      });
+    }
+    for (std::thread& w : workers) w.join();
   }
   const std::vector<std::pair<std::string, std::string>> metadata = {
       {"format", "pt"},

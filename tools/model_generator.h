@@ -73,6 +73,9 @@ struct ModelShape {
 // "natsl-760m" (NAtS-L experiments/configs), nha "nha-llama3-8b" (32 layers, hidden 4096,
 // 32 q / 8 kv heads, dk = dv = 128, M = 64, W = 64), llama "llama3-8b", gdn "qwen3next-1b"
 // (hidden 2048, 24 layers, 16 q/k heads, 32 value heads × 128, attention every 4th layer).
+// Their baselines for issue 5's comparison: gdn "qwen3next-1b-twin" (qwen3next-1b with every
+// layer softmax attention) and llama "natsl-760m-twin" (a transformer of natsl-760m's
+// dimensions: hidden 1536, 21 layers, SwiGLU 4096, 12 heads × 128, vocab 32000).
 absl::StatusOr<ModelShape> PresetShape(Family family, absl::string_view preset);
 // Preset names of a family, for --help and error messages.
 std::vector<std::string> PresetNames(Family family);
@@ -86,6 +89,9 @@ struct GeneratorOptions {
   bool config_only = false;
   // Recorded in the safetensors "__metadata__" (with the seed); informational only.
   std::string preset;
+  // Threads drawing the values (0: one per hardware thread). Every tensor has its own stream,
+  // so the bytes written do not depend on this.
+  int threads = 1;
 };
 
 // The config.json text for `shape`, as the authors' code would save it (sorted keys, indent 2).

@@ -1,0 +1,864 @@
+// hyla-context-scaling: how one model's decode cost and per-session memory scale with context on
+// one Backend — the CPU reference backend, or the CUDA backend when built with CUDA — for issue
+// 5's headline comparison (decode latency per token, memory per session, the most sessions in a
+// fixed memory budget and the decode throughput at that batch, at contexts 1K … 128K).
+//
+// For each context c of --contexts (ascending), with one long-lived "probe" session:
+//   1. Fill. The probe is brought to c tokens by real prefill (chunks of --prefill-chunk tokens,
+//      LogitsMode::kNone) while c <= --prefill-max, else by a synthetic extension (below).
+//   2. Memory per session at c: the StateLayout accounting (slot + KvBytesAt(c, ρ)) and the
+//      StateStore's measurement of the probe (its slot and the blocks its tables hold).
+//   3. Batch-1 decode: --warmup-steps untimed steps, then --decode-steps timed steps (one token
+//      each, --decode-logits rows of logits). The same for a fresh synthetic session at c, as a
+//      check that synthetic fill costs what real fill costs (skipped when two sessions do not fit
+//      the budget).
+//   4. Budget: B = floor(budget / session bytes), the session bytes taken from the accounting at
+//      the largest context a session reaches in this measurement (c plus the steps). Then a batch
+//      of min(B, --max-batch) sessions at c (the probe plus synthetic sessions) runs
+//      --warmup-steps untimed and --batch-steps timed decode steps; throughput = batch × steps /
+//      time. The pool usage per session is read from the StateStore (used slot + block bytes).
+//
+// Synthetic fill: a session's block tables get exactly the entries that a real session of that
+// length holds (StateLayout::StreamBlocksAt: every chunk for full attention, the last blocks for a
+// sliding window, for NAtS-L an evenly spaced share ρ of the completed chunks plus the current
+// one) and its length is set; no model step runs, so contents are whatever the pools hold (a
+// fresh slot is zeroed by ResetSlot). Decode reads the same number of bytes either way. ρ is
+// --softmax-fraction when given, else the share of NAtS-L chunks that the probe's real prefill
+// kept as softmax, else 1 (worst case).
+//
+// Timing: host steady clock around Backend::Step (which returns after the device finished; the
+// CUDA backend is also synchronised explicitly). Steps of a batch carry one new token per
+// session. All times are reported as mean, p50, p90, min and max over the timed steps.
+//
+// Output: progress on stderr, a table on stdout, and --json FILE (written also when a step
+// fails, with "error" set; the exit status is then 1). Usage: hyla-context-scaling --help.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/types/span.h"
+#include "runtime/base/status_macros.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "runtime/engine/backend.h"
+#include "runtime/model/checkpoint.h"
+#include "runtime/model/config.h"
+#include "runtime/state/state_layout.h"
+#include "runtime/state/state_store.h"
+#include "tools/model_tensors.h"
+
+#ifdef HYLA_HAVE_CUDA_BACKEND
+#include <cuda_runtime.h>
+
+#include "runtime/cuda/cuda_backend.h"
+#endif
+
+namespace hyla {
+namespace {
+
+constexpr char kHelp[] =
+    R"(Usage: hyla-context-scaling --model DIR [flags]
+
+Per context: decode latency per token (batch 1), memory per session (accounting and measured),
+the most sessions in a memory budget and the decode throughput at that batch. See the comment at
+the top of bench/context_scaling.cc and docs/performance.md.
+
+  --model DIR             checkpoint directory (config.json + model.safetensors)
+  --label NAME            name in the output (default: the directory's name)
+  --pair ID --role R      carried into the JSON for bench/plot_results.py (e.g. a / hybrid)
+  --backend cpu|cuda      default: cuda when built with the CUDA backend, else cpu
+  --precision bf16|f32    CUDA weights/KV precision (default bf16); the CPU backend is fp32
+  --threads N             CPU backend threads (default: hardware threads)
+  --contexts L            ascending contexts in tokens (default 1024,4096,16384,32768,65536,131072)
+  --decode-steps N        timed batch-1 decode steps per context (default 16)
+  --batch-steps N         timed decode steps of the budget batch (default 8)
+  --warmup-steps N        untimed steps before each timed run (default 2)
+  --prefill-chunk N       tokens per prefill step (default 8192)
+  --prefill-max N         real prefill up to this context, synthetic beyond (default: no limit;
+                          0: synthetic from the start)
+  --memory-budget-gib X   state memory budget: slots + KV blocks of all sessions (default 40 on
+  --memory-budget-mib X   CUDA, 1 GiB on the CPU); the pools are sized from it
+  --max-batch N           most sessions in one decode step (default 256)
+  --softmax-fraction R    NAtS-L share of chunks kept as softmax KV in synthetic sessions
+                          (default: measured by the probe's prefill, else 1)
+  --decode-logits last|none  logits rows returned by decode steps (default last: the LM head and
+                          its copy to the host are part of the step, as in serving today)
+  --no-batch              skip the budget batch (step 4)
+  --no-synthetic-check    skip the batch-1 synthetic-session check
+  --seed S                token ids are drawn uniformly from the vocabulary (default 0)
+  --json FILE             write the results as JSON
+)";
+
+// ---------------------------------------------------------------------------------------------
+// Options.
+
+struct Options {
+  std::string model_dir;
+  std::string label;
+  std::string pair;
+  std::string role;
+  std::string backend;
+  std::string precision = "bf16";
+  int threads = 0;
+  std::vector<int64_t> contexts = {1024, 4096, 16384, 32768, 65536, 131072};
+  int decode_steps = 16;
+  int batch_steps = 8;
+  int warmup_steps = 2;
+  int64_t prefill_chunk = 8192;
+  int64_t prefill_max = -1;  // -1: no limit
+  double budget_bytes = 0;   // 0: the backend's default
+  int max_batch = 256;
+  double softmax_fraction = -1;
+  LogitsMode decode_logits = LogitsMode::kLast;
+  bool batch = true;
+  bool synthetic_check = true;
+  uint64_t seed = 0;
+  std::string json_path;
+};
+
+absl::Status Bad(const std::string& flag, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", what));
+}
+
+absl::StatusOr<int64_t> ParseInt64(const std::string& flag, const std::string& v, int64_t lo,
+                                   int64_t hi) {
+  int64_t x = 0;
+  if (!absl::SimpleAtoi(v, &x)) return Bad(flag, absl::StrCat("not an integer: ", v));
+  if (x < lo || x > hi) return Bad(flag, absl::StrCat(x, " outside [", lo, ", ", hi, "]"));
+  return x;
+}
+
+absl::StatusOr<double> ParseDouble(const std::string& flag, const std::string& v) {
+  double x = 0;
+  if (!absl::SimpleAtod(v, &x) || !std::isfinite(x)) {
+    return Bad(flag, absl::StrCat("not a number: ", v));
+  }
+  return x;
+}
+
+// Returns nullopt after printing help.
+absl::StatusOr<std::optional<Options>> ParseOptions(int argc, char** argv) {
+  Options o;
+  const std::vector<std::string> bool_flags = {"no-batch", "no-synthetic-check", "help"};
+  std::map<std::string, std::string> values;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) return absl::InvalidArgumentError("unexpected argument " + a);
+    a = a.substr(2);
+    std::string value;
+    const size_t eq = a.find('=');
+    const bool is_bool = std::find(bool_flags.begin(), bool_flags.end(), a) != bool_flags.end();
+    if (eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    } else if (!is_bool) {
+      if (i + 1 >= argc) return Bad(a, "needs a value");
+      value = argv[++i];
+    }
+    values[a] = value;
+  }
+  if (values.count("help")) return std::optional<Options>();
+  for (const auto& [k, v] : values) {
+    if (k == "model") {
+      o.model_dir = v;
+    } else if (k == "label") {
+      o.label = v;
+    } else if (k == "pair") {
+      o.pair = v;
+    } else if (k == "role") {
+      o.role = v;
+    } else if (k == "backend") {
+      if (v != "cpu" && v != "cuda") return Bad(k, "expected cpu or cuda");
+      o.backend = v;
+    } else if (k == "precision") {
+      if (v != "bf16" && v != "f32") return Bad(k, "expected bf16 or f32");
+      o.precision = v;
+    } else if (k == "threads") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 0, 1024));
+      o.threads = static_cast<int>(x);
+    } else if (k == "contexts") {
+      o.contexts.clear();
+      for (absl::string_view piece : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+        HYLA_ASSIGN_OR_RETURN(const int64_t x,
+                              ParseInt64(k, std::string(piece), 1, int64_t{1} << 30));
+        if (!o.contexts.empty() && x <= o.contexts.back()) return Bad(k, "must be ascending");
+        o.contexts.push_back(x);
+      }
+      if (o.contexts.empty()) return Bad(k, "no context given");
+    } else if (k == "decode-steps") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 1, 100000));
+      o.decode_steps = static_cast<int>(x);
+    } else if (k == "batch-steps") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 1, 100000));
+      o.batch_steps = static_cast<int>(x);
+    } else if (k == "warmup-steps") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 0, 100000));
+      o.warmup_steps = static_cast<int>(x);
+    } else if (k == "prefill-chunk") {
+      HYLA_ASSIGN_OR_RETURN(o.prefill_chunk, ParseInt64(k, v, 1, int64_t{1} << 24));
+    } else if (k == "prefill-max") {
+      HYLA_ASSIGN_OR_RETURN(o.prefill_max, ParseInt64(k, v, 0, int64_t{1} << 40));
+    } else if (k == "memory-budget-gib" || k == "memory-budget-mib") {
+      HYLA_ASSIGN_OR_RETURN(const double x, ParseDouble(k, v));
+      if (x <= 0) return Bad(k, "must be positive");
+      o.budget_bytes = x * (k == "memory-budget-gib" ? 1073741824.0 : 1048576.0);
+    } else if (k == "max-batch") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 1, 1 << 20));
+      o.max_batch = static_cast<int>(x);
+    } else if (k == "softmax-fraction") {
+      HYLA_ASSIGN_OR_RETURN(o.softmax_fraction, ParseDouble(k, v));
+      if (o.softmax_fraction < 0 || o.softmax_fraction > 1) return Bad(k, "must be in [0, 1]");
+    } else if (k == "decode-logits") {
+      if (v == "last") {
+        o.decode_logits = LogitsMode::kLast;
+      } else if (v == "none") {
+        o.decode_logits = LogitsMode::kNone;
+      } else {
+        return Bad(k, "expected last or none");
+      }
+    } else if (k == "no-batch") {
+      o.batch = false;
+    } else if (k == "no-synthetic-check") {
+      o.synthetic_check = false;
+    } else if (k == "seed") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 0, INT64_MAX));
+      o.seed = static_cast<uint64_t>(x);
+    } else if (k == "json") {
+      o.json_path = v;
+    } else {
+      return absl::InvalidArgumentError("unknown flag --" + k);
+    }
+  }
+  if (o.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+  if (o.label.empty()) o.label = std::filesystem::path(o.model_dir).filename().string();
+  if (o.backend.empty()) {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+    o.backend = "cuda";
+#else
+    o.backend = "cpu";
+#endif
+  }
+  if (o.budget_bytes <= 0)
+    o.budget_bytes = o.backend == "cuda" ? 40.0 * 1073741824.0 : 1073741824.0;
+  if (o.threads <= 0)
+    o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::optional<Options>(o);
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON output (a small writer: objects and arrays built as strings).
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrFormat("\\u%04x", static_cast<int>(c));
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string JsonNum(double v) {
+  if (!std::isfinite(v)) return "null";
+  if (v == std::floor(v) && std::fabs(v) < 9e15) return absl::StrFormat("%.0f", v);
+  return absl::StrFormat("%.6g", v);
+}
+
+class JsonObj {
+ public:
+  JsonObj& Str(absl::string_view k, absl::string_view v) { return Raw(k, JsonString(v)); }
+  JsonObj& Num(absl::string_view k, double v) { return Raw(k, JsonNum(v)); }
+  JsonObj& Int(absl::string_view k, int64_t v) { return Raw(k, absl::StrCat(v)); }
+  JsonObj& Bool(absl::string_view k, bool v) { return Raw(k, v ? "true" : "false"); }
+  JsonObj& Null(absl::string_view k) { return Raw(k, "null"); }
+  JsonObj& Obj(absl::string_view k, const JsonObj& v) { return Raw(k, v.Dump()); }
+  JsonObj& Raw(absl::string_view k, absl::string_view json) {
+    members_.emplace_back(std::string(k), std::string(json));
+    return *this;
+  }
+  std::string Dump() const {
+    std::vector<std::string> parts;
+    for (const auto& [k, v] : members_) parts.push_back(absl::StrCat(JsonString(k), ": ", v));
+    return absl::StrCat("{", absl::StrJoin(parts, ", "), "}");
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> members_;
+};
+
+std::string JsonIntArray(const std::vector<int64_t>& v) {
+  return absl::StrCat("[", absl::StrJoin(v, ", "), "]");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and progress.
+
+struct Stats {
+  int n = 0;
+  double mean = 0, p50 = 0, p90 = 0, min = 0, max = 0;
+};
+
+// Percentiles interpolate linearly between order statistics (numpy.percentile's default).
+double Percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const double pos = p / 100.0 * static_cast<double>(sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(sorted.size() - 1, lo + 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
+}
+
+Stats Summarize(std::vector<double> v) {
+  Stats s;
+  s.n = static_cast<int>(v.size());
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  double sum = 0;
+  for (double x : v) sum += x;
+  s.mean = sum / static_cast<double>(v.size());
+  s.p50 = Percentile(v, 50);
+  s.p90 = Percentile(v, 90);
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+
+JsonObj StatsJson(const Stats& s) {
+  JsonObj o;
+  o.Int("n", s.n).Num("mean", s.mean).Num("p50", s.p50).Num("p90", s.p90).Num("min", s.min);
+  o.Num("max", s.max);
+  return o;
+}
+
+using Clock = std::chrono::steady_clock;
+const Clock::time_point g_start = Clock::now();
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+template <typename... Args>
+void Progress(const absl::FormatSpec<Args...>& format, const Args&... args) {
+  std::fprintf(stderr, "[context-scaling +%.1fs] %s\n", Seconds(g_start, Clock::now()),
+               absl::StrFormat(format, args...).c_str());
+  std::fflush(stderr);
+}
+
+std::string MiB(double bytes) { return absl::StrFormat("%.2f MiB", bytes / 1048576.0); }
+
+// ---------------------------------------------------------------------------------------------
+// The study.
+
+// NAtS-L synthetic routing: chunk j of a routed stream is kept as softmax KV iff
+// round((j+1)·ρ) > round(j·ρ), so that chunks 0..F-1 keep exactly round(F·ρ) of them, evenly
+// spaced (StateLayout::StreamBlocksAt's count).
+bool KeepChunk(int64_t j, double rho) {
+  return std::llround(static_cast<double>(j + 1) * rho) >
+         std::llround(static_cast<double>(j) * rho);
+}
+
+// Grows `seq` to `target` tokens without running the model: the block-table entries a real
+// session of that length holds (see the file comment); block contents are left as they are.
+absl::Status SyntheticExtend(StateStore* store, SequenceState* seq, int64_t target, double rho) {
+  const StateLayout& layout = store->layout();
+  const int64_t from = seq->num_tokens;
+  if (target <= from) return absl::OkStatus();
+  for (int s = 0; s < layout.num_streams(); ++s) {
+    const KvStream& ks = layout.streams()[s];
+    // The chunk holding position `from`, when `from` is inside a chunk, has its block already.
+    int64_t begin = (from + kBlockTokens - 1) / kBlockTokens;
+    const int64_t last = (target - 1) / kBlockTokens;
+    if (ks.window > 0) {
+      begin = std::max(begin, std::max<int64_t>(0, target - ks.window + 1) / kBlockTokens);
+    }
+    const int64_t complete_end = target / kBlockTokens;  // chunks below it are complete
+    std::vector<BlockRef>& table = seq->streams[s];
+    if (ks.routed && from % kBlockTokens != 0 && from / kBlockTokens < complete_end &&
+        !KeepChunk(from / kBlockTokens, rho) && !table.empty() &&
+        table.back().chunk == from / kBlockTokens) {
+      // The chunk in progress at `from` completes: routed away like the chunks after it.
+      store->DropBlock(seq, s, static_cast<int>(table.size()) - 1);
+    }
+    for (int64_t chunk = begin; chunk <= last; ++chunk) {
+      if (ks.routed && chunk < complete_end && !KeepChunk(chunk, rho)) continue;
+      int32_t copy_from = -1;
+      HYLA_ASSIGN_OR_RETURN(const int index, store->PrepareAppend(seq, s, chunk, &copy_from));
+      (void)index;
+      if (copy_from >= 0) {
+        return absl::FailedPreconditionError("synthetic extension of a forked sequence");
+      }
+    }
+    if (ks.window > 0) {
+      const int64_t first_needed = target - ks.window + 1;
+      while (!table.empty() && (table.front().chunk + 1) * kBlockTokens <= first_needed) {
+        store->DropBlock(seq, s, 0);
+      }
+    }
+  }
+  seq->num_tokens = target;
+  return absl::OkStatus();
+}
+
+class Study {
+ public:
+  Study(const Options& o, Backend* backend) : o_(o), backend_(backend), rng_(o.seed) {}
+
+  absl::Status Sync() {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+    if (auto* cb = dynamic_cast<cuda::CudaBackend*>(backend_)) return cb->device().Synchronize();
+#endif
+    return absl::OkStatus();
+  }
+
+  int32_t RandomToken() {
+    return static_cast<int32_t>(rng_() % static_cast<uint64_t>(backend_->config().vocab_size));
+  }
+
+  absl::StatusOr<std::unique_ptr<SequenceState>> NewSession() {
+    HYLA_ASSIGN_OR_RETURN(std::unique_ptr<SequenceState> seq, backend_->store().NewSequence());
+    backend_->ResetSlot(seq->slot);
+    return seq;
+  }
+
+  // Real prefill of `seq` up to `target` tokens; returns seconds.
+  absl::StatusOr<double> Prefill(SequenceState* seq, int64_t target) {
+    std::vector<int32_t> tokens;
+    StepOutput out;
+    const Clock::time_point t0 = Clock::now();
+    while (seq->num_tokens < target) {
+      const int64_t n = std::min(o_.prefill_chunk, target - seq->num_tokens);
+      tokens.resize(static_cast<size_t>(n));
+      for (int32_t& t : tokens) t = RandomToken();
+      SequenceWork w;
+      w.seq = seq;
+      w.tokens = absl::MakeConstSpan(tokens);
+      w.logits = LogitsMode::kNone;
+      HYLA_RETURN_IF_ERROR(backend_->Step(absl::MakeConstSpan(&w, 1), &out));
+      routing_.to_softmax += out.routing.to_softmax;
+      routing_.to_gdn += out.routing.to_gdn;
+    }
+    HYLA_RETURN_IF_ERROR(Sync());
+    return Seconds(t0, Clock::now());
+  }
+
+  // `warmup` untimed then `steps` timed decode steps of all `seqs` together; step times in ms.
+  absl::StatusOr<std::vector<double>> Decode(const std::vector<SequenceState*>& seqs, int warmup,
+                                             int steps) {
+    std::vector<int32_t> tokens(seqs.size());
+    std::vector<SequenceWork> work(seqs.size());
+    StepOutput out;
+    std::vector<double> ms;
+    for (int i = 0; i < warmup + steps; ++i) {
+      for (size_t k = 0; k < seqs.size(); ++k) {
+        tokens[k] = RandomToken();
+        work[k].seq = seqs[k];
+        work[k].tokens = absl::MakeConstSpan(&tokens[k], 1);
+        work[k].logits = o_.decode_logits;
+      }
+      const Clock::time_point t0 = Clock::now();
+      HYLA_RETURN_IF_ERROR(backend_->Step(work, &out));
+      HYLA_RETURN_IF_ERROR(Sync());
+      const Clock::time_point t1 = Clock::now();
+      if (i >= warmup) ms.push_back(1e3 * Seconds(t0, t1));
+    }
+    return ms;
+  }
+
+  double Rho() const {
+    if (o_.softmax_fraction >= 0) return o_.softmax_fraction;
+    const int64_t total = routing_.to_softmax + routing_.to_gdn;
+    if (total > 0) return static_cast<double>(routing_.to_softmax) / static_cast<double>(total);
+    return 1.0;
+  }
+  const RoutingCounts& routing() const { return routing_; }
+
+  // Bytes of one session at `context` tokens by the accounting.
+  int64_t SessionBytes(int64_t context, double rho) const {
+    const StateLayout& l = backend_->layout();
+    return l.slot_bytes() + l.KvBytesAt(context, rho);
+  }
+
+  // Tokens a session gains beyond c during one context's measurement (the probe's worst case).
+  int64_t Headroom() const {
+    return 2 * int64_t{o_.warmup_steps} + o_.decode_steps + (o_.batch ? o_.batch_steps : 0);
+  }
+
+  // Runs the whole sweep; appends one JSON object per context to `contexts_json`.
+  absl::Status Run(std::vector<std::string>* contexts_json, std::vector<std::string>* table) {
+    StateStore& store = backend_->store();
+    const StateLayout& layout = backend_->layout();
+    HYLA_ASSIGN_OR_RETURN(std::unique_ptr<SequenceState> probe, NewSession());
+    for (const int64_t c : o_.contexts) {
+      JsonObj cj;
+      cj.Int("context", c);
+      // Does one session at c (plus the steps) fit the budget at all?
+      const double rho_plan = Rho();
+      const int64_t planned = SessionBytes(c + Headroom(), rho_plan);
+      if (static_cast<double>(planned) > o_.budget_bytes) {
+        Progress("%s ctx %d: one session (%s) exceeds the budget (%s); stopping", o_.label, c,
+                 MiB(static_cast<double>(planned)), MiB(o_.budget_bytes));
+        cj.Bool("fits", false).Int("session_bytes_planned", planned);
+        contexts_json->push_back(cj.Dump());
+        table->push_back(absl::StrFormat("%9d  does not fit the budget", c));
+        break;
+      }
+      cj.Bool("fits", true);
+
+      // 1. Fill the probe.
+      const int64_t from = probe->num_tokens;
+      const bool real = o_.prefill_max < 0 || c <= o_.prefill_max;
+      double fill_s = 0;
+      if (real) {
+        HYLA_ASSIGN_OR_RETURN(fill_s, Prefill(probe.get(), c));
+      } else {
+        const Clock::time_point t0 = Clock::now();
+        HYLA_RETURN_IF_ERROR(SyntheticExtend(&store, probe.get(), c, Rho()));
+        fill_s = Seconds(t0, Clock::now());
+      }
+      const double rho = Rho();
+      {
+        JsonObj f;
+        f.Str("fill", real ? "prefill" : "synthetic").Int("from", from).Int("tokens", c - from);
+        f.Num("seconds", fill_s);
+        f.Num("tokens_per_s", fill_s > 0 ? static_cast<double>(c - from) / fill_s : NAN);
+        cj.Obj("fill", f);
+      }
+      Progress("%s ctx %d: %s %d tokens in %.2f s", o_.label, c, real ? "prefill" : "synthetic",
+               c - from, fill_s);
+
+      // 2. Memory per session at c.
+      const SequenceMemory mem = store.MemoryOf(*probe);
+      const int64_t acct = SessionBytes(c, rho);
+      {
+        JsonObj m;
+        m.Int("slot_bytes", layout.slot_bytes());
+        m.Int("block_bytes", layout.block_bytes());
+        m.Num("softmax_fraction", rho);
+        m.Int("kv_blocks_accounting", layout.KvBlocksAt(c, rho));
+        m.Int("kv_bytes_accounting", layout.KvBytesAt(c, rho));
+        m.Int("session_bytes_accounting", acct);
+        m.Int("session_bytes_accounting_worst", SessionBytes(c, 1.0));
+        m.Int("kv_blocks_measured", mem.kv_blocks);
+        m.Int("kv_bytes_measured", mem.kv_bytes);
+        m.Int("session_bytes_measured", mem.slot_bytes + mem.kv_bytes);
+        m.Int("softmax_equivalent_bytes", layout.SoftmaxEquivalentBytes(c));
+        cj.Obj("memory", m);
+      }
+
+      // 3. Batch-1 decode on the probe, then on a synthetic session.
+      HYLA_ASSIGN_OR_RETURN(const std::vector<double> b1,
+                            Decode({probe.get()}, o_.warmup_steps, o_.decode_steps));
+      const Stats s1 = Summarize(b1);
+      {
+        JsonObj d;
+        d.Str("session", real ? "prefilled" : "synthetic").Obj("step_ms", StatsJson(s1));
+        d.Num("tokens_per_s", 1e3 / s1.mean);
+        cj.Obj("decode_b1", d);
+      }
+      Progress("%s ctx %d: batch-1 decode %.3f ms/token (p50 %.3f)", o_.label, c, s1.mean, s1.p50);
+      double synth_mean = NAN;
+      const int64_t sessions_fit = static_cast<int64_t>(
+          o_.budget_bytes / static_cast<double>(std::max<int64_t>(planned, 1)));
+      if (o_.synthetic_check && sessions_fit >= 2) {
+        HYLA_ASSIGN_OR_RETURN(std::unique_ptr<SequenceState> syn, NewSession());
+        absl::Status st = SyntheticExtend(&store, syn.get(), c, rho);
+        absl::StatusOr<std::vector<double>> sv =
+            st.ok() ? Decode({syn.get()}, o_.warmup_steps, o_.decode_steps)
+                    : absl::StatusOr<std::vector<double>>(st);
+        store.Release(std::move(syn));
+        if (!sv.ok()) return sv.status();
+        const Stats ss = Summarize(*sv);
+        synth_mean = ss.mean;
+        JsonObj d;
+        d.Str("session", "synthetic").Obj("step_ms", StatsJson(ss));
+        d.Num("tokens_per_s", 1e3 / ss.mean);
+        cj.Obj("decode_b1_synthetic", d);
+      } else {
+        cj.Null("decode_b1_synthetic");
+      }
+
+      // 4. The most sessions in the budget, and a batch of them.
+      const int64_t session_planned = SessionBytes(c + Headroom(), rho);
+      const int64_t max_sessions = static_cast<int64_t>(
+          o_.budget_bytes / static_cast<double>(std::max<int64_t>(session_planned, 1)));
+      const int64_t batch = std::min<int64_t>(max_sessions, o_.max_batch);
+      JsonObj bj;
+      bj.Num("budget_bytes", o_.budget_bytes).Int("session_bytes_planned", session_planned);
+      bj.Int("max_sessions", max_sessions).Int("batch", batch).Bool("capped", max_sessions > batch);
+      double tput = NAN, step_mean = NAN;
+      if (o_.batch && batch >= 1) {
+        std::vector<std::unique_ptr<SequenceState>> extra;
+        std::vector<SequenceState*> seqs = {probe.get()};
+        absl::Status st;
+        bool exhausted = false;
+        while (static_cast<int64_t>(seqs.size()) < batch) {
+          absl::StatusOr<std::unique_ptr<SequenceState>> s = NewSession();
+          if (!s.ok()) {
+            st = s.status();
+            break;
+          }
+          st = SyntheticExtend(&store, s->get(), c, rho);
+          if (!st.ok()) {
+            store.Release(*std::move(s));
+            break;
+          }
+          extra.push_back(*std::move(s));
+          seqs.push_back(extra.back().get());
+        }
+        if (absl::IsResourceExhausted(st)) {
+          // The accounting said they fit, the pool says no (a NAtS-L probe may hold more blocks
+          // than the share ρ predicts): run with the sessions that fit, and say so.
+          Progress("%s ctx %d: pool exhausted after %d sessions (%s)", o_.label, c, seqs.size(),
+                   st.message());
+          exhausted = true;
+          st = absl::OkStatus();
+        }
+        bj.Bool("pool_exhausted", exhausted).Int("batch_run", static_cast<int64_t>(seqs.size()));
+        const double n = static_cast<double>(seqs.size());
+        const double pool_before =
+            static_cast<double>(store.used_slot_bytes() + store.used_kv_bytes()) / n;
+        absl::StatusOr<std::vector<double>> bt = st.ok()
+                                                     ? Decode(seqs, o_.warmup_steps, o_.batch_steps)
+                                                     : absl::StatusOr<std::vector<double>>(st);
+        const double pool_after =
+            static_cast<double>(store.used_slot_bytes() + store.used_kv_bytes()) / n;
+        for (auto& s : extra) store.Release(std::move(s));
+        if (!bt.ok()) {
+          return absl::Status(bt.status().code(),
+                              absl::StrCat("batch of ", batch, " sessions at context ", c, ": ",
+                                           bt.status().message()));
+        }
+        const Stats sb = Summarize(*bt);
+        step_mean = sb.mean;
+        tput = n * 1e3 / sb.mean;
+        bj.Num("pool_bytes_per_session_measured", pool_before);
+        bj.Num("pool_bytes_per_session_after_steps", pool_after);
+        bj.Obj("step_ms", StatsJson(sb)).Num("tokens_per_s", tput);
+        bj.Num("ms_per_token", sb.mean / n);
+        Progress("%s ctx %d: %d sessions fit %s; batch %d: %.3f ms/step, %.1f tokens/s", o_.label,
+                 c, max_sessions, MiB(o_.budget_bytes), batch, sb.mean, tput);
+      }
+      cj.Obj("budget", bj);
+      contexts_json->push_back(cj.Dump());
+      table->push_back(
+          absl::StrFormat("%9d  %-9s  %12.2f  %12.2f  %10.3f  %10.3f  %8d  %6d  %10.3f  %12.1f", c,
+                          real ? "prefill" : "synthetic", static_cast<double>(acct) / 1048576.0,
+                          static_cast<double>(mem.slot_bytes + mem.kv_bytes) / 1048576.0, s1.mean,
+                          synth_mean, max_sessions, batch, step_mean, tput));
+    }
+    store.Release(std::move(probe));
+    return absl::OkStatus();
+  }
+
+ private:
+  const Options& o_;
+  Backend* backend_;
+  std::mt19937_64 rng_;
+  RoutingCounts routing_;
+};
+
+std::string NowUtc() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<std::optional<Options>> parsed = ParseOptions(argc, argv);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "hyla-context-scaling: %s\nRun 'hyla-context-scaling --help'.\n",
+                 std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  if (!parsed->has_value()) {
+    std::fputs(kHelp, stdout);
+    return 0;
+  }
+  const Options& o = **parsed;
+
+  JsonObj root;
+  root.Str("tool", "hyla-context-scaling").Int("schema", 1).Str("date_utc", NowUtc());
+  root.Str("host", HostName()).Str("label", o.label).Str("pair", o.pair).Str("role", o.role);
+  root.Str("backend", o.backend);
+  std::vector<std::string> contexts_json, table;
+  absl::Status status;
+  std::string device = "cpu";
+  JsonObj model_json, pool_json, device_json;
+  double load_s = 0;
+
+  auto run = [&]() -> absl::Status {
+    HYLA_ASSIGN_OR_RETURN(const ModelConfig config, Checkpoint::ReadConfig(o.model_dir));
+    const bool cuda = o.backend == "cuda";
+    const DType kv = cuda && o.precision == "bf16" ? DType::kBF16 : DType::kF32;
+    HYLA_ASSIGN_OR_RETURN(const StateLayout layout, StateLayout::Create(config, kv));
+    std::vector<std::string> kinds;
+    for (const LayerConfig& l : config.layers) kinds.emplace_back(LayerKindName(l.kind));
+    model_json.Str("dir", o.model_dir).Str("family", FamilyName(config.family));
+    model_json.Int("parameters", tools::CountParameters(config));
+    model_json.Str("checkpoint_dtype", DTypeName(config.dtype));
+    model_json.Int("num_layers", config.num_layers).Int("hidden_size", config.hidden_size);
+    model_json.Int("vocab_size", config.vocab_size);
+    model_json.Raw("layer_kinds", absl::StrCat("[\"", absl::StrJoin(kinds, "\", \""), "\"]"));
+    model_json.Str("kv_dtype", DTypeName(kv)).Int("slot_bytes", layout.slot_bytes());
+    model_json.Int("block_bytes", layout.block_bytes()).Int("num_streams", layout.num_streams());
+
+    // Pools from the budget: every session's slot and blocks must come out of it.
+    StateStoreOptions so;
+    const double budget = o.budget_bytes;
+    int64_t slots = o.max_batch;
+    if (layout.slot_bytes() > 0) {
+      slots = std::min<int64_t>(
+          slots, static_cast<int64_t>(budget / static_cast<double>(layout.slot_bytes())));
+    }
+    so.num_slots = static_cast<int>(std::max<int64_t>(2, slots));
+    so.num_blocks = layout.block_bytes() > 0
+                        ? static_cast<int64_t>(budget / static_cast<double>(layout.block_bytes()))
+                        : 0;
+    pool_json.Int("num_slots", so.num_slots).Int("num_blocks", so.num_blocks);
+    pool_json.Int("slot_pool_bytes", so.num_slots * layout.slot_bytes());
+    pool_json.Int("block_pool_bytes", so.num_blocks * layout.block_bytes());
+
+    Progress("%s: loading %s on %s (%d slots, %d blocks)", o.label, o.model_dir, o.backend,
+             so.num_slots, so.num_blocks);
+    const Clock::time_point t0 = Clock::now();
+    HYLA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.model_dir));
+    std::unique_ptr<Backend> backend;
+    if (!cuda) {
+      cpu::CpuBackendOptions co;
+      co.num_threads = o.threads;
+      co.store = so;
+      HYLA_ASSIGN_OR_RETURN(backend, cpu::CpuBackend::Create(std::move(ckpt), co));
+      device = absl::StrCat("cpu (", o.threads, " threads)");
+    } else {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+      cuda::CudaBackendOptions co;
+      co.precision = o.precision == "f32" ? cuda::Precision::kF32 : cuda::Precision::kBf16;
+      co.store = so;
+      co.max_step_tokens = std::max<int64_t>(o.prefill_chunk, o.max_batch);
+      co.max_step_seqs = std::max(o.max_batch, 1);
+      HYLA_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(ckpt), co));
+      auto* cb = static_cast<cuda::CudaBackend*>(backend.get());
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, co.device) == cudaSuccess) device = prop.name;
+      size_t free_b = 0, total_b = 0;
+      if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+        device_json.Int("total_bytes", static_cast<int64_t>(total_b));
+        device_json.Int("used_bytes_after_create", static_cast<int64_t>(total_b - free_b));
+      }
+      device_json.Int("weight_bytes", cb->weight_bytes());
+      device_json.Int("planned_state_and_scratch_bytes",
+                      CudaBackendStateBytes(backend->config(), co));
+#else
+      return absl::UnimplementedError(
+          "--backend cuda: this build has no CUDA backend (configure with -DHYLA_CUDA=ON)");
+#endif
+    }
+    load_s = Seconds(t0, Clock::now());
+    if (backend->layout().block_bytes() != layout.block_bytes() ||
+        backend->layout().slot_bytes() != layout.slot_bytes()) {
+      return absl::InternalError("the backend's state layout differs from the planned one");
+    }
+    Progress("%s: loaded in %.1f s on %s", o.label, load_s, device);
+    Study study(o, backend.get());
+    absl::Status st = study.Run(&contexts_json, &table);
+    JsonObj r;
+    r.Int("to_softmax", study.routing().to_softmax).Int("to_gdn", study.routing().to_gdn);
+    root.Obj("routing_prefill", r);
+    return st;
+  };
+  status = run();
+
+  root.Str("device", device).Str("precision", o.backend == "cuda" ? o.precision : "f32");
+  root.Obj("model", model_json).Obj("pool", pool_json).Obj("device_memory", device_json);
+  JsonObj opts;
+  opts.Raw("contexts", JsonIntArray(o.contexts)).Int("decode_steps", o.decode_steps);
+  opts.Int("batch_steps", o.batch_steps).Int("warmup_steps", o.warmup_steps);
+  opts.Int("prefill_chunk", o.prefill_chunk).Int("prefill_max", o.prefill_max);
+  opts.Num("memory_budget_bytes", o.budget_bytes).Int("max_batch", o.max_batch);
+  opts.Num("softmax_fraction", o.softmax_fraction);
+  opts.Str("decode_logits", o.decode_logits == LogitsMode::kLast ? "last" : "none");
+  opts.Int("threads", o.threads).Int("seed", static_cast<int64_t>(o.seed));
+  std::vector<std::string> cmd;
+  for (int i = 0; i < argc; ++i) cmd.emplace_back(argv[i]);
+  opts.Str("command", absl::StrJoin(cmd, " "));
+  root.Obj("options", opts).Num("load_seconds", load_s);
+  root.Raw("contexts", absl::StrCat("[\n  ", absl::StrJoin(contexts_json, ",\n  "), "\n]"));
+  if (!status.ok()) root.Str("error", status.ToString());
+
+  std::printf("%s on %s (%s)\n", o.label.c_str(), device.c_str(), o.backend.c_str());
+  std::printf("%9s  %-9s  %12s  %12s  %10s  %10s  %8s  %6s  %10s  %12s\n", "context", "fill",
+              "MiB acct", "MiB meas", "b1 ms/tok", "synth ms", "max sess", "batch", "step ms",
+              "batch tok/s");
+  for (const std::string& line : table) std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path, std::ios::trunc);
+    f << root.Dump() << "\n";
+    f.close();
+    if (!f) {
+      std::fprintf(stderr, "hyla-context-scaling: cannot write %s\n", o.json_path.c_str());
+      return 1;
+    }
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "hyla-context-scaling: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace hyla
+
+int main(int argc, char** argv) { return hyla::Main(argc, argv); }
