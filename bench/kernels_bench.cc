@@ -334,6 +334,79 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
   }
 }
 
+// Causal softmax prefill over paged KV (PagedAttentionPrefill) for one sequence of `len` tokens
+// whose K/V are already in the blocks: the peer of PyTorch SDPA flash (bench/peers/); compute-
+// bound, so reported with the nominal causal FLOPs 2·Hq·len²·d as well. q and out are fp32.
+void BenchAttnPrefill(Timer* timer, int len, int Hq, int Hkv, int d, bool bf16) {
+  const size_t es = bf16 ? 2 : 4;
+  const int blocks = (len + 63) / 64;
+  const int64_t block_elems = int64_t{64} * Hkv * 2 * d;
+  void* kv = DeviceAlloc(static_cast<size_t>(blocks * block_elems) * es);
+  FillRandom(kv, static_cast<size_t>(blocks * block_elems) * es, bf16, 12);
+  std::vector<int32_t> table(blocks);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(13));
+  const int tile_rows = hyla::kernels::PagedAttentionPrefillTileRows(Hq, Hkv, d, d);
+  if (tile_rows <= 0) {
+    std::printf("attn_prefill: unsupported shape Hq %d Hkv %d d %d\n", Hq, Hkv, d);
+    BENCH_CHECK(cudaFree(kv));
+    return;
+  }
+  std::vector<int32_t> row_pos(len), tiles;
+  std::iota(row_pos.begin(), row_pos.end(), 0);
+  for (int r = 0; r < len; r += tile_rows) {
+    tiles.insert(tiles.end(), {0, r, std::min(tile_rows, len - r)});
+  }
+  const int num_tiles = static_cast<int>(tiles.size() / 3);
+  const int32_t nblocks = blocks;
+  int32_t* d_table = static_cast<int32_t*>(DeviceAlloc(blocks * 4));
+  int32_t* d_n = static_cast<int32_t*>(DeviceAlloc(4));
+  int32_t* d_pos = static_cast<int32_t*>(DeviceAlloc(static_cast<size_t>(len) * 4));
+  int32_t* d_tiles = static_cast<int32_t*>(DeviceAlloc(tiles.size() * 4));
+  BENCH_CHECK(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_n, &nblocks, 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(
+      cudaMemcpy(d_pos, row_pos.data(), static_cast<size_t>(len) * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_tiles, tiles.data(), tiles.size() * 4, cudaMemcpyHostToDevice));
+  const size_t q_bytes = static_cast<size_t>(len) * Hq * d * 4;
+  float* q = static_cast<float*>(DeviceAlloc(q_bytes));
+  FillRandom(q, q_bytes, false, 14);
+  float* out = static_cast<float*>(DeviceAlloc(q_bytes));
+
+  hyla::kernels::PagedAttentionPrefillParams p;
+  p.num_heads = Hq;
+  p.num_kv_heads = Hkv;
+  p.dk = p.dv = d;
+  p.kv_dtype = bf16 ? hyla::kernels::KernelDType::kBf16 : hyla::kernels::KernelDType::kF32;
+  p.q = q;
+  p.q_stride = int64_t{Hq} * d;
+  p.kv = kv;
+  p.block_stride = block_elems;
+  p.block_table = d_table;
+  p.num_blocks = d_n;
+  p.max_blocks = blocks;
+  p.row_pos = d_pos;
+  p.tiles = d_tiles;
+  p.num_tiles = num_tiles;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  p.out = out;
+  p.out_stride = int64_t{Hq} * d;
+  const double us =
+      timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionPrefill(p, nullptr)); });
+  const double bytes = 2.0 * q_bytes + double(len) * Hkv * 2 * d * es;
+  const double tflops = 2.0 * Hq * double(len) * len * d / (us * 1e-6) / 1e12;
+  Report("attn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs 1 x " + std::to_string(len) +
+             " Hq " + std::to_string(Hq) + " Hkv " + std::to_string(Hkv) + " d " +
+             std::to_string(d) + " causal (" + std::to_string(static_cast<int>(tflops)) +
+             " TFLOP/s)",
+         us, bytes);
+  for (void* ptr :
+       {kv, static_cast<void*>(d_table), static_cast<void*>(d_n), static_cast<void*>(d_pos),
+        static_cast<void*>(d_tiles), static_cast<void*>(q), static_cast<void*>(out)}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -373,6 +446,13 @@ int main(int argc, char** argv) {
   // GDN prefill (compute-bound; for reference).
   BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);
   BenchGdnPrefill(&timer, 1, 8192, 8, 16, 128, 128, false);
+  // Issue 5's prefill target (peer: fla chunk_gated_delta_rule, bench/peers/peers_bench.py).
+  BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true);
+
+  // Softmax prefill (peer: PyTorch SDPA flash): Llama3-8B attention, and qwen3next-1b's.
+  BenchAttnPrefill(&timer, 4096, 32, 8, 128, true);
+  if (!quick) BenchAttnPrefill(&timer, 32768, 32, 8, 128, true);
+  BenchAttnPrefill(&timer, 32768, 16, 2, 128, true);
 
   std::printf("\n%-58s %10s %10s %8s\n", "kernel", "us", "GB/s", "% copy");
   for (const Row& r : g_rows) {
