@@ -77,8 +77,6 @@ class CudaNatslLayer : public CudaLayer {
   const float* o_norm1_ = nullptr;  // [d_av] GDN output norm
   const float* o_norm2_ = nullptr;  // [d_av] softmax output norm
   DeviceMatrix w_o_;                // [hidden, value_dim]
-  const float* a_log_ = nullptr;    // [H] (decode commit)
-  const float* dt_bias_ = nullptr;  // [H]
 
   // Slot layout (bytes) and the stride of a slot in floats.
   int64_t off_x_sum_ = 0, off_S_ = 0, off_S_committed_ = 0, off_g_sum_ = 0;
@@ -160,13 +158,6 @@ absl::Status CudaNatslLayer::Load(const CudaLayerArgs& args) {
   HYLA_ASSIGN_OR_RETURN(o_norm2_, w->F32(n2, p + "o_norm.weight2"));
   HYLA_ASSIGN_OR_RETURN(F32Tensor wo, ck->TakeF32(p + "o_proj.weight", {d_, vd_}));
   HYLA_ASSIGN_OR_RETURN(w_o_, w->Matrix(wo, p + "o_proj.weight"));
-  // The gate parameters once more for the decode commit (GdnBranch uploaded its own copies;
-  // Checkpoint::TakeF32 may take a tensor twice).
-  HYLA_ASSIGN_OR_RETURN(F32Tensor alog, ck->TakeF32(p + "A_log", {H_}));
-  HYLA_ASSIGN_OR_RETURN(F32Tensor dtb, ck->TakeF32(p + "dt_bias", {H_}));
-  HYLA_ASSIGN_OR_RETURN(a_log_, w->F32(alog, p + "A_log"));
-  HYLA_ASSIGN_OR_RETURN(dt_bias_, w->F32(dtb, p + "dt_bias"));
-
   // Slot components and KV streams (the CPU layer's CheckLayout; the KV dtype may be bf16).
   auto bad = [&](absl::string_view what) {
     return absl::InternalError(absl::StrCat("CreateCudaNatslLayer: state layout of layer ", layer_,
@@ -434,8 +425,8 @@ absl::Status CudaNatslLayer::Forward(const CudaContext& ctx, const float* x, flo
     dp.dv = dv_;
     dp.a = proj + branch_->off_a();
     dp.a_stride = P;
-    dp.a_log = a_log_;
-    dp.dt_bias = dt_bias_;
+    dp.a_log = branch_->a_log();
+    dp.dt_bias = branch_->dt_bias();
     dp.slots = batch.slots;
     dp.decision = d_dec;
     dp.state = reinterpret_cast<float*>(ctx.slot_pool + off_S_);
