@@ -426,7 +426,7 @@ TEST_F(GenerateTest, TokenizeDetokenizeAndModelInfo) {
   EXPECT_EQ(info.parameters(), 269712);  // models/default/README.md
   EXPECT_EQ(info.max_context(), 512);
   EXPECT_EQ(info.workers(), 2);
-  EXPECT_EQ(info.device(), "cpu,cpu");
+  EXPECT_EQ(info.device(), ExpectedDevice() + "," + ExpectedDevice());
   EXPECT_EQ(info.slot_bytes(), 111232);
   EXPECT_EQ(info.kv_block_bytes(), 24576);
   // The plan: 48 MiB per worker, each slot with the 4 x 8 blocks of a 512-token sequence.

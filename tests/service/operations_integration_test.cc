@@ -387,9 +387,10 @@ TEST(OperationsTest, PlaintextHealthListenerBesideTlsFollowsTheDrain) {
   EXPECT_FALSE(service::CheckHealth(health_channel, "liveness", absl::Seconds(2)).ok());
 }
 
+// The CPU backend's threads (the test pins --device=cpu: the CUDA backend has no CPU threads).
 TEST(OperationsTest, ThreadsAndBatchAreLoggedAndChecked) {
   {
-    auto server = Start({"--memory-budget=32M", "--max-context=512", "--threads=3",
+    auto server = Start({"--device=cpu", "--memory-budget=32M", "--max-context=512", "--threads=3",
                          "--max-batch=64", "--token-budget=400", "--prefill-chunk=128"});
     ASSERT_NE(server, nullptr);
     EXPECT_NE(server->Stderr().find("threads: 3 per worker (--threads); batch: 64 sequences, 400 "
@@ -399,7 +400,7 @@ TEST(OperationsTest, ThreadsAndBatchAreLoggedAndChecked) {
   }
   int slots = 0;
   {  // Defaults: threads from the cgroup quota or the hardware; batch min(64, slots).
-    auto server = Start({"--memory-budget=128M", "--max-context=512"});
+    auto server = Start({"--device=cpu", "--memory-budget=128M", "--max-context=512"});
     ASSERT_NE(server, nullptr);
     const std::string log = server->Stderr();
     EXPECT_TRUE(log.find("CPUs from cgroup v") != std::string::npos ||
