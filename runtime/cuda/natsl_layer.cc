@@ -21,8 +21,8 @@
 namespace hyla::cuda {
 namespace {
 
-// Block-table entries (int32) one PagedAttentionDecode launch may carry: a phase with more is
-// split into launches over consecutive rows (bounds the scratch of the tables to 8 MiB).
+// Block-table entries (int32) one attention launch may carry: a wave with more is split into
+// launches over consecutive segments (bounds the scratch of the tables to 2 × 8 MiB).
 constexpr int64_t kMaxTableEntries = int64_t{2} << 20;
 
 class CudaNatslLayer : public CudaLayer {
@@ -57,8 +57,22 @@ class CudaNatslLayer : public CudaLayer {
     int completion = -1;   // >= 0: the segment ends its chunk (row of the router logits)
   };
 
-  absl::Status RunPhase(const CudaContext& ctx, int phase, const float* qa, const float* k_src,
-                        int64_t k_stride, const float* v_src, int64_t v_stride, float* o_attn);
+  // The attention inputs of a step: queries (after q_norm) and the K/V sources, rows of the step.
+  struct AttnInputs {
+    const float* q = nullptr;
+    int64_t q_stride = 0;
+    const float* k = nullptr;
+    int64_t k_stride = 0;
+    const float* v = nullptr;
+    int64_t v_stride = 0;
+    float* out = nullptr;  // [rows, value_dim] softmax outputs
+  };
+
+  absl::Status RunWave(const CudaContext& ctx, int phase_begin, int phase_end, bool decode,
+                       const AttnInputs& in);
+  absl::Status Attend(const CudaContext& ctx, bool decode, const AttnInputs& in, int64_t max_blocks,
+                      size_t i0, size_t i1);
+  bool DroppedInStep(int seq, int64_t chunk, int head) const;
   absl::Status ApplyDecisions(const CudaContext& ctx, const Segment& seg);
 
   const NatslLayerConfig cfg_;
@@ -93,18 +107,18 @@ class CudaNatslLayer : public CudaLayer {
   std::vector<Segment> segs_;
   std::vector<int> seq_seg_begin_;  // [num_seqs + 1] segments of sequence s
   std::vector<kernels::NatslSegment> ksegs_;
-  std::vector<int> ops_;  // [completions, H] 0 softmax, 1 GDN
-  std::vector<int32_t> perm_src_, row_to_perm_, phase_begin_;
+  std::vector<int> ops_;                          // [completions, H] 0 softmax, 1 GDN
   std::vector<std::vector<int32_t>> phase_segs_;  // [phase] segment indices, sequence order
   std::vector<uint8_t> commit_mask_;
   std::vector<int8_t> decode_decision_;
   GdnPieces pieces_;
+  // The wave being run: its segments (phase order), per (segment, head) the current block and
+  // the kept chunks, and the uploads built from them.
+  std::vector<int32_t> wave_segs_;
+  std::vector<int32_t> seg_cur_;                 // [wave segments, H]
+  std::vector<std::vector<BlockRef>> seg_kept_;  // [wave segments, H]
   std::vector<int32_t> kv_rows_, kv_tokens_, kv_blocks_;
-  std::vector<int32_t> table_, num_blocks_, kv_len_;
-  std::vector<int32_t> row_seg_;  // [phase rows] the row's segment (index into the phase's list)
-  // Per segment of the phase being planned: [H] current blocks, [H] kept lists (flattened).
-  std::vector<int32_t> seg_cur_;
-  std::vector<std::vector<int32_t>> seg_kept_;
+  std::vector<int32_t> table_, chunks_, num_blocks_, kv_len_, tiles_;
 };
 
 kernels::KernelDType KernelTypeOf(DType t) {
@@ -320,70 +334,42 @@ absl::Status CudaNatslLayer::Forward(const CudaContext& ctx, const float* x, flo
   HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * 2 * Ha_, "natsl mix logits"));
   HYLA_RETURN_IF_ERROR(Linear(dev, qkv, rows, w_mix_, nullptr, mix));
 
-  // ---- 3. The softmax view: q (normed, in phase order), k (normed), v. ------------------------
-  // Phase order: phase 0 (the first segment of every sequence, sequences in batch order), then
-  // phase 1, ...; rows of a segment stay in order.
+  // ---- 3. The softmax view: q, k (RMSNorm per softmax head when attn_qk_norm), v. ----------
+  // Phases: phase k holds the k-th segment of every sequence that has one (batch order).
   phase_segs_.resize(static_cast<size_t>(num_phases));
   for (auto& v : phase_segs_) v.clear();
   for (int g = 0; g < num_segments; ++g) phase_segs_[segs_[g].index_in_seq].push_back(g);
-  perm_src_.clear();
-  row_to_perm_.assign(static_cast<size_t>(rows), 0);
-  phase_begin_.assign(static_cast<size_t>(num_phases) + 1, 0);
-  bool identity = true;
-  for (int k = 0; k < num_phases; ++k) {
-    phase_begin_[k] = static_cast<int32_t>(perm_src_.size());
-    for (int g : phase_segs_[k]) {
-      for (int64_t r = segs_[g].r0; r < segs_[g].r1; ++r) {
-        row_to_perm_[r] = static_cast<int32_t>(perm_src_.size());
-        if (r != static_cast<int64_t>(perm_src_.size())) identity = false;
-        perm_src_.push_back(static_cast<int32_t>(r));
-      }
-    }
-  }
-  phase_begin_[num_phases] = static_cast<int32_t>(perm_src_.size());
-  if (static_cast<int64_t>(perm_src_.size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "natsl layer ", layer_, ": the batch's sequences do not cover its ", rows, " rows"));
-  }
   const float* attn_src = cfg_.attn_with_short_conv ? qkv : proj;
   const int64_t attn_stride = cfg_.attn_with_short_conv ? conv_ch : P;
-  const float* k_src = attn_src + kd_;
-  int64_t k_stride = attn_stride;
-  const float* v_src = attn_src + 2 * kd_;
-  HYLA_ASSIGN_OR_RETURN(float* qa, scratch.AllocArray<float>(rows * kd_, "natsl softmax q"));
-  {
-    const float* q_src = attn_src;
-    int64_t q_stride = attn_stride;
-    if (cfg_.attn_qk_norm) {
-      HYLA_ASSIGN_OR_RETURN(float* qn, scratch.AllocArray<float>(rows * kd_, "natsl q normed"));
-      HYLA_ASSIGN_OR_RETURN(float* kn, scratch.AllocArray<float>(rows * kd_, "natsl k normed"));
-      kernels::GatedRmsNormParams np;
-      np.rows = rows;
-      np.heads = Ha_;
-      np.n = dak_;
-      np.x = attn_src;
-      np.x_stride = attn_stride;
-      np.weight = q_norm_;
-      np.eps = cfg_.gdn.norm_eps;
-      np.out = qn;
-      np.out_stride = kd_;
-      HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(np, stream), "GatedRmsNorm (q_norm)");
-      np.x = attn_src + kd_;
-      np.weight = k_norm_;
-      np.out = kn;
-      HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(np, stream), "GatedRmsNorm (k_norm)");
-      q_src = qn;
-      q_stride = kd_;
-      k_src = kn;
-      k_stride = kd_;
-    }
-    // Dense [rows, key_dim] queries in phase order (PagedAttentionDecode reads (row, decision
-    // head) queries G·d_ak apart).
-    HYLA_ASSIGN_OR_RETURN(int32_t * d_perm,
-                          dev.Upload(perm_src_.data(), rows, "natsl phase order"));
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::GatherRowsF32(q_src, q_stride, d_perm, rows, kd_, qa, stream),
-        "GatherRowsF32 (natsl queries)");
+  AttnInputs in;
+  in.q = attn_src;
+  in.q_stride = attn_stride;
+  in.k = attn_src + kd_;
+  in.k_stride = attn_stride;
+  in.v = attn_src + 2 * kd_;
+  in.v_stride = attn_stride;
+  if (cfg_.attn_qk_norm) {
+    HYLA_ASSIGN_OR_RETURN(float* qn, scratch.AllocArray<float>(rows * kd_, "natsl q normed"));
+    HYLA_ASSIGN_OR_RETURN(float* kn, scratch.AllocArray<float>(rows * kd_, "natsl k normed"));
+    kernels::GatedRmsNormParams np;
+    np.rows = rows;
+    np.heads = Ha_;
+    np.n = dak_;
+    np.x = attn_src;
+    np.x_stride = attn_stride;
+    np.weight = q_norm_;
+    np.eps = cfg_.gdn.norm_eps;
+    np.out = qn;
+    np.out_stride = kd_;
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(np, stream), "GatedRmsNorm (q_norm)");
+    np.x = attn_src + kd_;
+    np.weight = k_norm_;
+    np.out = kn;
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(np, stream), "GatedRmsNorm (k_norm)");
+    in.q = qn;
+    in.q_stride = kd_;
+    in.k = kn;
+    in.k_stride = kd_;
   }
 
   // ---- 4. The routing decisions (host, with the CPU's code). ----------------------------------
@@ -466,28 +452,33 @@ absl::Status CudaNatslLayer::Forward(const CudaContext& ctx, const float* x, flo
     HYLA_RETURN_IF_ERROR(branch_->Recurrence(ctx, qkv, proj, o_gdn, ro));
   }
 
-  // ---- 6. Softmax attention, phase by phase, with the block bookkeeping. ----------------------
-  HYLA_ASSIGN_OR_RETURN(float* o_attn, scratch.AllocArray<float>(rows * vd_, "natsl attention"));
-  for (int k = 0; k < num_phases; ++k) {
-    HYLA_RETURN_IF_ERROR(RunPhase(ctx, k, qa, k_src, k_stride, v_src, attn_stride, o_attn));
+  // ---- 6. Softmax attention, in waves, with the block bookkeeping. ---------------------------
+  // Without a per-stream KV cap the whole step is one wave: every block of the step is taken
+  // before any block is dropped, so no block is handed out twice within the step, and the tables
+  // are those of the CPU's order (a chunk dropped earlier in the step is left out of the kept
+  // chunks). With a cap, eviction depends on the order of drops and allocations: one wave per
+  // phase, in the CPU's order (drops of phase k before the blocks of phase k + 1; the device
+  // work of wave k is queued before wave k + 1 writes into a block it may reuse).
+  HYLA_ASSIGN_OR_RETURN(in.out, scratch.AllocArray<float>(rows * vd_, "natsl attention"));
+  if (ctx.store->options().max_kv_tokens_per_stream > 0) {
+    for (int k = 0; k < num_phases; ++k) {
+      HYLA_RETURN_IF_ERROR(RunWave(ctx, k, k + 1, decode_path, in));
+    }
+  } else if (num_phases > 0) {
+    HYLA_RETURN_IF_ERROR(RunWave(ctx, 0, num_phases, decode_path, in));
   }
 
   // ---- 7. Dual-norm mix, gate, o_proj. --------------------------------------------------------
   HYLA_ASSIGN_OR_RETURN(float* y, scratch.AllocArray<float>(rows * vd_, "natsl mixed output"));
-  const int32_t* d_row_to_perm = nullptr;
-  if (!identity) {
-    HYLA_ASSIGN_OR_RETURN(d_row_to_perm,
-                          dev.Upload(row_to_perm_.data(), rows, "natsl attention rows"));
-  }
   kernels::NatslMixOutputParams mp;
   mp.rows = rows;
   mp.heads = Ha_;
   mp.dv = dav_;
   mp.o_gdn = o_gdn;
   mp.o_gdn_stride = vd_;
-  mp.o_attn = o_attn;
+  mp.o_attn = in.out;
   mp.o_attn_stride = vd_;
-  mp.attn_rows = d_row_to_perm;
+  mp.attn_rows = nullptr;
   mp.mix = mix;
   mp.mix_stride = 2 * Ha_;
   mp.z = proj + branch_->off_g();
@@ -501,25 +492,38 @@ absl::Status CudaNatslLayer::Forward(const CudaContext& ctx, const float* x, flo
   return Linear(dev, y, rows, w_o_, nullptr, out);
 }
 
-// Phase k: make the current chunk's block of every decision head writable for each sequence
-// with a k-th segment, write the K/V of its rows, attend, then apply the decisions of the chunks
-// the phase completes (the CPU's order of StateStore operations, per sequence).
-absl::Status CudaNatslLayer::RunPhase(const CudaContext& ctx, int phase, const float* qa,
-                                      const float* k_src, int64_t k_stride, const float* v_src,
-                                      int64_t v_stride, float* o_attn) {
+// True when chunk `chunk` of sequence `seq` is completed in this step and routed to GDN for
+// decision head `head` (its block is, or is about to be, dropped).
+bool CudaNatslLayer::DroppedInStep(int seq, int64_t chunk, int head) const {
+  const int begin = seq_seg_begin_[seq], end = seq_seg_begin_[seq + 1];
+  if (begin == end) return false;
+  const int64_t g = begin + (chunk - segs_[begin].chunk);
+  if (g < begin || g >= end) return false;
+  const Segment& seg = segs_[g];
+  return seg.completion >= 0 && ops_[seg.completion * H_ + head] == 1;
+}
+
+// Phases [phase_begin, phase_end) as one wave: take the current chunk's block of every decision
+// head for each of their segments (the CPU's WritableBlock, phase by phase, sequences in batch
+// order), write the K/V of their rows, attend, then apply the decisions of the chunks they
+// complete.
+absl::Status CudaNatslLayer::RunWave(const CudaContext& ctx, int phase_begin, int phase_end,
+                                     bool decode, const AttnInputs& in) {
   DeviceContext& dev = *ctx.dev;
   ScratchArena& scratch = dev.scratch();
   void* stream = dev.kernel_stream();
-  const std::vector<int32_t>& segs = phase_segs_[phase];
-  const int64_t row0 = phase_begin_[phase];
-  const int64_t phase_rows = phase_begin_[phase + 1] - row0;
+  wave_segs_.clear();
+  for (int k = phase_begin; k < phase_end; ++k) {
+    wave_segs_.insert(wave_segs_.end(), phase_segs_[k].begin(), phase_segs_[k].end());
+  }
+  const size_t nseg = wave_segs_.size();
 
-  // Blocks: per segment, the current block and the kept blocks of every decision head.
-  seg_cur_.assign(segs.size() * H_, -1);
-  seg_kept_.resize(segs.size() * H_);
+  // Blocks: per segment, the current block and the kept chunks of every decision head.
+  seg_cur_.assign(nseg * H_, -1);
+  seg_kept_.resize(nseg * H_);
   int64_t max_blocks = 1;
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const Segment& seg = segs_[segs[i]];
+  for (size_t i = 0; i < nseg; ++i) {
+    const Segment& seg = segs_[wave_segs_[i]];
     SequenceState* seq = ctx.batch->seqs[seg.seq].seq;
     for (int n = 0; n < H_; ++n) {
       const int stream_index = first_stream_ + n;
@@ -530,22 +534,23 @@ absl::Status CudaNatslLayer::RunPhase(const CudaContext& ctx, int phase, const f
                                                 " of stream ", stream_index, " is missing"));
       }
       HYLA_ASSIGN_OR_RETURN(seg_cur_[i * H_ + n], ctx.WritableBlock(seq, stream_index, seg.chunk));
-      std::vector<int32_t>& kept = seg_kept_[i * H_ + n];
+      std::vector<BlockRef>& kept = seg_kept_[i * H_ + n];
       kept.clear();
       for (const BlockRef& ref : seq->streams[stream_index]) {
-        if (ref.chunk < seg.chunk) kept.push_back(ref.block);
+        if (ref.chunk < seg.chunk && !DroppedInStep(seg.seq, ref.chunk, n)) kept.push_back(ref);
       }
       max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kept.size()) + 1);
     }
   }
 
+  // Everything allocated from here on is read only by work queued in this wave; later
+  // allocations reuse the memory for work queued after it.
   const size_t mark = scratch.Mark();
-  // K/V of the phase's rows.
   kv_rows_.clear();
   kv_tokens_.clear();
   kv_blocks_.clear();
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const Segment& seg = segs_[segs[i]];
+  for (size_t i = 0; i < nseg; ++i) {
+    const Segment& seg = segs_[wave_segs_[i]];
     for (int64_t r = seg.r0; r < seg.r1; ++r) {
       kv_rows_.push_back(static_cast<int32_t>(r));
       kv_tokens_.push_back(static_cast<int32_t>(seg.j0 + (r - seg.r0)));
@@ -567,107 +572,172 @@ absl::Status CudaNatslLayer::RunPhase(const CudaContext& ctx, int phase, const f
     kp.rows = d_rows;
     kp.tokens = d_tokens;
     kp.blocks = d_blocks;
-    kp.k = k_src;
-    kp.k_stride = k_stride;
-    kp.v = v_src;
-    kp.v_stride = v_stride;
+    kp.k = in.k;
+    kp.k_stride = in.k_stride;
+    kp.v = in.v;
+    kp.v_stride = in.v_stride;
     kp.kv_dtype = kv_dtype_;
     kp.kv = ctx.block_pool;
     kp.block_stride = block_stride_;
     HYLA_KERNEL_RETURN_IF_ERROR(kernels::NatslKvWrite(kp, stream), "NatslKvWrite");
   }
 
-  // Attention: one "sequence" per (phase row, decision head), rows in phase order. Table entry
-  // i covers positions i·64 + [0, 64): the kept blocks come first and are visible whole, the
-  // current block last and visible up to the row's token (kv_len = kept·64 + j + 1).
-  const int64_t rows_per_launch =
-      std::max<int64_t>(1, kMaxTableEntries / (int64_t{H_} * max_blocks));
-  // Row m of the phase → its segment (index into segs) and token.
-  std::vector<int32_t>& row_seg = row_seg_;
-  row_seg.clear();
-  for (size_t i = 0; i < segs.size(); ++i) {
-    const Segment& seg = segs_[segs[i]];
-    for (int64_t r = seg.r0; r < seg.r1; ++r) row_seg.push_back(static_cast<int32_t>(i));
+  // Attention over [kept chunks…, current chunk], in launches of at most kMaxTableEntries table
+  // entries per decision head.
+  const size_t per_launch =
+      static_cast<size_t>(std::max<int64_t>(1, kMaxTableEntries / max_blocks));
+  for (size_t i0 = 0; i0 < nseg; i0 += per_launch) {
+    HYLA_RETURN_IF_ERROR(Attend(ctx, decode, in, max_blocks, i0, std::min(nseg, i0 + per_launch)));
   }
-  for (int64_t m0 = 0; m0 < phase_rows; m0 += rows_per_launch) {
-    const int64_t m1 = std::min(phase_rows, m0 + rows_per_launch);
-    const int64_t pseudo = (m1 - m0) * H_;
-    table_.assign(static_cast<size_t>(pseudo * max_blocks), 0);
-    num_blocks_.assign(static_cast<size_t>(pseudo), 0);
-    kv_len_.assign(static_cast<size_t>(pseudo), 0);
-    for (int64_t m = m0; m < m1; ++m) {
-      const int i = row_seg[m];
-      const int64_t j = kv_tokens_[m];
-      for (int n = 0; n < H_; ++n) {
-        const int64_t ps = (m - m0) * H_ + n;
-        const std::vector<int32_t>& kept = seg_kept_[i * H_ + n];
-        int32_t* entry = table_.data() + ps * max_blocks;
-        std::copy(kept.begin(), kept.end(), entry);
-        entry[kept.size()] = seg_cur_[i * H_ + n];
-        num_blocks_[ps] = static_cast<int32_t>(kept.size() + 1);
-        kv_len_[ps] =
-            static_cast<int32_t>(static_cast<int64_t>(kept.size()) * kBlockTokens + j + 1);
-      }
-    }
-    HYLA_ASSIGN_OR_RETURN(int32_t * d_table,
-                          dev.Upload(table_.data(), pseudo * max_blocks, "natsl block tables"));
-    HYLA_ASSIGN_OR_RETURN(int32_t * d_num, dev.Upload(num_blocks_.data(), pseudo, "natsl blocks"));
-    HYLA_ASSIGN_OR_RETURN(int32_t * d_len, dev.Upload(kv_len_.data(), pseudo, "natsl kv_len"));
-    kernels::PagedAttentionDecodeParams ap;
-    ap.num_seqs = static_cast<int>(pseudo);
-    ap.num_heads = G_;
-    ap.num_kv_heads = G_;
-    ap.dk = dak_;
-    ap.dv = dav_;
-    ap.q_dtype = kernels::KernelDType::kF32;
-    ap.kv_dtype = kv_dtype_;
-    ap.q = qa + (row0 + m0) * kd_;
-    ap.q_stride = int64_t{G_} * dak_;
-    ap.kv = ctx.block_pool;
-    ap.block_stride = block_stride_;
-    ap.block_table = d_table;
-    ap.block_chunks = nullptr;
-    ap.num_blocks = d_num;
-    ap.max_blocks = static_cast<int>(max_blocks);
-    ap.kv_len = d_len;
-    ap.window = 0;
-    ap.scale = attn_scale_;
-    ap.out = o_attn + (row0 + m0) * vd_;
-    ap.out_stride = int64_t{G_} * dav_;
-    // Split-K as the kernel would choose it (about 4 CTAs per SM), with its workspace.
-    const int64_t base = pseudo * G_;
-    const int64_t want = (4 * int64_t{std::max(1, dev.sm_count())} + base - 1) / base;
-    const int splits = static_cast<int>(std::max<int64_t>(1, std::min(want, max_blocks)));
-    ap.num_splits = splits;
-    if (splits > 1) {
-      const size_t ws_bytes =
-          kernels::PagedAttentionDecodeWorkspaceBytes(ap.num_seqs, G_, dav_, splits);
-      HYLA_ASSIGN_OR_RETURN(void* ws, scratch.Alloc(ws_bytes, "natsl attention split-K"));
-      ap.workspace = ws;
-      ap.workspace_bytes = ws_bytes;
-    }
-    HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(ap, stream),
-                                "PagedAttentionDecode (natsl)");
-  }
-  // The phase's uploads and workspace are read by kernels already queued on the stream; later
-  // allocations reuse the memory only for work queued after them.
   scratch.RewindTo(mark);
 
-  for (int32_t g : segs) {
+  for (int32_t g : wave_segs_) {
     if (segs_[g].completion >= 0) HYLA_RETURN_IF_ERROR(ApplyDecisions(ctx, segs_[g]));
   }
   return absl::OkStatus();
 }
 
-// The decisions of the chunk `seg` completes, as the CPU's Decide: count them, drop the block of
-// every head routed to GDN (the device state was committed by the recurrence).
+// Softmax attention of the rows of wave segments [i0, i1), one launch per decision head n (its
+// G softmax heads are the "query heads" of a G-head KV stream, group 1): table entries carry
+// their chunk index (kept chunks are visible whole, the current chunk causally by position).
+//   decode: PagedAttentionDecode, one "sequence" per row (the rows of a decode step are
+//           0..num_seqs-1 in order, one segment each), kv_len = position + 1, split-K;
+//   else:   PagedAttentionPrefill, one "sequence" per segment, its rows as tiles, the step's
+//           row positions.
+absl::Status CudaNatslLayer::Attend(const CudaContext& ctx, bool decode, const AttnInputs& in,
+                                    int64_t max_blocks, size_t i0, size_t i1) {
+  DeviceContext& dev = *ctx.dev;
+  ScratchArena& scratch = dev.scratch();
+  void* stream = dev.kernel_stream();
+  const int64_t nseq = static_cast<int64_t>(i1 - i0);
+  int tile_rows = 0;
+  if (!decode) {
+    tile_rows = kernels::PagedAttentionPrefillTileRows(G_, G_, dak_, dav_);
+    if (tile_rows < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "natsl layer ", layer_, ": no prefill attention tile for d_ak ", dak_, ", d_av ", dav_));
+    }
+    tiles_.clear();
+    for (size_t i = i0; i < i1; ++i) {
+      const Segment& seg = segs_[wave_segs_[i]];
+      for (int64_t r = seg.r0; r < seg.r1; r += tile_rows) {
+        tiles_.push_back(static_cast<int32_t>(i - i0));
+        tiles_.push_back(static_cast<int32_t>(r));
+        tiles_.push_back(static_cast<int32_t>(std::min<int64_t>(tile_rows, seg.r1 - r)));
+      }
+    }
+  }
+  const int64_t first_row = segs_[wave_segs_[i0]].r0;  // decode: rows i0..i1-1 in order
+  for (int n = 0; n < H_; ++n) {
+    table_.assign(static_cast<size_t>(nseq * max_blocks), 0);
+    chunks_.assign(static_cast<size_t>(nseq * max_blocks), 0);
+    num_blocks_.assign(static_cast<size_t>(nseq), 0);
+    kv_len_.assign(static_cast<size_t>(nseq), 0);
+    for (int64_t s = 0; s < nseq; ++s) {
+      const size_t i = i0 + static_cast<size_t>(s);
+      const Segment& seg = segs_[wave_segs_[i]];
+      const std::vector<BlockRef>& kept = seg_kept_[i * H_ + n];
+      int32_t* blocks = table_.data() + s * max_blocks;
+      int32_t* chunks = chunks_.data() + s * max_blocks;
+      for (size_t e = 0; e < kept.size(); ++e) {
+        blocks[e] = kept[e].block;
+        chunks[e] = static_cast<int32_t>(kept[e].chunk);
+      }
+      blocks[kept.size()] = seg_cur_[i * H_ + n];
+      chunks[kept.size()] = static_cast<int32_t>(seg.chunk);
+      num_blocks_[s] = static_cast<int32_t>(kept.size() + 1);
+      kv_len_[s] = static_cast<int32_t>(seg.chunk * kBlockTokens + seg.j0 + 1);
+    }
+    const size_t mark = scratch.Mark();
+    HYLA_ASSIGN_OR_RETURN(int32_t * d_table,
+                          dev.Upload(table_.data(), nseq * max_blocks, "natsl block tables"));
+    HYLA_ASSIGN_OR_RETURN(int32_t * d_chunks,
+                          dev.Upload(chunks_.data(), nseq * max_blocks, "natsl block chunks"));
+    HYLA_ASSIGN_OR_RETURN(int32_t * d_num, dev.Upload(num_blocks_.data(), nseq, "natsl blocks"));
+    const float* q = in.q + int64_t{n} * G_ * dak_;
+    float* out = in.out + int64_t{n} * G_ * dav_;
+    if (decode) {
+      HYLA_ASSIGN_OR_RETURN(int32_t * d_len, dev.Upload(kv_len_.data(), nseq, "natsl kv_len"));
+      kernels::PagedAttentionDecodeParams ap;
+      ap.num_seqs = static_cast<int>(nseq);
+      ap.num_heads = G_;
+      ap.num_kv_heads = G_;
+      ap.dk = dak_;
+      ap.dv = dav_;
+      ap.q_dtype = kernels::KernelDType::kF32;
+      ap.kv_dtype = kv_dtype_;
+      ap.q = q + first_row * in.q_stride;
+      ap.q_stride = in.q_stride;
+      ap.kv = ctx.block_pool;
+      ap.block_stride = block_stride_;
+      ap.block_table = d_table;
+      ap.block_chunks = d_chunks;
+      ap.num_blocks = d_num;
+      ap.max_blocks = static_cast<int>(max_blocks);
+      ap.kv_len = d_len;
+      ap.window = 0;
+      ap.scale = attn_scale_;
+      ap.out = out + first_row * vd_;
+      ap.out_stride = vd_;
+      // Split-K as the kernel would choose it (about 4 CTAs per SM), with its workspace.
+      const int64_t base = nseq * G_;
+      const int64_t want = (4 * int64_t{std::max(1, dev.sm_count())} + base - 1) / base;
+      const int splits = static_cast<int>(std::max<int64_t>(1, std::min(want, max_blocks)));
+      ap.num_splits = splits;
+      if (splits > 1) {
+        const size_t ws_bytes =
+            kernels::PagedAttentionDecodeWorkspaceBytes(ap.num_seqs, G_, dav_, splits);
+        HYLA_ASSIGN_OR_RETURN(void* ws, scratch.Alloc(ws_bytes, "natsl attention split-K"));
+        ap.workspace = ws;
+        ap.workspace_bytes = ws_bytes;
+      }
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(ap, stream),
+                                  "PagedAttentionDecode (natsl)");
+    } else {
+      HYLA_ASSIGN_OR_RETURN(
+          int32_t * d_tiles,
+          dev.Upload(tiles_.data(), static_cast<int64_t>(tiles_.size()), "natsl attention tiles"));
+      kernels::PagedAttentionPrefillParams ap;
+      ap.num_heads = G_;
+      ap.num_kv_heads = G_;
+      ap.dk = dak_;
+      ap.dv = dav_;
+      ap.kv_dtype = kv_dtype_;
+      ap.q = q;
+      ap.q_stride = in.q_stride;
+      ap.kv = ctx.block_pool;
+      ap.block_stride = block_stride_;
+      ap.block_table = d_table;
+      ap.block_chunks = d_chunks;
+      ap.num_blocks = d_num;
+      ap.max_blocks = static_cast<int>(max_blocks);
+      ap.row_pos = ctx.batch->row_pos;
+      ap.tiles = d_tiles;
+      ap.num_tiles = static_cast<int>(tiles_.size() / 3);
+      ap.window = 0;
+      ap.scale = attn_scale_;
+      ap.out = out;
+      ap.out_stride = vd_;
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionPrefill(ap, stream),
+                                  "PagedAttentionPrefill (natsl)");
+    }
+    // The uploads are read by the launch just queued; the next head's reuse the memory after it.
+    scratch.RewindTo(mark);
+  }
+  return absl::OkStatus();
+}
+
+// The decisions of the chunk `seg` completes, as the CPU's Decide: count them and drop the block
+// of every head routed to GDN (the device state was committed by the recurrence).
 absl::Status CudaNatslLayer::ApplyDecisions(const CudaContext& ctx, const Segment& seg) {
   SequenceState* seq = ctx.batch->seqs[seg.seq].seq;
   const float* logits = logits_host_.as<float>();
   for (int n = 0; n < H_; ++n) {
     const int stream_index = first_stream_ + n;
     std::vector<BlockRef>& table = seq->streams[stream_index];
-    if (table.empty() || table.back().chunk != seg.chunk) {
+    int index = static_cast<int>(table.size()) - 1;
+    while (index >= 0 && table[index].chunk != seg.chunk) --index;
+    if (index < 0) {
       return absl::InternalError(absl::StrCat("natsl layer ", layer_, ": chunk ", seg.chunk,
                                               " has no block in stream ", stream_index));
     }
@@ -675,7 +745,7 @@ absl::Status CudaNatslLayer::ApplyDecisions(const CudaContext& ctx, const Segmen
     if (op == 0) {
       if (ctx.routing != nullptr) ++ctx.routing->to_softmax;
     } else {
-      ctx.store->DropBlock(seq, stream_index, static_cast<int>(table.size()) - 1);
+      ctx.store->DropBlock(seq, stream_index, index);
       if (ctx.routing != nullptr) ++ctx.routing->to_gdn;
     }
     if (log_ != nullptr) {
