@@ -44,6 +44,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -523,7 +524,8 @@ class Study {
   }
 
   // Runs the whole sweep; appends one JSON object per context to `contexts_json`.
-  absl::Status Run(std::vector<std::string>* contexts_json, std::vector<std::string>* table) {
+  absl::Status Run(std::vector<std::string>* contexts_json, std::vector<std::string>* table,
+                   const std::function<void()>& after_context) {
     StateStore& store = backend_->store();
     const StateLayout& layout = backend_->layout();
     HYLA_ASSIGN_OR_RETURN(std::unique_ptr<SequenceState> probe, NewSession());
@@ -539,6 +541,7 @@ class Study {
         cj.Bool("fits", false).Int("session_bytes_planned", planned);
         contexts_json->push_back(cj.Dump());
         table->push_back(absl::StrFormat("%9d  does not fit the budget", c));
+        after_context();
         break;
       }
       cj.Bool("fits", true);
@@ -684,6 +687,7 @@ class Study {
                           real ? "prefill" : "synthetic", static_cast<double>(acct) / 1048576.0,
                           static_cast<double>(mem.slot_bytes + mem.kv_bytes) / 1048576.0, s1.mean,
                           synth_mean, max_sessions, batch, step_mean, tput));
+      after_context();
     }
     store.Release(std::move(probe));
     return absl::OkStatus();
@@ -726,15 +730,45 @@ int Main(int argc, char** argv) {
   }
   const Options& o = **parsed;
 
-  JsonObj root;
-  root.Str("tool", "hyla-context-scaling").Int("schema", 1).Str("date_utc", NowUtc());
-  root.Str("host", HostName()).Str("label", o.label).Str("pair", o.pair).Str("role", o.role);
-  root.Str("backend", o.backend);
+  const std::string date = NowUtc();
   std::vector<std::string> contexts_json, table;
   absl::Status status;
   std::string device = "cpu";
-  JsonObj model_json, pool_json, device_json;
+  JsonObj model_json, pool_json, device_json, routing_json;
   double load_s = 0;
+
+  // The whole record as it stands; written after every context (a run stopped by a timeout
+  // keeps what it measured) and at the end. False when the file cannot be written.
+  auto dump = [&]() {
+    JsonObj root;
+    root.Str("tool", "hyla-context-scaling").Int("schema", 1).Str("date_utc", date);
+    root.Str("host", HostName()).Str("label", o.label).Str("pair", o.pair).Str("role", o.role);
+    root.Str("backend", o.backend).Obj("routing_prefill", routing_json);
+    root.Str("device", device).Str("precision", o.backend == "cuda" ? o.precision : "f32");
+    root.Obj("model", model_json).Obj("pool", pool_json).Obj("device_memory", device_json);
+    JsonObj opts;
+    opts.Raw("contexts", JsonIntArray(o.contexts)).Int("decode_steps", o.decode_steps);
+    opts.Int("batch_steps", o.batch_steps).Int("warmup_steps", o.warmup_steps);
+    opts.Int("prefill_chunk", o.prefill_chunk).Int("prefill_max", o.prefill_max);
+    opts.Num("memory_budget_bytes", o.budget_bytes).Int("max_batch", o.max_batch);
+    opts.Num("softmax_fraction", o.softmax_fraction);
+    opts.Str("decode_logits", o.decode_logits == LogitsMode::kLast ? "last" : "none");
+    opts.Int("threads", o.threads).Int("seed", static_cast<int64_t>(o.seed));
+    std::vector<std::string> cmd;
+    for (int i = 0; i < argc; ++i) cmd.emplace_back(argv[i]);
+    opts.Str("command", absl::StrJoin(cmd, " "));
+    root.Obj("options", opts).Num("load_seconds", load_s);
+    root.Raw("contexts", absl::StrCat("[\n  ", absl::StrJoin(contexts_json, ",\n  "), "\n]"));
+    if (!status.ok()) root.Str("error", status.ToString());
+    if (o.json_path.empty()) return true;
+    const std::string tmp = o.json_path + ".tmp";
+    std::ofstream f(tmp, std::ios::trunc);
+    f << root.Dump() << "\n";
+    f.close();
+    std::error_code ec;
+    if (f) std::filesystem::rename(tmp, o.json_path, ec);
+    return static_cast<bool>(f) && !ec;
+  };
 
   auto run = [&]() -> absl::Status {
     HYLA_ASSIGN_OR_RETURN(const ModelConfig config, Checkpoint::ReadConfig(o.model_dir));
@@ -810,30 +844,18 @@ int Main(int argc, char** argv) {
     }
     Progress("%s: loaded in %.1f s on %s", o.label, load_s, device);
     Study study(o, backend.get());
-    absl::Status st = study.Run(&contexts_json, &table);
-    JsonObj r;
-    r.Int("to_softmax", study.routing().to_softmax).Int("to_gdn", study.routing().to_gdn);
-    root.Obj("routing_prefill", r);
+    auto after_context = [&]() {
+      routing_json = JsonObj();
+      routing_json.Int("to_softmax", study.routing().to_softmax);
+      routing_json.Int("to_gdn", study.routing().to_gdn);
+      dump();
+    };
+    absl::Status st = study.Run(&contexts_json, &table, after_context);
+    after_context();
     return st;
   };
   status = run();
-
-  root.Str("device", device).Str("precision", o.backend == "cuda" ? o.precision : "f32");
-  root.Obj("model", model_json).Obj("pool", pool_json).Obj("device_memory", device_json);
-  JsonObj opts;
-  opts.Raw("contexts", JsonIntArray(o.contexts)).Int("decode_steps", o.decode_steps);
-  opts.Int("batch_steps", o.batch_steps).Int("warmup_steps", o.warmup_steps);
-  opts.Int("prefill_chunk", o.prefill_chunk).Int("prefill_max", o.prefill_max);
-  opts.Num("memory_budget_bytes", o.budget_bytes).Int("max_batch", o.max_batch);
-  opts.Num("softmax_fraction", o.softmax_fraction);
-  opts.Str("decode_logits", o.decode_logits == LogitsMode::kLast ? "last" : "none");
-  opts.Int("threads", o.threads).Int("seed", static_cast<int64_t>(o.seed));
-  std::vector<std::string> cmd;
-  for (int i = 0; i < argc; ++i) cmd.emplace_back(argv[i]);
-  opts.Str("command", absl::StrJoin(cmd, " "));
-  root.Obj("options", opts).Num("load_seconds", load_s);
-  root.Raw("contexts", absl::StrCat("[\n  ", absl::StrJoin(contexts_json, ",\n  "), "\n]"));
-  if (!status.ok()) root.Str("error", status.ToString());
+  const bool written = dump();
 
   std::printf("%s on %s (%s)\n", o.label.c_str(), device.c_str(), o.backend.c_str());
   std::printf("%9s  %-9s  %12s  %12s  %10s  %10s  %8s  %6s  %10s  %12s\n", "context", "fill",
@@ -842,14 +864,9 @@ int Main(int argc, char** argv) {
   for (const std::string& line : table) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
 
-  if (!o.json_path.empty()) {
-    std::ofstream f(o.json_path, std::ios::trunc);
-    f << root.Dump() << "\n";
-    f.close();
-    if (!f) {
-      std::fprintf(stderr, "hyla-context-scaling: cannot write %s\n", o.json_path.c_str());
-      return 1;
-    }
+  if (!written) {
+    std::fprintf(stderr, "hyla-context-scaling: cannot write %s\n", o.json_path.c_str());
+    return 1;
   }
   if (!status.ok()) {
     std::fprintf(stderr, "hyla-context-scaling: %s\n", status.ToString().c_str());

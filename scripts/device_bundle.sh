@@ -9,9 +9,14 @@
 #   .bundle/run.sh scripts/device_run.sh: runs the GPU tests, compute-sanitizer memcheck and
 #                  racecheck on them (when /usr/local/cuda/bin/compute-sanitizer exists) and the
 #                  benchmark, writing logs to $OUT
+#   .bundle/bench.sh scripts/device_bench.sh: issue 5's benchmarks (kernels_bench, the fla and
+#                  PyTorch SDPA peers, hyla-context-scaling over three model pairs, plots), with
+#                  .bundle/peers/, .bundle/plot_results.py and .bundle/whl/ (the fla-core wheel
+#                  from the ignored .peers-whl/; docs/performance.md has the pip download line)
 #
 # Then, through the device tool (carry [".bundle"]):
 #   bash .bundle/run.sh
+#   bash .bundle/bench.sh
 #
 # Usage: scripts/device_bundle.sh [--build-dir DIR] [--jobs N] [--no-build]
 # Environment: HYLA_JOBS (default 2).
@@ -39,6 +44,8 @@ GPU_TESTS=(kernels_gpu_test gdn_kernels_gpu_test paged_attention_gpu_test cuda_b
 PROGRAMS=(kernels_bench hyla-server hyla hyla-model)
 SERVICE_TESTS=(generate_integration_test lifecycle_integration_test operations_integration_test
                validation_integration_test session_affinity_test)
+# Issue 5's benchmark driver (scripts/device_bench.sh) also runs hyla-context-scaling.
+PROGRAMS+=(hyla-context-scaling)
 TARGETS=("${GPU_TESTS[@]}" "${PROGRAMS[@]}" "${SERVICE_TESTS[@]}")
 
 if ((BUILD_IT)); then
@@ -91,6 +98,19 @@ done
 
 cp "${SCRIPT_DIR}/device_run.sh" "${BUNDLE}/run.sh"
 chmod +x "${BUNDLE}/run.sh"
+# Issue 5's benchmarks (outside the payload, which bench.sh unpacks like run.sh): the driver,
+# the peers harness, the plotter and the fla-core wheel.
+cp "${SCRIPT_DIR}/device_bench.sh" "${BUNDLE}/bench.sh"
+chmod +x "${BUNDLE}/bench.sh"
+mkdir -p "${BUNDLE}/peers" "${BUNDLE}/whl"
+cp "${ROOT}/bench/peers/peers_bench.py" "${BUNDLE}/peers/"
+cp "${ROOT}/bench/plot_results.py" "${BUNDLE}/"
+if compgen -G "${ROOT}/.peers-whl/*.whl" >/dev/null; then
+  cp "${ROOT}"/.peers-whl/*.whl "${BUNDLE}/whl/"
+else
+  echo "device_bundle.sh: no wheel in .peers-whl/: bench.sh's fla rows will fail" \
+    "(docs/performance.md: pip download)" >&2
+fi
 ls "${BUNDLE}/bin" "${BUNDLE}/svc" "${BUNDLE}/lib"
 echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) unpacked"
 # The device tool carries at most 64 MiB: pack everything but run.sh, which unpacks it there.

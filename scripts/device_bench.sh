@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Runs issue 5's benchmarks on the device machine from a bundle made by scripts/device_bundle.sh
+# (copied there as .bundle/bench.sh), in one command of at most ~8 minutes:
+#
+#   1. kernels    .bundle/bin/kernels_bench (hyla's kernels, µs / GB/s / % of copy bandwidth)
+#   2. peers      .bundle/peers/peers_bench.py at the same shapes: fla's Triton GDN kernels (the
+#                 fla-core wheel in .bundle/whl/, installed into /tmp/site, no network) and
+#                 PyTorch SDPA flash (the device's torch)
+#   3. scaling    .bundle/bin/hyla-context-scaling on the CUDA backend (bf16) for three pairs,
+#                 in the order c, a, b, each model's dummy weights generated here first by
+#                 .bundle/bin/hyla-model generate-model (bf16, all cores) under $HYLA_MODEL_TMP
+#                 and deleted after its run:
+#                   c  gdn qwen3next-1b (hybrid)    vs gdn qwen3next-1b-twin (all softmax)
+#                   a  nha nha-llama3-8b (hybrid)   vs llama llama3-8b
+#                   b  natsl natsl-760m (hybrid)    vs llama natsl-760m-twin (transformer)
+#   4. plot       .bundle/plot_results.py: results.md and the PNGs
+#
+# Outputs in $OUT (default ./device-out), 5 files, so that a combined run with
+# `.bundle/run.sh --no-sanitizers` (3 files) stays within the device tool's 8:
+#   device_bench.log        environment, every stage's output and timing, the summary
+#   results.md              tables (kernels vs peers, context scaling per pair, issue 5 targets)
+#   kernels_vs_peers.png    context_scaling.png
+#   bench_raw.tar.gz        kernels_bench.log, peers.json, context_scaling.json (all runs) and
+#                           each run's JSON: re-plot here with
+#                           python3 bench/plot_results.py --out DIR --kernels-log ... (see
+#                           docs/performance.md)
+#
+# Usage: bash .bundle/bench.sh [--only STAGES] [--pairs P] [--quick]
+#   --only STAGES   comma-separated subset of kernels,peers,scaling,plot (default all)
+#   --pairs P       comma-separated subset of c,a,b (default c,a,b, run in that order: the two
+#                   pairs with numeric targets first)
+#   --quick         kernels_bench --quick, peers --quick, contexts 1K,16K,128K, fewer steps
+# Environment (defaults):
+#   HYLA_BENCH_DEADLINE_S=500   a stage or model run whose estimated end is after this many
+#                               seconds is skipped (and reported as skipped)
+#   HYLA_BENCH_HARD_S=560       every stage's timeout is cut so that it ends by then (a cut
+#                               context-scaling run keeps the contexts it finished)
+#   HYLA_MODEL_TMP=/tmp/hyla-models   where the dummy checkpoints are written (one at a time)
+#   HYLA_CONTEXTS=1024,4096,16384,32768,65536,131072
+#   HYLA_BUDGET_GIB=40          state memory budget (slots + KV blocks) of every model
+#   HYLA_MAX_BATCH=256          most sessions in one decode step
+#   HYLA_PREFILL_MAX_SMALL=32768  real prefill up to this context for pairs b, c (synthetic
+#   HYLA_PREFILL_MAX_8B=16384     beyond; see docs/performance.md), and for pair a
+#   HYLA_DECODE_STEPS=16 HYLA_BATCH_STEPS=8 HYLA_WARMUP_STEPS=2
+#   HYLA_DECODE_LOGITS=last     last | none (see hyla-context-scaling --help)
+#   HYLA_BENCH_OUT_FILES=all    compact: only device_bench.log and bench_results.tar.gz (results.md,
+#                               the PNGs and the raw files) in $OUT, for a run combined with
+#                               .bundle/run.sh whose logs fill the device tool's 8 files
+# Exit status: 0 when every stage that ran succeeded, 1 otherwise (a skipped stage is not a
+# failure; the summary names it).
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The bundle's programs travel packed (scripts/device_bundle.sh); run.sh may have unpacked them.
+if [[ -f "${HERE}/payload.tar.gz" && ! -d "${HERE}/bin" ]]; then
+  tar -C "${HERE}" -xzf "${HERE}/payload.tar.gz" || { echo "cannot unpack the bundle" >&2; exit 1; }
+fi
+OUT="${OUT:-${PWD}/device-out}"
+mkdir -p "${OUT}"
+STAGES="kernels,peers,scaling,plot"
+PAIRS="c,a,b"
+QUICK=0
+while (($#)); do
+  case "$1" in
+    --only) STAGES="$2"; shift 2 ;;
+    --pairs) PAIRS="$2"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed -e '/^set -uo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "device_bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+DEADLINE="${HYLA_BENCH_DEADLINE_S:-500}"
+HARD="${HYLA_BENCH_HARD_S:-560}"
+MODEL_TMP="${HYLA_MODEL_TMP:-/tmp/hyla-models}"
+CONTEXTS="${HYLA_CONTEXTS:-1024,4096,16384,32768,65536,131072}"
+BUDGET="${HYLA_BUDGET_GIB:-40}"
+MAX_BATCH="${HYLA_MAX_BATCH:-256}"
+PREFILL_MAX_SMALL="${HYLA_PREFILL_MAX_SMALL:-32768}"
+PREFILL_MAX_8B="${HYLA_PREFILL_MAX_8B:-16384}"
+DECODE_STEPS="${HYLA_DECODE_STEPS:-16}"
+BATCH_STEPS="${HYLA_BATCH_STEPS:-8}"
+WARMUP_STEPS="${HYLA_WARMUP_STEPS:-2}"
+DECODE_LOGITS="${HYLA_DECODE_LOGITS:-last}"
+if ((QUICK)); then
+  CONTEXTS="${HYLA_CONTEXTS:-1024,16384,131072}"
+  DECODE_STEPS="${HYLA_DECODE_STEPS:-8}"
+  BATCH_STEPS="${HYLA_BATCH_STEPS:-4}"
+fi
+export LD_LIBRARY_PATH="${HERE}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
+export PYTHONUNBUFFERED=1
+LOG="${OUT}/device_bench.log"
+RAW="$(mktemp -d /tmp/hyla-bench-raw.XXXXXX)"
+mkdir -p "${RAW}/runs"
+START=${SECONDS}
+summary=()
+failed=0
+
+say() { echo "[device_bench +$((SECONDS - START))s] $*" | tee -a "${LOG}" >&2; }
+has_stage() { [[ ",${STAGES}," == *",$1,"* ]]; }
+# fits SECONDS_NEEDED: true when a step of that estimated length still ends before the deadline.
+fits() { (((SECONDS - START) + $1 <= DEADLINE)); }
+# limit SECONDS: that timeout, cut to end by the hard limit.
+limit() {
+  local left=$((HARD - (SECONDS - START)))
+  ((left < $1)) && echo $((left > 5 ? left : 5)) || echo "$1"
+}
+
+: >"${LOG}"
+{
+  echo "===== environment"
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.mem \
+    --format=csv 2>&1 || true
+  uname -a
+  echo "cores: $(nproc)"
+  free -g 2>&1 | head -2
+  df -h /tmp /dev/shm 2>&1
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' 2>&1
+  echo "options: stages=${STAGES} pairs=${PAIRS} quick=${QUICK} contexts=${CONTEXTS}" \
+    "budget=${BUDGET}GiB max_batch=${MAX_BATCH} prefill_max=${PREFILL_MAX_SMALL}/${PREFILL_MAX_8B}" \
+    "steps=${DECODE_STEPS}/${BATCH_STEPS}/${WARMUP_STEPS} logits=${DECODE_LOGITS} deadline=${DEADLINE}s"
+} >>"${LOG}" 2>&1
+
+# 1. kernels_bench.
+if has_stage kernels; then
+  if fits 90; then
+    say "kernels_bench"
+    t=${SECONDS}
+    args=()
+    ((QUICK)) && args=(--quick)
+    timeout "$(limit 240)" "${HERE}/bin/kernels_bench" ${args[@]+"${args[@]}"} \
+      >"${RAW}/kernels_bench.log" 2>&1
+    rc=$?
+    { echo "===== kernels_bench (rc=${rc})"; cat "${RAW}/kernels_bench.log"; } >>"${LOG}"
+    summary+=("kernels   kernels_bench: rc=${rc} ($((SECONDS - t)) s)")
+    ((rc == 0)) || failed=1
+  else
+    summary+=("kernels   skipped (deadline)")
+  fi
+fi
+
+# 2. peers: fla (wheel carried in the bundle) and PyTorch SDPA.
+if has_stage peers; then
+  if fits 150; then
+    say "peers (fla + PyTorch SDPA)"
+    t=${SECONDS}
+    whls=("${HERE}"/whl/*.whl)
+    if [[ -e "${whls[0]}" ]]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "${whls[@]}" >>"${LOG}" 2>&1 || say "pip install of the fla wheel failed"
+      export PYTHONPATH="/tmp/site${PYTHONPATH:+:${PYTHONPATH}}"
+    else
+      say "no wheel in ${HERE}/whl: the fla rows will fail (scripts/device_bundle.sh copies .peers-whl/)"
+    fi
+    args=(--json "${RAW}/peers.json" --no-f32-prefill)
+    ((QUICK)) && args+=(--quick)
+    { echo "===== peers_bench"; } >>"${LOG}"
+    timeout "$(limit 300)" python3 "${HERE}/peers/peers_bench.py" "${args[@]}" >>"${LOG}" 2>&1
+    rc=$?
+    summary+=("peers     peers_bench.py: rc=${rc} ($((SECONDS - t)) s)")
+    ((rc == 0)) || failed=1
+  else
+    summary+=("peers     skipped (deadline)")
+  fi
+fi
+
+# 3. Context scaling. One model at a time: generate (bf16) → run → delete.
+# run_model PAIR ROLE FAMILY PRESET PREFILL_MAX ESTIMATE_S TIMEOUT_S
+run_model() {
+  local pair="$1" role="$2" family="$3" preset="$4" prefill_max="$5" estimate="$6" limit="$7"
+  if ! fits "${estimate}"; then
+    summary+=("scaling   ${pair} ${preset}: skipped (deadline)")
+    return
+  fi
+  local dir="${MODEL_TMP}/${preset}" t=${SECONDS} rc
+  rm -rf "${dir}"
+  mkdir -p "${MODEL_TMP}"
+  say "generate ${family} ${preset} (bf16) into ${dir}"
+  "${HERE}/bin/hyla-model" generate-model --family "${family}" --preset "${preset}" \
+    --dtype bf16 --seed 0 --threads 0 --out "${dir}" >>"${LOG}" 2>&1
+  rc=$?
+  local gen_s=$((SECONDS - t))
+  if ((rc != 0)); then
+    summary+=("scaling   ${pair} ${preset}: generate-model FAILED rc=${rc}")
+    failed=1
+    rm -rf "${dir}"
+    return
+  fi
+  say "generated ${preset} in ${gen_s} s ($(du -sh "${dir}" | cut -f1)); hyla-context-scaling"
+  { echo "===== hyla-context-scaling ${pair} ${role} ${preset}"; } >>"${LOG}"
+  timeout "$(limit "${limit}")" "${HERE}/bin/hyla-context-scaling" --model "${dir}" --label "${preset}" \
+    --pair "${pair}" --role "${role}" --backend cuda --precision bf16 --contexts "${CONTEXTS}" \
+    --memory-budget-gib "${BUDGET}" --max-batch "${MAX_BATCH}" --prefill-max "${prefill_max}" \
+    --decode-steps "${DECODE_STEPS}" --batch-steps "${BATCH_STEPS}" \
+    --warmup-steps "${WARMUP_STEPS}" --decode-logits "${DECODE_LOGITS}" \
+    --json "${RAW}/runs/${pair}-${role}-${preset}.json" >>"${LOG}" 2>&1
+  rc=$?
+  rm -rf "${dir}"
+  summary+=("scaling   ${pair} ${preset}: rc=${rc} (generate ${gen_s} s, total $((SECONDS - t)) s)")
+  ((rc == 0)) || failed=1
+}
+
+if has_stage scaling; then
+  for pair in ${PAIRS//,/ }; do
+    case "${pair}" in
+      c)
+        run_model c hybrid gdn qwen3next-1b "${PREFILL_MAX_SMALL}" 45 150
+        run_model c baseline gdn qwen3next-1b-twin "${PREFILL_MAX_SMALL}" 45 150
+        ;;
+      a)
+        run_model a hybrid nha nha-llama3-8b "${PREFILL_MAX_8B}" 100 240
+        run_model a baseline llama llama3-8b "${PREFILL_MAX_8B}" 100 240
+        ;;
+      b)
+        run_model b hybrid natsl natsl-760m "${PREFILL_MAX_SMALL}" 45 150
+        run_model b baseline llama natsl-760m-twin "${PREFILL_MAX_SMALL}" 45 150
+        ;;
+      *) summary+=("scaling   unknown pair ${pair}") ;;
+    esac
+  done
+  python3 - "${RAW}/runs" "${RAW}/context_scaling.json" <<'PY' >>"${LOG}" 2>&1
+import glob, json, os, sys
+runs = []
+for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    with open(p) as f:
+        runs.append(json.load(f))
+with open(sys.argv[2], "w") as f:
+    json.dump({"runs": runs}, f, indent=1)
+print(f"merged {len(runs)} context-scaling runs")
+PY
+fi
+
+# 4. Tables and plots (also when some stage failed: they show what was measured).
+if has_stage plot; then
+  say "plot"
+  args=(--out "${OUT}")
+  [[ -f "${RAW}/kernels_bench.log" ]] && args+=(--kernels-log "${RAW}/kernels_bench.log")
+  [[ -f "${RAW}/peers.json" ]] && args+=(--peers-json "${RAW}/peers.json")
+  [[ -f "${RAW}/context_scaling.json" ]] && args+=(--scaling-json "${RAW}/context_scaling.json")
+  python3 "${HERE}/plot_results.py" "${args[@]}" >>"${LOG}" 2>&1
+  rc=$?
+  summary+=("plot      plot_results.py: rc=${rc}")
+  ((rc == 0)) || failed=1
+fi
+
+if [[ "${HYLA_BENCH_OUT_FILES:-all}" == compact ]]; then
+  for f in results.md kernels_vs_peers.png context_scaling.png; do
+    [[ -f "${OUT}/${f}" ]] && mv "${OUT}/${f}" "${RAW}/"
+  done
+  tar -czf "${OUT}/bench_results.tar.gz" -C "${RAW}" . 2>>"${LOG}"
+else
+  tar -czf "${OUT}/bench_raw.tar.gz" -C "${RAW}" . 2>>"${LOG}"
+fi
+rm -rf "${MODEL_TMP}"
+{
+  echo
+  echo "===== summary ($((SECONDS - START)) s)"
+  printf '%s\n' "${summary[@]}"
+} | tee -a "${LOG}"
+for md in "${OUT}/results.md" "${RAW}/results.md"; do
+  if [[ -f "${md}" ]]; then
+    echo
+    sed -n '/^## Issue 5 targets/,$p' "${md}"
+    break
+  fi
+done
+rm -rf "${RAW}"
+exit ${failed}
