@@ -145,6 +145,8 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   }
   HYLA_ASSIGN_OR_RETURN(const std::string device_kind, ResolveDevice(flags.device));
   const bool use_cuda = device_kind == "cuda";
+  // --workers 0 (the default): one per visible GPU with CUDA, else one.
+  const int workers = flags.workers > 0 ? flags.workers : (use_cuda ? VisibleGpus() : 1);
   const bool bf16 = use_cuda && flags.precision == "bf16";
   HYLA_ASSIGN_OR_RETURN(StateLayout layout,
                         StateLayout::Create(*config, bf16 ? DType::kBF16 : DType::kF32));
@@ -158,7 +160,7 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   }
   MemoryPlanInput plan_in;
   plan_in.budget_bytes = flags.memory_budget_bytes;
-  plan_in.workers = flags.workers;
+  plan_in.workers = workers;
   plan_in.slot_bytes = layout.slot_bytes();
   plan_in.block_bytes = layout.block_bytes();
   plan_in.num_streams = layout.num_streams();
@@ -175,8 +177,7 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   }
 
   // ---- metrics ----
-  const std::string device =
-      absl::StrJoin(std::vector<std::string>(flags.workers, device_kind), ",");
+  const std::string device = absl::StrJoin(std::vector<std::string>(workers, device_kind), ",");
   BuildInfo build;
   build.version = HYLA_VERSION;
   build.model_type = config->model_type;
@@ -186,7 +187,7 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
 
   // ---- engine ----
   EngineOptions eo;
-  eo.num_workers = flags.workers;
+  eo.num_workers = workers;
   eo.max_queued = flags.queue_bound;
   eo.max_context = max_context;
   eo.max_batch =
@@ -215,9 +216,9 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
     threads_note = "--threads";
   } else {
     const CpuCount cpus = DetectCpuCount(hw);
-    threads = std::max(1, cpus.cpus / flags.workers);
+    threads = std::max(1, cpus.cpus / workers);
     threads_note =
-        absl::StrCat(cpus.cpus, " CPUs from ", cpus.source, " / ", flags.workers, " worker(s)");
+        absl::StrCat(cpus.cpus, " CPUs from ", cpus.source, " / ", workers, " worker(s)");
   }
   cpu::CpuBackendOptions bo;
   bo.num_threads = threads;

@@ -135,10 +135,11 @@ Model and device:
                                models/default, or the source tree's models/default)
   --device auto|cuda|cpu       backend; auto: cuda when this build has the CUDA backend and a
                                GPU is visible, else cpu. With cuda, worker i runs on GPU
-                               i mod (visible GPUs): set --workers to the GPU count [auto]
+                               i mod (visible GPUs) [auto]
   --precision bf16|fp32        CUDA numerics: bf16 weights and KV cache (serving) or fp32
                                (exact against fp32 checkpoints); state is fp32 in both [bf16]
-  --workers N                  workers, each with its own backend and scheduler thread [1]
+  --workers N                  workers, each with its own backend and scheduler thread; 0: one
+                               per visible GPU with --device cuda, else 1 [0]
   --threads N                  CPU backend threads per worker; 0: the container's CPU quota
                                (cgroup cpu.max or cfs_quota/period, rounded up; else the
                                hardware threads) divided by --workers [0]
@@ -231,8 +232,8 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
       {"device",
        [&f](absl::string_view flag, absl::string_view v) -> absl::Status {
          if (v != "cpu" && v != "cuda" && v != "auto") {
-           return Bad(flag, absl::StrCat("unsupported device \"", v,
-                                         "\" (expected cpu, cuda or auto)"));
+           return Bad(flag,
+                      absl::StrCat("unsupported device \"", v, "\" (expected cpu, cuda or auto)"));
          }
          f.device = std::string(v);
          return absl::OkStatus();
@@ -240,14 +241,14 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
       {"precision",
        [&f](absl::string_view flag, absl::string_view v) -> absl::Status {
          if (v != "bf16" && v != "fp32") {
-           return Bad(flag, absl::StrCat("unsupported precision \"", v,
-                                         "\" (expected bf16 or fp32)"));
+           return Bad(flag,
+                      absl::StrCat("unsupported precision \"", v, "\" (expected bf16 or fp32)"));
          }
          f.precision = std::string(v);
          return absl::OkStatus();
        }},
       {"health-listen", host_port(&f.health_listen)},
-      {"workers", int32(&f.workers, 1, 256)},
+      {"workers", int32(&f.workers, 0, 256)},
       {"threads", int32(&f.threads, 0, 1024)},
       {"max-batch", int32(&f.max_batch, 0, 4096)},
       {"token-budget", integer(&f.token_budget, 1, int64_t{1} << 20)},

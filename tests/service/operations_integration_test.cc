@@ -472,7 +472,7 @@ TEST(OperationsTest, StartupErrorsNameTheFlag) {
   };
   const std::string model = "--model=" + TestModelDir();
   const std::vector<Case> cases = {
-      {{"--workers=0"}, 2, "--workers"},
+      {{"--workers=-1"}, 2, "--workers"},
       {{"--memory-budget=lots"}, 2, "--memory-budget"},
       {{"--kv-cap-policy=maybe"}, 2, "--kv-cap-policy"},
       {{"--listen=nowhere"}, 2, "--listen"},

@@ -15,7 +15,7 @@ TEST(ServerFlagsTest, Defaults) {
   EXPECT_EQ(f->listen, "0.0.0.0:50051");
   EXPECT_EQ(f->device, "auto");
   EXPECT_EQ(f->precision, "bf16");
-  EXPECT_EQ(f->workers, 1);
+  EXPECT_EQ(f->workers, 0);  // auto: one per visible GPU (cuda) or 1 (cpu)
   EXPECT_EQ(f->memory_budget_bytes, int64_t{1} << 30);
   EXPECT_EQ(f->kv_cap_policy, KvCapPolicy::kReject);
   EXPECT_EQ(f->drain_deadline, absl::Seconds(30));
@@ -102,7 +102,7 @@ TEST(ServerFlagsTest, ErrorsNameTheFlag) {
     std::string flag;
   };
   const Case cases[] = {
-      {{"--workers=0"}, "--workers"},
+      {{"--workers=-1"}, "--workers"},
       {{"--workers=abc"}, "--workers"},
       {{"--memory-budget=12Q"}, "--memory-budget"},
       {{"--memory-budget=-5M"}, "--memory-budget"},
