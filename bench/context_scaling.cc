@@ -814,6 +814,7 @@ int Main(int argc, char** argv) {
       HYLA_ASSIGN_OR_RETURN(backend, cpu::CpuBackend::Create(std::move(ckpt), co));
       device = absl::StrCat("cpu (", o.threads, " threads)");
     } else {
+      device = "cuda (backend not created)";
 #ifdef HYLA_HAVE_CUDA_BACKEND
       cuda::CudaBackendOptions co;
       co.precision = o.precision == "f32" ? cuda::Precision::kF32 : cuda::Precision::kBf16;

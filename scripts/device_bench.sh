@@ -35,7 +35,8 @@
 #                               seconds is skipped (and reported as skipped)
 #   HYLA_BENCH_HARD_S=560       every stage's timeout is cut so that it ends by then (a cut
 #                               context-scaling run keeps the contexts it finished)
-#   HYLA_MODEL_TMP=/tmp/hyla-models   where the dummy checkpoints are written (one at a time)
+#   HYLA_MODEL_TMP=/tmp/hyla-models   where the dummy checkpoints are written (one at a time;
+#                               default /dev/shm/hyla-models when /tmp has < 20 GiB free)
 #   HYLA_CONTEXTS=1024,4096,16384,32768,65536,131072
 #   HYLA_BUDGET_GIB=40          state memory budget (slots + KV blocks) of every model
 #   HYLA_MAX_BATCH=256          most sessions in one decode step
@@ -70,7 +71,16 @@ while (($#)); do
 done
 DEADLINE="${HYLA_BENCH_DEADLINE_S:-500}"
 HARD="${HYLA_BENCH_HARD_S:-560}"
-MODEL_TMP="${HYLA_MODEL_TMP:-/tmp/hyla-models}"
+# The dummy checkpoints (one at a time, up to 16 GB for the 8B models): /tmp, or /dev/shm when
+# /tmp has less than 20 GiB free and /dev/shm has more.
+free_gib() { df -B1G --output=avail "$1" 2>/dev/null | tail -n 1 | tr -d ' '; }
+MODEL_TMP="${HYLA_MODEL_TMP:-}"
+if [[ -z "${MODEL_TMP}" ]]; then
+  MODEL_TMP=/tmp/hyla-models
+  if (($(free_gib /tmp || echo 0) < 20)) && (($(free_gib /dev/shm || echo 0) >= 20)); then
+    MODEL_TMP=/dev/shm/hyla-models
+  fi
+fi
 CONTEXTS="${HYLA_CONTEXTS:-1024,4096,16384,32768,65536,131072}"
 BUDGET="${HYLA_BUDGET_GIB:-40}"
 MAX_BATCH="${HYLA_MAX_BATCH:-256}"
@@ -117,7 +127,8 @@ limit() {
   python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' 2>&1
   echo "options: stages=${STAGES} pairs=${PAIRS} quick=${QUICK} contexts=${CONTEXTS}" \
     "budget=${BUDGET}GiB max_batch=${MAX_BATCH} prefill_max=${PREFILL_MAX_SMALL}/${PREFILL_MAX_8B}" \
-    "steps=${DECODE_STEPS}/${BATCH_STEPS}/${WARMUP_STEPS} logits=${DECODE_LOGITS} deadline=${DEADLINE}s"
+    "steps=${DECODE_STEPS}/${BATCH_STEPS}/${WARMUP_STEPS} logits=${DECODE_LOGITS}" \
+    "deadline=${DEADLINE}s/${HARD}s models=${MODEL_TMP}"
 } >>"${LOG}" 2>&1
 
 # 1. kernels_bench.
