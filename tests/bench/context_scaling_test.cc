@@ -104,13 +104,14 @@ class ContextScalingTest : public ::testing::Test {
     return r;
   }
 
-  // The common flags: small contexts, a small budget, few steps, 2 threads.
+  // The common flags: the CPU backend (also in CUDA builds, whose default is cuda), small
+  // contexts, a small budget, few steps, 2 threads.
   static std::vector<std::string> Args(const std::string& model, const std::string& contexts,
                                        std::vector<std::string> extra = {}) {
     std::vector<std::string> a = {
         "--model",        model, "--contexts",     contexts, "--memory-budget-mib", "4",
         "--max-batch",    "8",   "--decode-steps", "3",      "--batch-steps",       "2",
-        "--warmup-steps", "1",   "--threads",      "2"};
+        "--warmup-steps", "1",   "--threads",      "2",      "--backend",           "cpu"};
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
@@ -292,6 +293,7 @@ TEST_F(ContextScalingTest, StopsWhereOneSessionExceedsTheBudget) {
 TEST_F(ContextScalingTest, UsageErrors) {
   const std::string m = Model(Family::kGdn, "tiny");
   EXPECT_EQ(Run({"--model", m, "--bogus", "1"}).exit_code, 2);
+  EXPECT_EQ(Run({"--model", m, "--backend", "tpu"}).exit_code, 2);
   EXPECT_EQ(Run({"--contexts", "64"}).exit_code, 2);  // no --model
   EXPECT_EQ(Run({"--model", m, "--contexts", "256,64"}).exit_code, 2);
   EXPECT_EQ(Run({"--model", m, "--softmax-fraction", "2"}).exit_code, 2);
