@@ -96,12 +96,13 @@ class Timer {
     BENCH_CHECK(cudaEventCreate(&start_));
     BENCH_CHECK(cudaEventCreate(&stop_));
   }
-  // Median time in µs of fn() over kReps launches, each after an L2 flush.
-  double MedianUs(const std::function<void()>& fn, bool flush = true) {
-    for (int i = 0; i < kWarmup; ++i) fn();
+  // Median time in µs of fn() over `reps` launches (kReps), each after an L2 flush.
+  double MedianUs(const std::function<void()>& fn, bool flush = true, int reps = kReps,
+                  int warmup = kWarmup) {
+    for (int i = 0; i < warmup; ++i) fn();
     BENCH_CHECK(cudaDeviceSynchronize());
     std::vector<double> us;
-    for (int i = 0; i < kReps; ++i) {
+    for (int i = 0; i < reps; ++i) {
       if (flush) BENCH_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_));
       BENCH_CHECK(cudaEventRecord(start_));
       fn();
@@ -391,8 +392,9 @@ void BenchAttnPrefill(Timer* timer, int len, int Hq, int Hkv, int d, bool bf16) 
   p.scale = 1.0f / std::sqrt(static_cast<float>(d));
   p.out = out;
   p.out_stride = int64_t{Hq} * d;
-  const double us =
-      timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionPrefill(p, nullptr)); });
+  // Long launches (up to ~1 s at 32K): fewer repetitions than the default.
+  const double us = timer->MedianUs(
+      [&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionPrefill(p, nullptr)); }, true, 9, 2);
   const double bytes = 2.0 * q_bytes + double(len) * Hkv * 2 * d * es;
   const double tflops = 2.0 * Hq * double(len) * len * d / (us * 1e-6) / 1e12;
   Report("attn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs 1 x " + std::to_string(len) +
