@@ -44,6 +44,8 @@
 #   HYLA_PREFILL_MAX_8B=16384     beyond; see docs/performance.md), and for pair a
 #   HYLA_DECODE_STEPS=16 HYLA_BATCH_STEPS=8 HYLA_WARMUP_STEPS=2
 #   HYLA_DECODE_LOGITS=last     last | none (see hyla-context-scaling --help)
+#   HYLA_PEERS_GDN_PREFILL=target   all: every kernels_bench GDN prefill shape for fla (each new
+#                               shape costs fla ~1 minute of Triton autotuning), target: T=32K only
 #   HYLA_BENCH_OUT_FILES=all    compact: only device_bench.log and bench_results.tar.gz (results.md,
 #                               the PNGs and the raw files) in $OUT, for a run combined with
 #                               .bundle/run.sh whose logs fill the device tool's 8 files
@@ -162,7 +164,7 @@ if has_stage peers; then
     else
       say "no wheel in ${HERE}/whl: the fla rows will fail (scripts/device_bundle.sh copies .peers-whl/)"
     fi
-    args=(--json "${RAW}/peers.json" --no-f32-prefill)
+    args=(--json "${RAW}/peers.json" --no-f32-prefill --gdn-prefill "${HYLA_PEERS_GDN_PREFILL:-target}")
     ((QUICK)) && args+=(--quick)
     { echo "===== peers_bench"; } >>"${LOG}"
     timeout "$(limit 300)" python3 "${HERE}/peers/peers_bench.py" "${args[@]}" >>"${LOG}" 2>&1

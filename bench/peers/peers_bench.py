@@ -316,6 +316,10 @@ def main():
                     help="comma-separated ops to run")
     ap.add_argument("--no-f32-prefill", action="store_true",
                     help="skip the fp32 GDN prefill row (its Triton autotuning takes a while)")
+    ap.add_argument("--gdn-prefill", choices=["all", "target"], default="all",
+                    help="GDN prefill rows: all of kernels_bench's, or only issue 5's target "
+                         "(T=32K, H 16, HV 32); each new shape costs fla a Triton autotuning "
+                         "of about a minute")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--cover-cycles", type=int, default=2_000_000,
@@ -371,7 +375,8 @@ def main():
             plan.append(("torch-sdpa", "paged_decode", paged_decode_name(*s),
                          lambda s=s: bench_paged_decode(b, torch, *s)))
     if "gdn_prefill" in ops:
-        for s in (GDN_PREFILL_QUICK if args.quick else GDN_PREFILL):
+        for s in (GDN_PREFILL_QUICK if args.quick or args.gdn_prefill == "target"
+                  else GDN_PREFILL):
             if args.no_f32_prefill and not s[6]:
                 continue
             plan.append(("fla", "gdn_prefill", gdn_prefill_name(s[0], s[1], s[3], s[6]),
