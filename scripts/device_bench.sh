@@ -54,8 +54,8 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The bundle's programs travel packed (scripts/device_bundle.sh); run.sh may have unpacked them.
-if [[ -f "${HERE}/payload.tar.gz" && ! -d "${HERE}/bin" ]]; then
-  tar -C "${HERE}" -xzf "${HERE}/payload.tar.gz" || { echo "cannot unpack the bundle" >&2; exit 1; }
+if [[ -f "${HERE}/payload.tar.xz" && ! -d "${HERE}/bin" ]]; then
+  tar -C "${HERE}" -xJf "${HERE}/payload.tar.xz" || { echo "cannot unpack the bundle" >&2; exit 1; }
 fi
 OUT="${OUT:-${PWD}/device-out}"
 mkdir -p "${OUT}"

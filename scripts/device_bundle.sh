@@ -114,6 +114,6 @@ fi
 ls "${BUNDLE}/bin" "${BUNDLE}/svc" "${BUNDLE}/lib"
 echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) unpacked"
 # The device tool carries at most 64 MiB: pack everything but run.sh, which unpacks it there.
-tar -C "${BUNDLE}" -czf "${BUNDLE}/payload.tar.gz" bin lib svc $([[ -d "${BUNDLE}/golden" ]] && echo golden)
+XZ_OPT="-T2 -6" tar -C "${BUNDLE}" -cJf "${BUNDLE}/payload.tar.xz" bin lib svc $([[ -d "${BUNDLE}/golden" ]] && echo golden)
 rm -rf "${BUNDLE}/bin" "${BUNDLE}/lib" "${BUNDLE}/svc" "${BUNDLE}/golden"
 echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) packed in ${BUNDLE}"

@@ -18,8 +18,8 @@
 #              HYLA_COMPUTE_SANITIZER (default /usr/local/cuda/bin/compute-sanitizer).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ -f "${HERE}/payload.tar.gz" && ! -d "${HERE}/bin" ]]; then
-  tar -C "${HERE}" -xzf "${HERE}/payload.tar.gz" || { echo "cannot unpack the bundle" >&2; exit 1; }
+if [[ -f "${HERE}/payload.tar.xz" && ! -d "${HERE}/bin" ]]; then
+  tar -C "${HERE}" -xJf "${HERE}/payload.tar.xz" || { echo "cannot unpack the bundle" >&2; exit 1; }
 fi
 OUT="${OUT:-${PWD}/device-out}"
 mkdir -p "${OUT}"
@@ -124,11 +124,18 @@ if ((SANITIZE)); then
         if [[ -n "${HYLA_SANITIZER_PROGRAMS:-}" && " ${HYLA_SANITIZER_PROGRAMS} " != *" ${name} "* ]]; then
           continue
         fi
-        echo "===== ${name} (${tool}, filter ${FILTER})" >>"${OUT}/${tool}.log"
+        # A program without tests matching the filter runs whole under memcheck (racecheck
+        # only runs the small cases).
+        PFILTER="${FILTER}"
+        if ! "${t}" --gtest_list_tests --gtest_filter="${FILTER}" | grep -q '^  '; then
+          [[ "${tool}" == racecheck ]] && { summary+=("${tool} ${name}: no ${FILTER} cases"); continue; }
+          PFILTER='*'
+        fi
+        echo "===== ${name} (${tool}, filter ${PFILTER})" >>"${OUT}/${tool}.log"
         start=${SECONDS}
         run_log="$(mktemp)"
         timeout "${SAN_TIMEOUT}" "${SANITIZER}" --tool "${tool}" --error-exitcode 99 \
-          "${t}" --gtest_color=no --gtest_brief=1 --gtest_filter="${FILTER}" >"${run_log}" 2>&1
+          "${t}" --gtest_color=no --gtest_brief=1 --gtest_filter="${PFILTER}" >"${run_log}" 2>&1
         rc=$?
         cat "${run_log}" >>"${OUT}/${tool}.log"
         errs="$(grep -E '(ERROR|RACECHECK|Error) SUMMARY' "${run_log}" | tail -n 1)"

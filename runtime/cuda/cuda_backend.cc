@@ -113,6 +113,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   std::unique_ptr<CudaBackend> backend(
       new CudaBackend(checkpoint->config(), std::move(layout), options));
   HYLA_RETURN_IF_ERROR(backend->Load(std::move(checkpoint)));
+  HYLA_RETURN_IF_ERROR(backend->Warmup());
   return backend;
 }
 
@@ -217,6 +218,50 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
       block_pool_,
       DeviceBuffer::Allocate(static_cast<size_t>(store_->num_blocks() * layout_.block_bytes()),
                              "KV-block pool"));
+  return dev_->Synchronize();
+}
+
+absl::Status CudaBackend::Warmup() {
+  // CUDA loads kernel modules lazily and cuBLAS picks its algorithms on first use: without this
+  // the first request would pay hundreds of milliseconds. A prefill that completes a 64-token
+  // chunk (NAtS-L routing), a decode step and a mixed batch touch every path; the sequences are
+  // released afterwards, leaving no state behind.
+  const int64_t prefill = std::min<int64_t>(kBlockTokens + 6, options_.max_step_tokens - 1);
+  if (prefill < 1 || store_->num_slots() < 2) return absl::OkStatus();
+  std::vector<int32_t> ids(static_cast<size_t>(prefill));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i % config_.vocab_size);
+  std::vector<std::unique_ptr<SequenceState>> seqs;
+  absl::Status st = absl::OkStatus();
+  for (int i = 0; i < 2 && st.ok(); ++i) {
+    absl::StatusOr<std::unique_ptr<SequenceState>> s = store_->NewSequence();
+    if (!s.ok()) {
+      st = s.status();
+      break;
+    }
+    ResetSlot((*s)->slot);
+    seqs.push_back(std::move(*s));
+  }
+  StepOutput out;
+  if (st.ok()) {
+    SequenceWork w;
+    w.seq = seqs[0].get();
+    w.tokens = ids;
+    st = Step({w}, &out);
+  }
+  if (st.ok()) {
+    SequenceWork a;
+    a.seq = seqs[0].get();
+    a.tokens = absl::MakeConstSpan(ids.data(), 1);
+    SequenceWork b;
+    b.seq = seqs[1].get();
+    b.tokens = absl::MakeConstSpan(ids.data(), std::min<size_t>(3, ids.size()));
+    st = Step({a}, &out);
+    if (st.ok() && options_.max_step_seqs >= 2) st = Step({a, b}, &out);
+  }
+  for (std::unique_ptr<SequenceState>& s : seqs) store_->Release(std::move(s));
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("CUDA backend warm-up: ", st.message()));
+  }
   return dev_->Synchronize();
 }
 

@@ -70,6 +70,9 @@ class CudaBackend : public Backend {
 
   CudaBackend(const ModelConfig& config, StateLayout layout, const CudaBackendOptions& options);
   absl::Status Load(std::unique_ptr<Checkpoint> checkpoint);
+  // One prefill, one decode and one mixed step on throw-away sequences (module loading, cuBLAS
+  // heuristics) so that the first request is not slow.
+  absl::Status Warmup();
 
   ModelConfig config_;
   StateLayout layout_;

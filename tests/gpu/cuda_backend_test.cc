@@ -246,6 +246,40 @@ TEST_F(GpuTest, CudaMatchesCpuOnDefaultAndGeneratedModels) {
   }
 }
 
+// Small whole-model runs of every family (fp32 and bf16) for compute-sanitizer memcheck and
+// racecheck: every layer kind, prefill across a chunk end, decode and a mixed batch.
+TEST_F(GpuTest, CudaBackendSmallModelsForSanitizers) {
+  const std::string tmp = ::testing::TempDir();
+  const std::pair<Family, const char*> presets[] = {{Family::kNatsl, "tiny"},
+                                                    {Family::kNha, "tiny"},
+                                                    {Family::kGdn, "tiny-hybrid"},
+                                                    {Family::kLlama, "tiny"}};
+  int k = 0;
+  for (const auto& [family, preset] : presets) {
+    auto shape = tools::PresetShape(family, preset);
+    ASSERT_TRUE(shape.ok()) << shape.status();
+    tools::GeneratorOptions g;
+    g.shape = *shape;
+    g.seed = 5 + k;
+    const std::string dir = absl::StrCat(tmp, "/hyla_cuda_san_", k++);
+    ASSERT_TRUE(tools::GenerateModel(g, dir).ok());
+    auto cpu = LoadCpuBackend(dir);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    std::vector<int32_t> ids(72);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 31 + 7) % 256);
+    auto ref = RunSequenceLogits(**cpu, ids, {});
+    ASSERT_TRUE(ref.ok());
+    for (cuda::Precision p : {cuda::Precision::kF32, cuda::Precision::kBf16}) {
+      auto gpu = LoadCudaBackend(dir, p);
+      ASSERT_TRUE(gpu.ok()) << dir << ": " << gpu.status();
+      auto got = RunSequenceLogits(**gpu, ids, {66, 1, 1, 4});
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_LE(Report(absl::StrCat(dir, " small ", cuda::PrecisionName(p), " vs CPU"), *got, *ref),
+                p == cuda::Precision::kF32 ? 1e-4f : 5e-2f);
+    }
+  }
+}
+
 // Bad input is rejected with InvalidArgument before any state changes.
 TEST_F(GpuTest, CudaRejectsBadInputWithoutTouchingState) {
   auto gpu = LoadCudaBackend(GoldenDir("llama"));
