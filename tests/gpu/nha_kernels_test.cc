@@ -1000,6 +1000,120 @@ TEST_F(GpuTest, CudaNhaLayerBf16CloseToCpuLayer) {
   RunLayerTest({"bf16_conv", {4, 2, 32, 32, 16, 8, 0}, true, cuda::Precision::kBf16});
 }
 
+// The kernels at the nha-llama3-8b shape (H 32, Hkv 8, dk = dv = 128, M 64, W = kv_shift = 64,
+// bf16 ring): decode batches and prefills run, give finite outputs, and their times are printed
+// ("[gpu-perf] ..."; decode with the bytes of state and ring it must move). No timing bound.
+TEST_F(GpuTest, NhaLlama3ShapeRunsAndReportsTimes) {
+  const NhaShape s{32, 8, 128, 128, 64, 64, 64, 0.088388f};
+  const PoolLayout pl = MakePoolLayout(s, true);
+  const int max_seqs = 128;
+  std::mt19937 rng(9);
+  // Slots: small random state (the same pattern repeated), ring values O(1).
+  std::vector<RefSlot> init(1);
+  init[0] = RandomSlot(s, true, &rng);
+  const std::vector<uint8_t> one = PackPool(s, pl, init);
+  std::vector<uint8_t> pool_host(one.size() * max_seqs);
+  for (int i = 0; i < max_seqs; ++i)
+    std::memcpy(pool_host.data() + i * one.size(), one.data(), one.size());
+  DeviceBuffer d_pool = ToDevice(pool_host);
+  DeviceBuffer d_inv = ToDevice(InvFreq(s));
+  ASSERT_TRUE(d_pool.ok() && d_inv.ok());
+  cudaEvent_t start, stop;
+  ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
+
+  struct Run {
+    const char* name;
+    int seqs;
+    int rows_per_seq;
+    int64_t start_pos;
+  };
+  for (const Run& run : {Run{"decode 64 seqs", 64, 1, 1000}, Run{"decode 128 seqs", 128, 1, 1000},
+                         Run{"prefill 1 x 4096", 1, 4096, 0}, Run{"prefill 4 x 1024", 4, 1024, 0},
+                         Run{"prefill 16 x 256 at 512", 16, 256, 512}}) {
+    SCOPED_TRACE(run.name);
+    const int64_t rows = int64_t{run.seqs} * run.rows_per_seq;
+    std::vector<int32_t> cu = {0}, slots;
+    std::vector<int64_t> starts;
+    for (int i = 0; i < run.seqs; ++i) {
+      cu.push_back(cu.back() + run.rows_per_seq);
+      slots.push_back(i);
+      starts.push_back(run.start_pos);
+    }
+    const StepRows in = RandomRows(s, rows, &rng);
+    DeviceBuffer d_in = ToDevice(in.data);
+    DeviceBuffer d_cu = ToDevice(cu), d_slots = ToDevice(slots), d_starts = ToDevice(starts);
+    DeviceBuffer d_o(static_cast<size_t>(rows * s.H * s.dv) * 4);
+    ASSERT_TRUE(d_in.ok() && d_cu.ok() && d_slots.ok() && d_starts.ok() && d_o.ok());
+    kernels::NhaParams p;
+    p.num_seqs = run.seqs;
+    p.total_rows = rows;
+    p.num_heads = s.H;
+    p.num_kv_heads = s.Hkv;
+    p.dk = s.dk;
+    p.dv = s.dv;
+    p.num_slots = s.M;
+    p.window = s.W;
+    p.kv_shift = s.shift;
+    p.scale = s.scale;
+    p.inv_freq = d_inv.as<float>();
+    p.q = d_in.as<float>() + in.q_off;
+    p.k = d_in.as<float>() + in.k_off;
+    p.v = d_in.as<float>() + in.v_off;
+    p.f = d_in.as<float>() + in.f_off;
+    p.q_stride = p.k_stride = p.v_stride = p.f_stride = in.stride;
+    p.cu_seqlens = d_cu.as<int32_t>();
+    p.start_pos = d_starts.as<int64_t>();
+    p.slots = d_slots.as<int32_t>();
+    p.hk = d_pool.as<float>();
+    p.hv = d_pool.as<float>() + s.hk_size();
+    p.state_slot_stride = pl.slot_bytes / 4;
+    p.ring = d_pool.as<uint8_t>() + pl.ring_offset;
+    p.ring_dtype = kernels::KernelDType::kBf16;
+    p.ring_slot_stride = pl.slot_bytes / 2;
+    p.o = d_o.as<float>();
+    p.o_stride = int64_t{s.H} * s.dv;
+    DeviceBuffer d_plan;
+    if (run.rows_per_seq == 1) {
+      p.work = kernels::NhaDecodeWork(run.seqs);
+    } else {
+      kernels::NhaPlan plan;
+      ASSERT_EQ(kernels::NhaMakePlan(cu.data(), run.seqs, s.H, s.Hkv, 64, &plan), 0);
+      p.work = plan.work;
+      d_plan = ToDevice(plan.data);
+      ASSERT_TRUE(d_plan.ok());
+      p.plan = d_plan.as<int32_t>();
+    }
+    DeviceBuffer d_ws(kernels::NhaWorkspaceBytes(p));
+    ASSERT_TRUE(d_ws.ok());
+    p.workspace = d_ws.get();
+    p.workspace_bytes = d_ws.bytes();
+    for (int i = 0; i < 2; ++i) HYLA_ASSERT_LAUNCH_OK(kernels::Nha(p, nullptr));
+    const int iters = run.rows_per_seq == 1 ? 20 : 5;
+    ASSERT_EQ(cudaEventRecord(start), cudaSuccess);
+    for (int i = 0; i < iters; ++i) HYLA_ASSERT_LAUNCH_OK(kernels::Nha(p, nullptr));
+    ASSERT_EQ(cudaEventRecord(stop), cudaSuccess);
+    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+    float ms = 0.0f;
+    ASSERT_EQ(cudaEventElapsedTime(&ms, start, stop), cudaSuccess);
+    const double us = 1000.0 * ms / iters;
+    const std::vector<float> o = ToHost<float>(d_o, static_cast<size_t>(rows * s.H * s.dv));
+    EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isfinite(x); }));
+    if (run.rows_per_seq == 1) {
+      // Per (sequence, KV head): H_K and H_V read and written, the ring's W entries read.
+      const double bytes = static_cast<double>(run.seqs) * s.Hkv *
+                           (2.0 * 4 * (s.hk_size() + s.hv_size()) / s.Hkv + 2.0 * s.W * s.RE());
+      std::printf("[gpu-perf] nha llama3-8b %-24s %9.1f us  %7.1f GB/s (state + ring)\n", run.name,
+                  us, bytes / us * 1e-3);
+    } else {
+      std::printf("[gpu-perf] nha llama3-8b %-24s %9.1f us  %7.2f Mtok/s\n", run.name, us,
+                  static_cast<double>(rows) / us);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
 TEST_F(GpuTest, CudaNhaLayerRejectsUnsupportedConfigs) {
   NhaLayerConfig nha;
   nha.num_heads = 2;
