@@ -209,6 +209,9 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
   HYLA_RETURN_IF_ERROR(ck->CheckAllTaken());
   checkpoint.reset();  // every weight is on the device now
 
+  HYLA_ASSIGN_OR_RETURN(
+      sampler_,
+      DeviceSampler::Create(cfg.vocab_size, static_cast<int>(LogitsRowsPerPiece(options_))));
   HYLA_ASSIGN_OR_RETURN(store_, StateStore::Create(layout_, options_.store));
   HYLA_ASSIGN_OR_RETURN(
       slot_pool_,
@@ -412,14 +415,25 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
     scratch.RewindTo(mark);
   }
 
-  // LM head over the rows asked for, in pieces of at most LogitsRowsPerPiece rows.
+  // LM head over the rows asked for, in pieces of at most LogitsRowsPerPiece rows: first the rows
+  // whose logits go back to the host, then the rows sampled here (SequenceWork::sampler).
   out->row_offset.assign(batch.size(), 0);
   out->row_count.assign(batch.size(), 0);
-  std::vector<int32_t> head_rows;
+  out->sampled.clear();
+  std::vector<int32_t> head_rows;    // rows whose logits are returned
+  std::vector<int32_t> sample_rows;  // last rows sampled on the device
+  std::vector<size_t> sample_items;  // their batch items
   for (size_t i = 0; i < batch.size(); ++i) {
-    const int64_t nr = batch[i].logits == LogitsMode::kAll    ? cb.seqs[i].num_rows
-                       : batch[i].logits == LogitsMode::kLast ? 1
-                                                              : 0;
+    const SequenceWork& w = batch[i];
+    const int32_t last = static_cast<int32_t>(cb.seqs[i].row_begin + cb.seqs[i].num_rows - 1);
+    if (w.logits == LogitsMode::kLast && w.sampler != nullptr && options_.device_sampling) {
+      sample_rows.push_back(last);
+      sample_items.push_back(i);
+      continue;
+    }
+    const int64_t nr = w.logits == LogitsMode::kAll    ? cb.seqs[i].num_rows
+                       : w.logits == LogitsMode::kLast ? 1
+                                                       : 0;
     out->row_offset[i] = static_cast<int64_t>(head_rows.size());
     out->row_count[i] = nr;
     const int64_t first = cb.seqs[i].row_begin + cb.seqs[i].num_rows - nr;
@@ -428,21 +442,53 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
   const int64_t out_rows = static_cast<int64_t>(head_rows.size());
   out->logits.resize(static_cast<size_t>(out_rows * vocab));
   const int64_t piece = LogitsRowsPerPiece(options_);
-  if (out_rows > 0) {
-    HYLA_ASSIGN_OR_RETURN(const int32_t* d_head_rows,
-                          dev_->Upload(head_rows.data(), out_rows, "LM-head rows"));
+  if (out_rows > 0 || !sample_rows.empty()) {
     HYLA_ASSIGN_OR_RETURN(float* head_in, scratch.AllocArray<float>(piece * d, "LM-head input"));
     HYLA_ASSIGN_OR_RETURN(float* logits, scratch.AllocArray<float>(piece * vocab, "logits"));
-    for (int64_t r0 = 0; r0 < out_rows; r0 += piece) {
-      const int64_t nr = std::min(piece, out_rows - r0);
-      HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::GatherRowsF32(h, d, d_head_rows + r0, nr, d, head_in, stream), "gather rows");
+    // Logits of rows[r0, r0 + nr) into `logits`.
+    auto head = [&](const int32_t* d_rows, int64_t nr) -> absl::Status {
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatherRowsF32(h, d, d_rows, nr, d, head_in, stream),
+                                  "gather rows");
       HYLA_KERNEL_RETURN_IF_ERROR(
           kernels::RmsNormF32(head_in, d, final_norm_, eps, nr, d, gemma, head_in, d, stream),
           "final norm");
-      HYLA_RETURN_IF_ERROR(Linear(*dev_, head_in, nr, lm_head_, nullptr, logits));
-      HYLA_RETURN_IF_ERROR(dev_->CopyToHost(out->logits.data() + r0 * vocab, logits,
-                                            sizeof(float) * static_cast<size_t>(nr * vocab)));
+      return Linear(*dev_, head_in, nr, lm_head_, nullptr, logits);
+    };
+    if (out_rows > 0) {
+      HYLA_ASSIGN_OR_RETURN(const int32_t* d_head_rows,
+                            dev_->Upload(head_rows.data(), out_rows, "LM-head rows"));
+      for (int64_t r0 = 0; r0 < out_rows; r0 += piece) {
+        const int64_t nr = std::min(piece, out_rows - r0);
+        HYLA_RETURN_IF_ERROR(head(d_head_rows + r0, nr));
+        HYLA_RETURN_IF_ERROR(dev_->CopyToHost(out->logits.data() + r0 * vocab, logits,
+                                              sizeof(float) * static_cast<size_t>(nr * vocab)));
+      }
+    }
+    if (!sample_rows.empty()) {
+      const int64_t ns = static_cast<int64_t>(sample_rows.size());
+      HYLA_ASSIGN_OR_RETURN(const int32_t* d_sample_rows,
+                            dev_->Upload(sample_rows.data(), ns, "sampled rows"));
+      out->sampled.assign(batch.size(), BackendSample());
+      std::vector<DeviceSampleRow> rows;
+      std::vector<DeviceSampleResult> results;
+      for (int64_t r0 = 0; r0 < ns; r0 += piece) {
+        const int64_t nr = std::min(piece, ns - r0);
+        HYLA_RETURN_IF_ERROR(head(d_sample_rows + r0, nr));
+        rows.assign(static_cast<size_t>(nr), DeviceSampleRow());
+        for (int64_t r = 0; r < nr; ++r) {
+          const SequenceWork& w = batch[sample_items[static_cast<size_t>(r0 + r)]];
+          rows[static_cast<size_t>(r)].state = w.sampler;
+          rows[static_cast<size_t>(r)].suppressed = w.suppressed;
+          rows[static_cast<size_t>(r)].num_top = w.num_top;
+        }
+        HYLA_RETURN_IF_ERROR(sampler_->Sample(*dev_, logits, vocab, rows, &results));
+        for (int64_t r = 0; r < nr; ++r) {
+          BackendSample& s = out->sampled[sample_items[static_cast<size_t>(r0 + r)]];
+          s.valid = true;
+          s.token = results[static_cast<size_t>(r)].token;
+          s.top = std::move(results[static_cast<size_t>(r)].top);
+        }
+      }
     }
   }
   HYLA_RETURN_IF_ERROR(dev_->Synchronize());

@@ -20,6 +20,7 @@
 #include "runtime/cuda/cuda_layer.h"
 #include "runtime/cuda/cuda_util.h"
 #include "runtime/cuda/device_context.h"
+#include "runtime/cuda/device_sampler.h"
 #include "runtime/cuda/gemm.h"
 #include "runtime/engine/backend.h"
 #include "runtime/model/checkpoint.h"
@@ -35,6 +36,8 @@ struct CudaBackendOptions {
   int max_step_seqs = 256;         // sequences one step may carry
   // Extra scratch bytes on top of the planned activations (0: the default margin).
   int64_t extra_scratch_bytes = 0;
+  // Sample on the device the items that carry a SequenceWork::sampler (SamplesOnDevice()).
+  bool device_sampling = true;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's
@@ -53,6 +56,7 @@ class CudaBackend : public Backend {
   void ResetSlot(int32_t slot) override;
   void CopySlot(int32_t src, int32_t dst) override;
   absl::Status Step(absl::Span<const SequenceWork> batch, StepOutput* out) override;
+  bool SamplesOnDevice() const override { return options_.device_sampling; }
 
   DeviceContext& device() { return *dev_; }
   Precision precision() const { return options_.precision; }
@@ -85,6 +89,7 @@ class CudaBackend : public Backend {
   const void* embed_ = nullptr;  // [vocab, hidden] in the weights' precision
   const float* final_norm_ = nullptr;
   DeviceMatrix lm_head_;  // [vocab, hidden]
+  std::unique_ptr<DeviceSampler> sampler_;
   std::vector<Block> blocks_;
 };
 

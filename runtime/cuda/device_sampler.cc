@@ -9,37 +9,6 @@
 
 namespace hyla::cuda {
 
-double UniformStream::Peek() {
-  if (!pending_) {
-    // hyla::Sampler::Sample's draw: a 53-bit uniform in [0, 1).
-    value_ = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-    pending_ = true;
-  }
-  return value_;
-}
-
-void TokenHistory::AddPrompt(absl::Span<const int32_t> tokens) {
-  for (int32_t t : tokens) {
-    if (t >= 0 && t < vocab_size_) Insert(t);
-  }
-}
-
-void TokenHistory::AddOutput(int32_t token) {
-  if (token < 0 || token >= vocab_size_) return;
-  ++entries_[static_cast<size_t>(Insert(token))].count;
-}
-
-int64_t TokenHistory::Find(int32_t token) const {
-  const auto it = index_.find(token);
-  return it == index_.end() ? -1 : it->second;
-}
-
-int64_t TokenHistory::Insert(int32_t token) {
-  const auto [it, inserted] = index_.emplace(token, static_cast<int64_t>(entries_.size()));
-  if (inserted) entries_.push_back(kernels::SamplingTokenCount{token, 0});
-  return it->second;
-}
-
 absl::StatusOr<std::unique_ptr<DeviceSampler>> DeviceSampler::Create(int vocab_size, int max_rows) {
   if (vocab_size < 1 || max_rows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("DeviceSampler needs vocab_size >= 1 and ",
@@ -103,8 +72,12 @@ absl::Status DeviceSampler::Sample(DeviceContext& ctx, float* logits, int64_t st
     const size_t base = entries_.size();
     const bool penalties = sp.repetition_penalty != 1.0f || sp.presence_penalty != 0.0f ||
                            sp.frequency_penalty != 0.0f;
-    const absl::Span<const kernels::SamplingTokenCount> seen = row.state->history().entries();
-    if (penalties) entries_.insert(entries_.end(), seen.begin(), seen.end());
+    const absl::Span<const TokenCount> seen = row.state->history().entries();
+    if (penalties) {
+      for (const TokenCount& e : seen) {
+        entries_.push_back(kernels::SamplingTokenCount{e.token, e.count});
+      }
+    }
     const size_t appended_from = entries_.size();
     for (int32_t id : row.suppressed) {
       if (id < 0 || id >= vocab_size_) continue;
@@ -183,9 +156,7 @@ absl::Status DeviceSampler::Sample(DeviceContext& ctx, float* logits, int64_t st
     for (int i = 0; i < sr.num_top; ++i) {
       res.top.push_back(SampledToken{sr.top_ids[i], sr.top_logprobs[i]});
     }
-    SamplingState* state = rows[static_cast<size_t>(r)].state;
-    state->history().AddOutput(sr.token);
-    if (sr.used_uniform != 0) state->uniforms().Consume();
+    rows[static_cast<size_t>(r)].state->RecordExternal(res.token, sr.used_uniform != 0, res.top);
   }
   return absl::OkStatus();
 }

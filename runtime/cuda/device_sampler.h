@@ -39,60 +39,10 @@
 
 namespace hyla::cuda {
 
-// The uniforms hyla::Sampler draws for a request seeded `seed`, in order. Peek() returns the
-// next uniform (drawn once, then kept); Consume() moves past it.
-class UniformStream {
- public:
-  explicit UniformStream(uint64_t seed) : rng_(seed) {}
-  double Peek();
-  void Consume() { pending_ = false; }
-
- private:
-  std::mt19937_64 rng_;
-  bool pending_ = false;
-  double value_ = 0.0;
-};
-
-// The distinct tokens a request has seen: one entry per token, count = occurrences in the
-// output (0 for a token seen only in the prompt). Invariant: entries() holds each token once,
-// every token in [0, vocab_size).
-class TokenHistory {
- public:
-  explicit TokenHistory(int vocab_size) : vocab_size_(vocab_size) {}
-  // Ids outside [0, vocab_size) are ignored (as hyla::Sampler::AddPrompt does).
-  void AddPrompt(absl::Span<const int32_t> tokens);
-  void AddOutput(int32_t token);
-  absl::Span<const kernels::SamplingTokenCount> entries() const { return entries_; }
-  // Index of `token` in entries(), or -1.
-  int64_t Find(int32_t token) const;
-
- private:
-  int64_t Insert(int32_t token);  // index of token's entry, created with count 0
-
-  int vocab_size_;
-  std::vector<kernels::SamplingTokenCount> entries_;
-  std::unordered_map<int32_t, int64_t> index_;
-};
-
-// A request's sampling state for device sampling: the counterpart of hyla::Sampler.
-class SamplingState {
- public:
-  // params must be valid (ValidateSamplingParams); DeviceSampler::Sample checks it again.
-  SamplingState(const SamplingParams& params, int vocab_size)
-      : params_(params), history_(vocab_size), uniforms_(params.seed) {}
-  // Records prompt tokens (for the repetition penalty), as Sampler::AddPrompt.
-  void AddPrompt(absl::Span<const int32_t> tokens) { history_.AddPrompt(tokens); }
-
-  const SamplingParams& params() const { return params_; }
-  const TokenHistory& history() const { return history_; }
-  TokenHistory& history() { return history_; }
-  UniformStream& uniforms() { return uniforms_; }
-
- private:
-  SamplingParams params_;
-  TokenHistory history_;
-  UniformStream uniforms_;
-};
+// A request's sampling state is the engine's hyla::Sampler (runtime/engine/sampling.h): its
+// params(), sparse history() and uniform stream are what the kernel needs, and RecordExternal
+// records the device's choice, so CPU and device sampling share one state.
+using SamplingState = ::hyla::Sampler;
 
 // One row to sample: row r of the logits passed to DeviceSampler::Sample.
 struct DeviceSampleRow {

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "runtime/engine/sampling.h"
 #include "runtime/model/config.h"
 #include "runtime/state/state_layout.h"
 #include "runtime/state/state_store.h"
@@ -31,6 +32,20 @@ struct SequenceWork {
   SequenceState* seq = nullptr;      // advanced by Step: num_tokens += tokens.size()
   absl::Span<const int32_t> tokens;  // new tokens (at least one), ids < vocab_size
   LogitsMode logits = LogitsMode::kLast;
+  // Device sampling (only where Backend::SamplesOnDevice() and logits == kLast): the request's
+  // sampler. The backend samples the last row where the logits are, records the choice in the
+  // sampler (Sampler::RecordExternal) and reports it in StepOutput::sampled instead of returning
+  // the row's logits (~200 bytes back instead of vocab × 4).
+  Sampler* sampler = nullptr;
+  absl::Span<const int32_t> suppressed;  // ids excluded from this draw (e.g. EOS before min_tokens)
+  int num_top = 0;                       // alternatives wanted (top logprobs), ≤ 20
+};
+
+// A token sampled by the backend (SequenceWork::sampler).
+struct BackendSample {
+  bool valid = false;
+  SampledToken token;
+  std::vector<SampledToken> top;  // the alternatives asked for, best first
 };
 
 // NAtS-L routing decisions made during a step (chunks completed × decision heads).
@@ -45,6 +60,8 @@ struct StepOutput {
   std::vector<float> logits;
   std::vector<int64_t> row_offset;
   std::vector<int64_t> row_count;
+  // [batch] where any item was sampled by the backend (then its row_count is 0), else empty.
+  std::vector<BackendSample> sampled;
   RoutingCounts routing;
 };
 
@@ -60,6 +77,9 @@ class Backend {
   virtual void ResetSlot(int32_t slot) = 0;
   // Copies slot memory (fork). Blocks are shared through the StateStore.
   virtual void CopySlot(int32_t src, int32_t dst) = 0;
+
+  // Whether Step samples the items that carry a SequenceWork::sampler (see there).
+  virtual bool SamplesOnDevice() const { return false; }
 
   // Runs one step. On error no sequence of the batch may be used again (its state may be
   // partially updated): the caller releases them. InvalidArgument for bad token ids,

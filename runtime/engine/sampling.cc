@@ -91,10 +91,41 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   return absl::OkStatus();
 }
 
+double UniformStream::Peek() {
+  if (!pending_) {
+    value_ = static_cast<double>(rng_() >> 11) * 0x1.0p-53;  // 53-bit uniform in [0, 1)
+    pending_ = true;
+  }
+  return value_;
+}
+
+void TokenHistory::AddPrompt(absl::Span<const int32_t> tokens) {
+  for (int32_t t : tokens) {
+    if (t >= 0 && t < vocab_size_) Insert(t);
+  }
+}
+
+void TokenHistory::AddOutput(int32_t token) {
+  if (token < 0 || token >= vocab_size_) return;
+  ++entries_[static_cast<size_t>(Insert(token))].count;
+}
+
+int64_t TokenHistory::Find(int32_t token) const {
+  const auto it = index_.find(token);
+  return it == index_.end() ? -1 : it->second;
+}
+
+int64_t TokenHistory::Insert(int32_t token) {
+  const auto [it, inserted] = index_.emplace(token, static_cast<int64_t>(entries_.size()));
+  if (inserted) entries_.push_back(TokenCount{token, 0});
+  return it->second;
+}
+
 Sampler::Sampler(const SamplingParams& params, int vocab_size)
     : params_(params),
       vocab_size_(vocab_size),
-      rng_(params.seed),
+      uniforms_(params.seed),
+      history_(vocab_size),
       in_prompt_(static_cast<size_t>(vocab_size), 0),
       output_counts_(static_cast<size_t>(vocab_size), 0) {
   HYLA_CHECK(vocab_size > 0);
@@ -104,10 +135,29 @@ void Sampler::AddPrompt(absl::Span<const int32_t> tokens) {
   for (int32_t t : tokens) {
     if (t >= 0 && t < vocab_size_) in_prompt_[t] = 1;
   }
+  history_.AddPrompt(tokens);
+}
+
+void Sampler::RecordOutput(int32_t id) {
+  ++output_counts_[id];
+  history_.AddOutput(id);
+}
+
+void Sampler::RecordExternal(const SampledToken& token, bool used_uniform,
+                             std::vector<SampledToken> top) {
+  HYLA_CHECK(token.id >= 0 && token.id < vocab_size_);
+  RecordOutput(token.id);
+  if (used_uniform) {
+    uniforms_.Peek();  // the draw's uniform, whether or not the caller peeked it first
+    uniforms_.Consume();
+  }
+  last_external_ = true;
+  last_top_ = std::move(top);
 }
 
 SampledToken Sampler::Sample(absl::Span<const float> logits) {
   HYLA_CHECK(static_cast<int>(logits.size()) == vocab_size_);
+  last_external_ = false;
   std::vector<float>& x = last_logprobs_;
   x.assign(logits.begin(), logits.end());
   for (float& v : x) {
@@ -140,7 +190,7 @@ SampledToken Sampler::Sample(absl::Span<const float> logits) {
     LogSoftmaxInPlace(&x);
     chosen.id = best;
     chosen.logprob = x[best];
-    ++output_counts_[best];
+    RecordOutput(best);
     return chosen;
   }
 
@@ -189,10 +239,11 @@ SampledToken Sampler::Sample(absl::Span<const float> logits) {
   if (!LogSoftmaxInPlace(&x)) {
     chosen.id = 0;
     chosen.logprob = kNegInf;
-    ++output_counts_[0];
+    RecordOutput(0);
     return chosen;
   }
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  const double u = uniforms_.Peek();
+  uniforms_.Consume();
   double total = 0.0;
   for (float v : x) {
     if (v != kNegInf) total += std::exp(static_cast<double>(v));
@@ -213,12 +264,16 @@ SampledToken Sampler::Sample(absl::Span<const float> logits) {
   if (pick < 0) pick = last_possible;  // rounding at the top end
   chosen.id = pick;
   chosen.logprob = x[pick];
-  ++output_counts_[pick];
+  RecordOutput(pick);
   return chosen;
 }
 
 std::vector<SampledToken> Sampler::TopAlternatives(int n) const {
   n = std::clamp(n, 0, kMaxTopAlternatives);
+  if (last_external_) {
+    return std::vector<SampledToken>(last_top_.begin(),
+                                     last_top_.begin() + std::min<size_t>(last_top_.size(), n));
+  }
   std::vector<SampledToken> out;
   if (n == 0 || last_logprobs_.empty()) return out;
   std::vector<int32_t> ids;

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <random>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,6 +41,51 @@ struct SampledToken {
   float logprob = 0.0f;  // log-probability of `id` under the final (processed) distribution
 };
 
+// A request's random stream: (mt19937_64(seed)() >> 11) · 2^-53, with a one-value lookahead so
+// that a device sampler can be handed the next uniform before it is known whether the draw
+// happens (greedy rows and rows without a finite logit draw nothing). Peek() returns the next
+// uniform (drawn once, then kept); Consume() moves past it.
+class UniformStream {
+ public:
+  explicit UniformStream(uint64_t seed) : rng_(seed) {}
+  double Peek();
+  void Consume() { pending_ = false; }
+
+ private:
+  std::mt19937_64 rng_;
+  bool pending_ = false;
+  double value_ = 0.0;
+};
+
+// One distinct token a request has seen: count = occurrences in the output (0 for a token seen
+// only in the prompt).
+struct TokenCount {
+  int32_t token = 0;
+  int32_t count = 0;
+};
+
+// The distinct tokens a request has seen, sparse (what a device sampler uploads for the
+// penalties). Invariant: entries() holds each token once, every token in [0, vocab_size).
+class TokenHistory {
+ public:
+  explicit TokenHistory(int vocab_size) : vocab_size_(vocab_size) {}
+  // Ids outside [0, vocab_size) are ignored.
+  void AddPrompt(absl::Span<const int32_t> tokens);
+  void AddOutput(int32_t token);
+  absl::Span<const TokenCount> entries() const { return entries_; }
+  // Index of `token` in entries(), or -1.
+  int64_t Find(int32_t token) const;
+
+ private:
+  int64_t Insert(int32_t token);  // index of token's entry, created with count 0
+  int vocab_size_;
+  std::vector<TokenCount> entries_;
+  std::unordered_map<int32_t, int64_t> index_;
+};
+
+// A request's sampling state. Sample() samples on the CPU; a backend that samples on the device
+// (Backend::SamplesOnDevice) reads params(), history() and the next uniform, and reports its
+// choice with RecordExternal, so that either way the request sees the same stream of draws.
 class Sampler {
  public:
   Sampler(const SamplingParams& params, int vocab_size);
@@ -50,13 +96,26 @@ class Sampler {
   // Top-n alternatives of the last Sample (id, logprob), best first; n ≤ 20.
   std::vector<SampledToken> TopAlternatives(int n) const;
 
+  // Device sampling.
+  const SamplingParams& params() const { return params_; }
+  const TokenHistory& history() const { return history_; }
+  UniformStream& uniforms() { return uniforms_; }
+  // Records a token chosen elsewhere with the same semantics: `used_uniform` when the draw
+  // consumed the stream's next uniform; `top` becomes what TopAlternatives returns.
+  void RecordExternal(const SampledToken& token, bool used_uniform, std::vector<SampledToken> top);
+
  private:
+  void RecordOutput(int32_t id);
+
   SamplingParams params_;
   int vocab_size_;
-  std::mt19937_64 rng_;
+  UniformStream uniforms_;
+  TokenHistory history_;
   std::vector<uint8_t> in_prompt_;      // [vocab]
   std::vector<int32_t> output_counts_;  // [vocab]
-  std::vector<float> last_logprobs_;    // [vocab] of the last step
+  std::vector<float> last_logprobs_;    // [vocab] of the last CPU step
+  bool last_external_ = false;          // the last token came from RecordExternal
+  std::vector<SampledToken> last_top_;  // its alternatives
 };
 
 }  // namespace hyla

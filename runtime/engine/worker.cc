@@ -771,6 +771,11 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
                                                       static_cast<size_t>(w.tokens));
     const bool ends_input = r->folded + w.tokens == static_cast<int64_t>(r->input.size());
     sw.logits = ends_input && r->max_new > 0 ? LogitsMode::kLast : LogitsMode::kNone;
+    if (sw.logits == LogitsMode::kLast && backend_->SamplesOnDevice()) {
+      sw.sampler = &*r->sampler;
+      sw.suppressed = r->stop->SuppressedIds();
+      sw.num_top = r->request.top_logprobs;
+    }
     batch.push_back(sw);
     who.push_back(r);
     (w.decode ? decode_tokens : prefill_tokens) += w.tokens;
@@ -805,7 +810,9 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
   for (size_t b = 0; b < who.size(); ++b) {
     ActiveRequest* r = who[b];
     r->folded += static_cast<int64_t>(batch[b].tokens.size());
-    if (out.row_count[b] > 0) {
+    if (b < out.sampled.size() && out.sampled[b].valid) {
+      Accept(r, out.sampled[b].token, after);  // sampled by the backend
+    } else if (out.row_count[b] > 0) {
       const float* row = out.logits.data() + (out.row_offset[b] + out.row_count[b] - 1) * vocab;
       Sample(r, absl::MakeConstSpan(row, static_cast<size_t>(vocab)), after);
     } else if (r->max_new == 0 && r->folded == static_cast<int64_t>(r->input.size())) {
@@ -826,7 +833,10 @@ void Worker::Sample(ActiveRequest* r, absl::Span<const float> logits, absl::Time
     for (int32_t id : suppressed) scratch_[id] = kNegInf;
     logits = absl::MakeConstSpan(scratch_);
   }
-  const SampledToken tok = r->sampler->Sample(logits);
+  Accept(r, r->sampler->Sample(logits), now);
+}
+
+void Worker::Accept(ActiveRequest* r, const SampledToken& tok, absl::Time now) {
   const StopUpdate u = r->stop->Add(tok.id);
   r->generated.push_back(tok.id);
   shared_->generated_tokens.fetch_add(1, std::memory_order_relaxed);

@@ -204,6 +204,8 @@ class Worker {
   bool Admit(std::unique_ptr<ActiveRequest> r, absl::Time now);
   void RunBatch(const std::vector<ScheduledWork>& work, absl::Time now);
   void Sample(ActiveRequest* r, absl::Span<const float> logits, absl::Time now);
+  // Records a sampled token (from Sample or from the backend): stop criteria, stream, metrics.
+  void Accept(ActiveRequest* r, const SampledToken& tok, absl::Time now);
   void UpdateReservation(ActiveRequest* r);
   // Removes a request from running_ (null when absent).
   std::unique_ptr<ActiveRequest> TakeRunning(uint64_t id);

@@ -216,6 +216,64 @@ TEST(EngineTest, LongPromptIsPrefilledInChunksWithLogitsOnlyAtTheEnd) {
   EXPECT_THAT(sizes, ElementsAreArray({8, 8, 8, 6, 1}));
 }
 
+// A backend that samples where the logits are (Backend::SamplesOnDevice, as the CUDA backend
+// does) gives every request the tokens, logprobs and alternatives of sampling in the engine:
+// seeded draws, penalties, min_new_tokens suppressing EOS, top logprobs, concurrent requests.
+TEST(EngineTest, BackendSamplingEqualsEngineSampling) {
+  FakeBackendOptions b;
+  b.peak = 1.0f;  // flat enough that sampling matters
+  std::vector<Request> requests;
+  for (int i = 0; i < 6; ++i) {
+    Request r;
+    for (int j = 0; j <= 2 * i; ++j) r.prompt.push_back((5 * i + j) % 250 + 3);
+    r.sampling.temperature = i == 0 ? 0.0f : 0.7f + 0.1f * i;
+    r.sampling.top_k = i % 2 == 0 ? 0 : 40;
+    r.sampling.top_p = i % 3 == 0 ? 1.0f : 0.9f;
+    r.sampling.repetition_penalty = i == 4 ? 1.3f : 1.0f;
+    r.sampling.frequency_penalty = i == 5 ? 0.5f : 0.0f;
+    r.sampling.seed = 77 + i;
+    r.stopping.max_new_tokens = 10;
+    r.stopping.min_new_tokens = 3;
+    r.logprobs = true;
+    r.top_logprobs = i % 3;
+    requests.push_back(r);
+  }
+  std::vector<Collected> results[2];
+  int64_t sampled_in_backend[2] = {0, 0};
+  for (int mode = 0; mode < 2; ++mode) {
+    b.device_sampling = mode == 1;
+    EngineOptions o = SmallOptions();
+    o.max_batch = 4;
+    auto h = MakeHarness(o, b);
+    std::vector<std::unique_ptr<RequestHandle>> handles;
+    for (const Request& r : requests) {
+      auto handle = h->engine->Submit(r);
+      ASSERT_TRUE(handle.ok());
+      handles.push_back(std::move(handle).value());
+    }
+    for (auto& handle : handles) results[mode].push_back(Collect(*handle));
+    sampled_in_backend[mode] = h->backends[0]->device_sampled();
+    ExpectNoStateHeld(*h->engine);
+  }
+  EXPECT_EQ(sampled_in_backend[0], 0);
+  EXPECT_GT(sampled_in_backend[1], 0);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Collected& cpu = results[0][i];
+    const Collected& dev = results[1][i];
+    EXPECT_EQ(dev.tokens, cpu.tokens) << "request " << i;
+    ASSERT_EQ(dev.logprobs.size(), cpu.logprobs.size()) << "request " << i;
+    for (size_t k = 0; k < cpu.logprobs.size(); ++k) {
+      EXPECT_EQ(dev.logprobs[k].id, cpu.logprobs[k].id);
+      EXPECT_EQ(dev.logprobs[k].logprob, cpu.logprobs[k].logprob);
+      ASSERT_EQ(dev.logprobs[k].top.size(), cpu.logprobs[k].top.size());
+      for (size_t t = 0; t < cpu.logprobs[k].top.size(); ++t) {
+        EXPECT_EQ(dev.logprobs[k].top[t].id, cpu.logprobs[k].top[t].id);
+      }
+    }
+    EXPECT_EQ(dev.finish.reason, cpu.finish.reason) << "request " << i;
+  }
+}
+
 // N concurrent requests with fixed seeds give the same tokens as each request alone.
 TEST(EngineTest, ConcurrentRequestsEqualRequestsAlone) {
   FakeBackendOptions b;

@@ -15,7 +15,9 @@
 #ifndef HYLA_TESTS_ENGINE_FAKE_BACKEND_H_
 #define HYLA_TESTS_ENGINE_FAKE_BACKEND_H_
 
+#include <atomic>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -34,6 +36,9 @@ struct FakeBackendOptions {
   float peak = 5.0f;
   int32_t eos = 2;
   int max_position_embeddings = 4096;
+  // SamplesOnDevice(): items with a sampler are sampled inside Step (as the CUDA backend does),
+  // through a copy of the request's Sampler and Sampler::RecordExternal.
+  bool device_sampling = false;
 };
 
 // One sequence's part of a step, as the backend saw it.
@@ -84,6 +89,8 @@ class FakeBackend : public Backend {
   StateStore& store() override { return *store_; }
   void ResetSlot(int32_t slot) override { slots_[slot] = SlotState(); }
   void CopySlot(int32_t src, int32_t dst) override { slots_[dst] = slots_[src]; }
+  bool SamplesOnDevice() const override { return options_.device_sampling; }
+  int64_t device_sampled() const { return device_sampled_.load(); }
 
   absl::Status Step(absl::Span<const SequenceWork> batch, StepOutput* out) override {
     {
@@ -125,6 +132,27 @@ class FakeBackend : public Backend {
       }
       out->row_count.push_back(count);
       rows += count;
+    }
+    out->sampled.clear();
+    for (size_t b = 0; b < batch.size(); ++b) {
+      const SequenceWork& w = batch[b];
+      if (w.sampler == nullptr || !options_.device_sampling || w.logits != LogitsMode::kLast) {
+        continue;
+      }
+      // "Device" sampling: the row's logits never leave the backend.
+      if (out->sampled.empty()) out->sampled.assign(batch.size(), BackendSample());
+      std::vector<float> row(out->logits.begin() + out->row_offset[b] * config_.vocab_size,
+                             out->logits.begin() + (out->row_offset[b] + 1) * config_.vocab_size);
+      for (int32_t id : w.suppressed) row[id] = -std::numeric_limits<float>::infinity();
+      Sampler shadow = *w.sampler;
+      const SampledToken tok = shadow.Sample(row);
+      const bool used_uniform = w.sampler->params().temperature > 0.0f &&
+                                tok.logprob != -std::numeric_limits<float>::infinity();
+      std::vector<SampledToken> top = shadow.TopAlternatives(w.num_top);
+      w.sampler->RecordExternal(tok, used_uniform, top);
+      out->sampled[b] = BackendSample{true, tok, std::move(top)};
+      out->row_count[b] = 0;
+      ++device_sampled_;
     }
     out->routing = RoutingCounts();
     absl::MutexLock lock(&mu_);
@@ -220,6 +248,7 @@ class FakeBackend : public Backend {
   }
 
   FakeBackendOptions options_;
+  std::atomic<int64_t> device_sampled_{0};
   ModelConfig config_;
   StateLayout layout_;
   std::unique_ptr<StateStore> store_;
