@@ -26,6 +26,13 @@
 // --softmax-fraction when given, else the share of NAtS-L chunks that the probe's real prefill
 // kept as softmax, else 1 (worst case).
 //
+//   5. --fixed-batch N (optional): a batch of exactly N sessions at c (the probe plus synthetic
+//      sessions, outside the budget logic), timed once per --fixed-batch-logits mode (none: no
+//      logits; last: the LM head and the logits copied to the host; sample: the LM head and one
+//      token sampled per session, on the device when the backend samples there, as the server
+//      does), with the step's roofline: (weight bytes read + state bytes read and written + KV
+//      bytes read and written + logits bytes) / the copy bandwidth measured by this program.
+//
 // Timing: host steady clock around Backend::Step (which returns after the device finished; the
 // CUDA backend is also synchronised explicitly). Steps of a batch carry one new token per
 // session. All times are reported as mean, p50, p90, min and max over the timed steps.
@@ -41,6 +48,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -65,6 +73,7 @@
 #include "runtime/base/status_macros.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/engine/backend.h"
+#include "runtime/engine/sampling.h"
 #include "runtime/model/checkpoint.h"
 #include "runtime/model/config.h"
 #include "runtime/state/state_layout.h"
@@ -105,8 +114,14 @@ the top of bench/context_scaling.cc and docs/performance.md.
   --max-batch N           most sessions in one decode step (default 256)
   --softmax-fraction R    NAtS-L share of chunks kept as softmax KV in synthetic sessions
                           (default: measured by the probe's prefill, else 1)
-  --decode-logits last|none  logits rows returned by decode steps (default last: the LM head and
-                          its copy to the host are part of the step, as in serving today)
+  --decode-logits last|none|sample  what decode steps produce (default last: the LM head and
+                          its copy to the host are part of the step; sample: one token sampled
+                          per session, on the device where the backend can, as hyla-server does)
+  --fixed-batch N         also time a batch of exactly N sessions at every context, with its
+                          roofline (issue 5's end-to-end target at batch 64; default 0: off)
+  --fixed-batch-logits L  modes of the fixed batch, comma-separated (default none,last,sample)
+  --copy-gbps X           copy bandwidth (read + write, GB/s) for the roofline instead of
+                          measuring it (CUDA: 1 GiB device-to-device; CPU: memcpy of 256 MiB)
   --no-batch              skip the budget batch (step 4)
   --no-synthetic-check    skip the batch-1 synthetic-session check
   --seed S                token ids are drawn uniformly from the vocabulary (default 0)
@@ -115,6 +130,32 @@ the top of bench/context_scaling.cc and docs/performance.md.
 
 // ---------------------------------------------------------------------------------------------
 // Options.
+
+absl::Status Bad(const std::string& flag, const std::string& what);
+
+// What a decode step produces: no logits, the last row's logits on the host, or one sampled token
+// per session (SequenceWork::sampler on a backend that samples on the device, else sampled here
+// from the returned logits, as hyla-server's scheduler does).
+enum class DecodeLogits { kNone, kLast, kSample };
+
+const char* DecodeLogitsName(DecodeLogits m) {
+  switch (m) {
+    case DecodeLogits::kNone:
+      return "none";
+    case DecodeLogits::kLast:
+      return "last";
+    case DecodeLogits::kSample:
+      return "sample";
+  }
+  return "?";
+}
+
+absl::StatusOr<DecodeLogits> ParseDecodeLogits(const std::string& flag, absl::string_view v) {
+  if (v == "none") return DecodeLogits::kNone;
+  if (v == "last") return DecodeLogits::kLast;
+  if (v == "sample") return DecodeLogits::kSample;
+  return Bad(flag, absl::StrCat("expected none, last or sample, got ", v));
+}
 
 struct Options {
   std::string model_dir;
@@ -133,7 +174,11 @@ struct Options {
   double budget_bytes = 0;   // 0: the backend's default
   int max_batch = 256;
   double softmax_fraction = -1;
-  LogitsMode decode_logits = LogitsMode::kLast;
+  DecodeLogits decode_logits = DecodeLogits::kLast;
+  int fixed_batch = 0;  // 0: off
+  std::vector<DecodeLogits> fixed_batch_logits = {DecodeLogits::kNone, DecodeLogits::kLast,
+                                                  DecodeLogits::kSample};
+  double copy_gbps = 0;  // 0: measure
   bool batch = true;
   bool synthetic_check = true;
   uint64_t seed = 0;
@@ -233,13 +278,20 @@ absl::StatusOr<std::optional<Options>> ParseOptions(int argc, char** argv) {
       HYLA_ASSIGN_OR_RETURN(o.softmax_fraction, ParseDouble(k, v));
       if (o.softmax_fraction < 0 || o.softmax_fraction > 1) return Bad(k, "must be in [0, 1]");
     } else if (k == "decode-logits") {
-      if (v == "last") {
-        o.decode_logits = LogitsMode::kLast;
-      } else if (v == "none") {
-        o.decode_logits = LogitsMode::kNone;
-      } else {
-        return Bad(k, "expected last or none");
+      HYLA_ASSIGN_OR_RETURN(o.decode_logits, ParseDecodeLogits(k, v));
+    } else if (k == "fixed-batch") {
+      HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 0, 1 << 20));
+      o.fixed_batch = static_cast<int>(x);
+    } else if (k == "fixed-batch-logits") {
+      o.fixed_batch_logits.clear();
+      for (absl::string_view piece : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+        HYLA_ASSIGN_OR_RETURN(const DecodeLogits m, ParseDecodeLogits(k, piece));
+        o.fixed_batch_logits.push_back(m);
       }
+      if (o.fixed_batch_logits.empty()) return Bad(k, "no mode given");
+    } else if (k == "copy-gbps") {
+      HYLA_ASSIGN_OR_RETURN(o.copy_gbps, ParseDouble(k, v));
+      if (o.copy_gbps <= 0) return Bad(k, "must be positive");
     } else if (k == "no-batch") {
       o.batch = false;
     } else if (k == "no-synthetic-check") {
@@ -439,9 +491,63 @@ absl::Status SyntheticExtend(StateStore* store, SequenceState* seq, int64_t targ
   return absl::OkStatus();
 }
 
+// What the roofline of a decode step needs besides the layout.
+struct RooflineInputs {
+  int64_t weight_bytes = 0;        // every weight the backend holds (CUDA: on the device)
+  int64_t embed_matrix_bytes = 0;  // the embedding table as held (= the LM head when tied)
+  int64_t embed_row_bytes = 0;     // one gathered embedding row
+  bool tied = false;               // the LM head is the embedding table
+  double copy_gbps = 0;            // read + write bytes per ns of a large copy
+  std::string copy_method;
+};
+
+// The fewest bytes one decode step of `batch` sessions at `context` tokens must move, by the
+// accounting (see the file comment): weights the step reads (the LM head only when logits are
+// produced; the embedding table only as the gathered rows unless it is the LM head), every
+// session's slot read and written once, the KV each stream attends to read and the new token's
+// K/V written, and the logits written (and read again by a sampler). The copy of logits to the
+// host (PCIe) is not memory traffic of the device and is not counted.
+struct StepBytes {
+  int64_t weights = 0, state = 0, kv = 0, logits = 0;
+  int64_t total() const { return weights + state + kv + logits; }
+};
+
+StepBytes RooflineBytes(const StateLayout& layout, const ModelConfig& config,
+                        const RooflineInputs& r, int64_t batch, int64_t context, double rho,
+                        DecodeLogits mode) {
+  StepBytes b;
+  const bool head = mode != DecodeLogits::kNone;
+  int64_t w = r.weight_bytes;
+  if (r.tied) {
+    if (!head) w -= r.embed_matrix_bytes;
+  } else {
+    w -= r.embed_matrix_bytes;             // only gathered rows are read
+    if (!head) w -= r.embed_matrix_bytes;  // the LM head has the same shape
+  }
+  b.weights = std::max<int64_t>(0, w) + batch * r.embed_row_bytes;
+  b.state = batch * 2 * layout.slot_bytes();
+  int64_t kv_session = 0;
+  for (const KvStream& ks : layout.streams()) {
+    int64_t tokens = context;
+    if (ks.window > 0) tokens = std::min<int64_t>(tokens, ks.window);
+    if (ks.routed) {
+      tokens =
+          std::min<int64_t>(tokens, StateLayout::StreamBlocksAt(ks, context, rho) * kBlockTokens);
+    }
+    kv_session += (tokens + 1) * ks.token_bytes;  // read the visible keys, write the new one
+  }
+  b.kv = batch * kv_session;
+  const int64_t logit_bytes = batch * int64_t{config.vocab_size} * 4;
+  b.logits = mode == DecodeLogits::kNone   ? 0
+             : mode == DecodeLogits::kLast ? logit_bytes
+                                           : 2 * logit_bytes;
+  return b;
+}
+
 class Study {
  public:
-  Study(const Options& o, Backend* backend) : o_(o), backend_(backend), rng_(o.seed) {}
+  Study(const Options& o, Backend* backend, RooflineInputs roofline)
+      : o_(o), backend_(backend), roofline_(std::move(roofline)), rng_(o.seed) {}
 
   absl::Status Sync() {
 #ifdef HYLA_HAVE_CUDA_BACKEND
@@ -482,10 +588,27 @@ class Study {
   }
 
   // `warmup` untimed then `steps` timed decode steps of all `seqs` together; step times in ms.
+  // kSample: each session has a sampler (default SamplingParams, seeded per session); the token
+  // is drawn on the device where the backend samples there, else here from the returned logits
+  // (inside the timed region, as hyla-server's scheduler does).
   absl::StatusOr<std::vector<double>> Decode(const std::vector<SequenceState*>& seqs, int warmup,
                                              int steps) {
+    return Decode(seqs, warmup, steps, o_.decode_logits);
+  }
+  absl::StatusOr<std::vector<double>> Decode(const std::vector<SequenceState*>& seqs, int warmup,
+                                             int steps, DecodeLogits mode) {
     std::vector<int32_t> tokens(seqs.size());
     std::vector<SequenceWork> work(seqs.size());
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    const int vocab = backend_->config().vocab_size;
+    const bool on_device = backend_->SamplesOnDevice();
+    if (mode == DecodeLogits::kSample) {
+      for (size_t k = 0; k < seqs.size(); ++k) {
+        SamplingParams p;
+        p.seed = o_.seed + k;
+        samplers.push_back(std::make_unique<Sampler>(p, vocab));
+      }
+    }
     StepOutput out;
     std::vector<double> ms;
     for (int i = 0; i < warmup + steps; ++i) {
@@ -493,11 +616,20 @@ class Study {
         tokens[k] = RandomToken();
         work[k].seq = seqs[k];
         work[k].tokens = absl::MakeConstSpan(&tokens[k], 1);
-        work[k].logits = o_.decode_logits;
+        work[k].logits = mode == DecodeLogits::kNone ? LogitsMode::kNone : LogitsMode::kLast;
+        work[k].sampler = mode == DecodeLogits::kSample && on_device ? samplers[k].get() : nullptr;
       }
       const Clock::time_point t0 = Clock::now();
       HYLA_RETURN_IF_ERROR(backend_->Step(work, &out));
       HYLA_RETURN_IF_ERROR(Sync());
+      if (mode == DecodeLogits::kSample && !on_device) {
+        for (size_t k = 0; k < seqs.size(); ++k) {
+          if (out.row_count[k] < 1) return absl::InternalError("no logits row to sample");
+          samplers[k]->Sample(absl::MakeConstSpan(
+              out.logits.data() + static_cast<size_t>(out.row_offset[k]) * vocab,
+              static_cast<size_t>(vocab)));
+        }
+      }
       const Clock::time_point t1 = Clock::now();
       if (i >= warmup) ms.push_back(1e3 * Seconds(t0, t1));
     }
@@ -520,7 +652,77 @@ class Study {
 
   // Tokens a session gains beyond c during one context's measurement (the probe's worst case).
   int64_t Headroom() const {
-    return 2 * int64_t{o_.warmup_steps} + o_.decode_steps + (o_.batch ? o_.batch_steps : 0);
+    const int64_t fixed = o_.fixed_batch > 0 ? static_cast<int64_t>(o_.fixed_batch_logits.size()) *
+                                                   (o_.warmup_steps + o_.batch_steps)
+                                             : 0;
+    return 2 * int64_t{o_.warmup_steps} + o_.decode_steps + (o_.batch ? o_.batch_steps : 0) + fixed;
+  }
+
+  // Step 5: a batch of exactly o_.fixed_batch sessions at c, timed per mode, with its roofline.
+  // A batch that does not fit the pools is reported (JSON "error") without failing the run.
+  JsonObj FixedBatch(SequenceState* probe, int64_t c, double rho, std::vector<std::string>* table) {
+    StateStore& store = backend_->store();
+    const int64_t n = o_.fixed_batch;
+    JsonObj fj;
+    fj.Int("batch", n)
+        .Num("copy_gbps", roofline_.copy_gbps)
+        .Str("copy_method", roofline_.copy_method);
+    std::vector<std::unique_ptr<SequenceState>> extra;
+    std::vector<SequenceState*> seqs = {probe};
+    absl::Status st;
+    while (st.ok() && static_cast<int64_t>(seqs.size()) < n) {
+      absl::StatusOr<std::unique_ptr<SequenceState>> s = NewSession();
+      if (!s.ok()) {
+        st = s.status();
+        break;
+      }
+      st = SyntheticExtend(&store, s->get(), c, rho);
+      extra.push_back(*std::move(s));
+      seqs.push_back(extra.back().get());
+    }
+    std::vector<std::string> modes;
+    if (st.ok()) {
+      for (const DecodeLogits mode : o_.fixed_batch_logits) {
+        // The context the timed steps see on average (each step adds one token).
+        const int64_t ctx = seqs.front()->num_tokens + o_.warmup_steps + o_.batch_steps / 2;
+        absl::StatusOr<std::vector<double>> t = Decode(seqs, o_.warmup_steps, o_.batch_steps, mode);
+        if (!t.ok()) {
+          st = t.status();
+          break;
+        }
+        const Stats sb = Summarize(*t);
+        const StepBytes b =
+            RooflineBytes(backend_->layout(), backend_->config(), roofline_, n, ctx, rho, mode);
+        const double roof_ms = static_cast<double>(b.total()) / (roofline_.copy_gbps * 1e6);
+        JsonObj m;
+        m.Str("logits", DecodeLogitsName(mode));
+        m.Bool("sampled_on_device", mode == DecodeLogits::kSample && backend_->SamplesOnDevice());
+        m.Obj("step_ms", StatsJson(sb)).Num("tokens_per_s", static_cast<double>(n) * 1e3 / sb.mean);
+        m.Int("mean_context", ctx);
+        JsonObj bj;
+        bj.Int("weights", b.weights).Int("state", b.state).Int("kv", b.kv).Int("logits", b.logits);
+        bj.Int("total", b.total());
+        m.Obj("roofline_bytes", bj).Num("roofline_ms", roof_ms);
+        m.Num("roofline_fraction", roof_ms / sb.mean);
+        modes.push_back(m.Dump());
+        Progress(
+            "%s ctx %d: batch %d, logits %s: %.3f ms/step (p50 %.3f), roofline %.3f ms "
+            "(%.1f MB at %.0f GB/s): %.1f%%",
+            o_.label, c, n, DecodeLogitsName(mode), sb.mean, sb.p50, roof_ms,
+            static_cast<double>(b.total()) / 1e6, roofline_.copy_gbps, 100.0 * roof_ms / sb.mean);
+        table->push_back(absl::StrFormat(
+            "%9d  fixed batch %d, logits %-6s  step %8.3f ms  roofline %8.3f ms  %5.1f%%", c, n,
+            DecodeLogitsName(mode), sb.mean, roof_ms, 100.0 * roof_ms / sb.mean));
+      }
+    }
+    for (auto& s : extra) store.Release(std::move(s));
+    fj.Raw("modes", absl::StrCat("[", absl::StrJoin(modes, ", "), "]"));
+    if (!st.ok()) {
+      Progress("%s ctx %d: fixed batch of %d: %s", o_.label, c, n, st.ToString());
+      fj.Str("error", st.ToString());
+      table->push_back(absl::StrFormat("%9d  fixed batch %d: %s", c, n, st.ToString()));
+    }
+    return fj;
   }
 
   // Runs the whole sweep; appends one JSON object per context to `contexts_json`.
@@ -681,12 +883,14 @@ class Study {
                  c, max_sessions, MiB(o_.budget_bytes), batch, sb.mean, tput);
       }
       cj.Obj("budget", bj);
-      contexts_json->push_back(cj.Dump());
       table->push_back(
           absl::StrFormat("%9d  %-9s  %12.2f  %12.2f  %10.3f  %10.3f  %8d  %6d  %10.3f  %12.1f", c,
                           real ? "prefill" : "synthetic", static_cast<double>(acct) / 1048576.0,
                           static_cast<double>(mem.slot_bytes + mem.kv_bytes) / 1048576.0, s1.mean,
                           synth_mean, max_sessions, batch, step_mean, tput));
+      // 5. The fixed batch and its roofline.
+      if (o_.fixed_batch > 0) cj.Obj("fixed_batch", FixedBatch(probe.get(), c, rho, table));
+      contexts_json->push_back(cj.Dump());
       after_context();
     }
     store.Release(std::move(probe));
@@ -696,6 +900,7 @@ class Study {
  private:
   const Options& o_;
   Backend* backend_;
+  RooflineInputs roofline_;
   std::mt19937_64 rng_;
   RoutingCounts routing_;
 };
@@ -713,6 +918,68 @@ std::string HostName() {
   char buf[256] = {0};
   if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
   return buf;
+}
+
+// The copy bandwidth (read + write bytes / s, in GB/s) the roofline divides by, measured like
+// kernels_bench: on CUDA the median of 10 device-to-device copies of 1 GiB (256 MiB when 2 GiB
+// are not free), on the CPU the median of 5 memcpy calls of 256 MiB (one thread: a dry-run figure,
+// not the machine's bandwidth).
+absl::StatusOr<double> MeasureCopyGbps(bool cuda, std::string* method) {
+  std::vector<double> gbps;
+  if (cuda) {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+    size_t bytes = size_t{1} << 30;
+    void* src = nullptr;
+    void* dst = nullptr;
+    if (cudaMalloc(&src, bytes) != cudaSuccess || cudaMalloc(&dst, bytes) != cudaSuccess) {
+      cudaFree(src);
+      cudaFree(dst);
+      (void)cudaGetLastError();
+      src = dst = nullptr;
+      bytes = size_t{256} << 20;
+      if (cudaMalloc(&src, bytes) != cudaSuccess || cudaMalloc(&dst, bytes) != cudaSuccess) {
+        cudaFree(src);
+        return absl::ResourceExhaustedError("no device memory for the copy-bandwidth buffers");
+      }
+    }
+    cudaEvent_t a = nullptr, b = nullptr;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    cudaError_t err = cudaMemset(src, 1, bytes);
+    for (int i = 0; i < 13 && err == cudaSuccess; ++i) {
+      cudaEventRecord(a);
+      err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice);
+      cudaEventRecord(b);
+      if (err == cudaSuccess) err = cudaEventSynchronize(b);
+      float ms = 0;
+      if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, a, b);
+      if (err == cudaSuccess && i >= 3 && ms > 0) gbps.push_back(2.0 * bytes / (ms * 1e6));
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaFree(src);
+    cudaFree(dst);
+    if (err != cudaSuccess) {
+      return absl::InternalError(absl::StrCat("copy bandwidth: ", cudaGetErrorString(err)));
+    }
+    *method = absl::StrCat("device-to-device copy of ", bytes >> 20, " MiB, median of 10");
+#else
+    return absl::UnimplementedError("no CUDA backend in this build");
+#endif
+  } else {
+    const size_t bytes = size_t{256} << 20;
+    std::vector<char> src(bytes, 1), dst(bytes, 0);
+    for (int i = 0; i < 6; ++i) {
+      const Clock::time_point t0 = Clock::now();
+      std::memcpy(dst.data(), src.data(), bytes);
+      const double s = Seconds(t0, Clock::now());
+      if (i >= 1 && s > 0) gbps.push_back(2.0 * bytes / (s * 1e9));
+    }
+    *method = "memcpy of 256 MiB on one CPU thread, median of 5";
+  }
+  if (gbps.empty()) return absl::InternalError("copy bandwidth: no valid timing");
+  std::sort(gbps.begin(), gbps.end());
+  return gbps[gbps.size() / 2];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,7 +1001,8 @@ int Main(int argc, char** argv) {
   std::vector<std::string> contexts_json, table;
   absl::Status status;
   std::string device = "cpu";
-  JsonObj model_json, pool_json, device_json, routing_json;
+  JsonObj model_json, pool_json, device_json, routing_json, copy_json;
+  RooflineInputs roofline;
   double load_s = 0;
 
   // The whole record as it stands; written after every context (a run stopped by a timeout
@@ -752,12 +1020,15 @@ int Main(int argc, char** argv) {
     opts.Int("prefill_chunk", o.prefill_chunk).Int("prefill_max", o.prefill_max);
     opts.Num("memory_budget_bytes", o.budget_bytes).Int("max_batch", o.max_batch);
     opts.Num("softmax_fraction", o.softmax_fraction);
-    opts.Str("decode_logits", o.decode_logits == LogitsMode::kLast ? "last" : "none");
+    opts.Str("decode_logits", DecodeLogitsName(o.decode_logits)).Int("fixed_batch", o.fixed_batch);
+    std::vector<std::string> fixed_modes;
+    for (const DecodeLogits m : o.fixed_batch_logits) fixed_modes.push_back(DecodeLogitsName(m));
+    opts.Str("fixed_batch_logits", absl::StrJoin(fixed_modes, ","));
     opts.Int("threads", o.threads).Int("seed", static_cast<int64_t>(o.seed));
     std::vector<std::string> cmd;
     for (int i = 0; i < argc; ++i) cmd.emplace_back(argv[i]);
     opts.Str("command", absl::StrJoin(cmd, " "));
-    root.Obj("options", opts).Num("load_seconds", load_s);
+    root.Obj("options", opts).Num("load_seconds", load_s).Obj("copy_bandwidth", copy_json);
     root.Raw("contexts", absl::StrCat("[\n  ", absl::StrJoin(contexts_json, ",\n  "), "\n]"));
     if (!status.ok()) root.Str("error", status.ToString());
     if (o.json_path.empty()) return true;
@@ -794,6 +1065,7 @@ int Main(int argc, char** argv) {
       slots = std::min<int64_t>(
           slots, static_cast<int64_t>(budget / static_cast<double>(layout.slot_bytes())));
     }
+    slots = std::max<int64_t>(slots, o.fixed_batch);  // the fixed batch is outside the budget
     so.num_slots = static_cast<int>(std::max<int64_t>(2, slots));
     so.num_blocks = layout.block_bytes() > 0
                         ? static_cast<int64_t>(budget / static_cast<double>(layout.block_bytes()))
@@ -819,8 +1091,8 @@ int Main(int argc, char** argv) {
       cuda::CudaBackendOptions co;
       co.precision = o.precision == "f32" ? cuda::Precision::kF32 : cuda::Precision::kBf16;
       co.store = so;
-      co.max_step_tokens = std::max<int64_t>(o.prefill_chunk, o.max_batch);
-      co.max_step_seqs = std::max(o.max_batch, 1);
+      co.max_step_tokens = std::max<int64_t>(o.prefill_chunk, std::max(o.max_batch, o.fixed_batch));
+      co.max_step_seqs = std::max(std::max(o.max_batch, o.fixed_batch), 1);
       HYLA_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(ckpt), co));
       auto* cb = static_cast<cuda::CudaBackend*>(backend.get());
       cudaDeviceProp prop{};
@@ -831,6 +1103,10 @@ int Main(int argc, char** argv) {
         device_json.Int("used_bytes_after_create", static_cast<int64_t>(total_b - free_b));
       }
       device_json.Int("weight_bytes", cb->weight_bytes());
+      roofline.weight_bytes = cb->weight_bytes();
+      roofline.embed_matrix_bytes = int64_t{config.vocab_size} * config.hidden_size *
+                                    (co.precision == cuda::Precision::kBf16 ? 2 : 4);
+      roofline.embed_row_bytes = int64_t{config.hidden_size} * 4;  // gathered, then fp32
       device_json.Int("planned_state_and_scratch_bytes",
                       CudaBackendStateBytes(backend->config(), co));
 #else
@@ -839,12 +1115,29 @@ int Main(int argc, char** argv) {
 #endif
     }
     load_s = Seconds(t0, Clock::now());
+    if (!cuda) {
+      roofline.weight_bytes = tools::CountParameters(config) * 4;  // fp32 on the CPU
+      roofline.embed_matrix_bytes = int64_t{config.vocab_size} * config.hidden_size * 4;
+      roofline.embed_row_bytes = int64_t{config.hidden_size} * 4;
+    }
+    roofline.tied = config.tie_word_embeddings;
+    if (o.fixed_batch > 0) {
+      if (o.copy_gbps > 0) {
+        roofline.copy_gbps = o.copy_gbps;
+        roofline.copy_method = "--copy-gbps";
+      } else {
+        HYLA_ASSIGN_OR_RETURN(roofline.copy_gbps, MeasureCopyGbps(cuda, &roofline.copy_method));
+      }
+      Progress("%s: copy bandwidth %.1f GB/s (read + write; %s)", o.label, roofline.copy_gbps,
+               roofline.copy_method);
+      copy_json.Num("gbps", roofline.copy_gbps).Str("method", roofline.copy_method);
+    }
     if (backend->layout().block_bytes() != layout.block_bytes() ||
         backend->layout().slot_bytes() != layout.slot_bytes()) {
       return absl::InternalError("the backend's state layout differs from the planned one");
     }
     Progress("%s: loaded in %.1f s on %s", o.label, load_s, device);
-    Study study(o, backend.get());
+    Study study(o, backend.get(), roofline);
     auto after_context = [&]() {
       routing_json = JsonObj();
       routing_json.Int("to_softmax", study.routing().to_softmax);

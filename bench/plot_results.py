@@ -7,6 +7,11 @@ Inputs (any subset):
   --scaling-json FILE  output(s) of hyla-context-scaling --json, or a file {"runs": [...]} that
                        merges several (scripts/device_bench.sh writes context_scaling.json so);
                        may be given several times
+  --roofline-json FILE hyla-context-scaling --fixed-batch N --json (the serving stage of
+                       scripts/device_bench.sh): the decode step at a fixed batch per logits mode
+                       against its roofline
+  --serving-json FILE  hyla-bench --json against hyla-server (the serving stage), compared with
+                       the fixed-batch step of --roofline-json at the served context
 Outputs, in --out DIR:
   results.md            every table, the targets of issue 5 with the measured values, the device,
                         the date and the commands recorded in the inputs
@@ -19,7 +24,8 @@ Plots need matplotlib (python3-matplotlib from Debian, or the device's python3);
 results.md is written. Nothing here measures: every figure comes from the inputs.
 
 Usage: python3 bench/plot_results.py --out DIR [--kernels-log F] [--peers-json F]
-                                     [--scaling-json F ...] [--title TEXT]
+                                     [--scaling-json F ...] [--roofline-json F]
+                                     [--serving-json F] [--title TEXT]
 """
 
 import argparse
@@ -144,6 +150,125 @@ def by_context(run):
 
 
 # ---------------------------------------------------------------------------------------------
+# The serving stage: the fixed-batch decode step against its roofline, and hyla-bench against
+# hyla-server at the same batch.
+
+MODE_ORDER = ("sample", "last", "none")
+
+
+def roofline_rows(roof):
+    """[(context, mode record)] of a hyla-context-scaling run with --fixed-batch."""
+    rows = []
+    for c in (roof or {}).get("contexts", []):
+        for m in ((c.get("fixed_batch") or {}).get("modes") or []):
+            rows.append((c["context"], m))
+    return rows
+
+
+def fixed_batch_of(roof):
+    for c in (roof or {}).get("contexts", []):
+        fb = c.get("fixed_batch")
+        if fb:
+            return fb
+    return {}
+
+
+def primary_mode(roof):
+    """The mode that stands for a serving step: device sampling if measured, else last, else none."""
+    modes = {m["logits"] for _, m in roofline_rows(roof)}
+    return next((m for m in MODE_ORDER if m in modes), None)
+
+
+def roofline_table(roof):
+    fb = fixed_batch_of(roof)
+    lines = [f"{roof.get('label')} ({(roof.get('model') or {}).get('family')}, "
+             f"{human_count((roof.get('model') or {}).get('parameters'))} parameters) on "
+             f"{roof.get('device')} ({roof.get('backend')}, {roof.get('precision')}); batch "
+             f"{fb.get('batch')}; copy bandwidth {fmt(fb.get('copy_gbps'))} GB/s "
+             f"({fb.get('copy_method')}); {roof.get('date_utc')}",
+             "",
+             f"- command: `{(roof.get('options') or {}).get('command')}`",
+             "",
+             "Roofline = (weights read + slots read and written + KV read and written + logits "
+             "written, and read again when sampled) / copy bandwidth; the logits' copy to the host "
+             "is not counted (docs/performance.md).",
+             "",
+             "| context | logits | step ms (mean) | p50 | tok/s | weights MB | state MB | KV MB | "
+             "logits MB | roofline ms | % of roofline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c, m in roofline_rows(roof):
+        st = m.get("step_ms") or {}
+        b = m.get("roofline_bytes") or {}
+        mode = m["logits"] + (" (device)" if m.get("sampled_on_device") else "")
+        lines.append(
+            f"| {ctx_label(c)} | {mode} | {fmt(st.get('mean'), '.3f')} | "
+            f"{fmt(st.get('p50'), '.3f')} | {fmt(m.get('tokens_per_s'), '.0f')} | "
+            f"{fmt(b.get('weights', 0) / 1e6, '.0f')} | {fmt(b.get('state', 0) / 1e6, '.0f')} | "
+            f"{fmt(b.get('kv', 0) / 1e6, '.0f')} | {fmt(b.get('logits', 0) / 1e6, '.0f')} | "
+            f"{fmt(m.get('roofline_ms'), '.3f')} | {fmt(100 * m['roofline_fraction'], '.1f')}% |")
+    for c in roof.get("contexts", []):
+        err = (c.get("fixed_batch") or {}).get("error")
+        if err:
+            lines.append(f"| {ctx_label(c['context'])} | error: {err} | | | | | | | | | |")
+    if roof.get("error"):
+        lines += ["", f"**error: {roof['error']}**"]
+    lines.append("")
+    return lines
+
+
+def serving_context(bench):
+    reqs = [r for r in (bench or {}).get("requests", []) if r.get("status") == "OK"]
+    if not reqs:
+        return None
+    return sum(r["input_len"] + r["output_len"] / 2 for r in reqs) / len(reqs)
+
+
+def serving_step(roof, bench):
+    """(context, mode record) of the fixed batch closest to the served context, primary mode."""
+    ctx = serving_context(bench)
+    mode = primary_mode(roof)
+    rows = [(c, m) for c, m in roofline_rows(roof) if m["logits"] == mode]
+    if ctx is None or not rows:
+        return None, None
+    return min(rows, key=lambda x: abs(x[0] - ctx))
+
+
+def serving_table(bench, roof):
+    ok = [r for r in bench.get("requests", []) if r.get("status") == "OK"]
+    ins = sorted({r["input_len"] for r in ok})
+    outs = sorted({r["output_len"] for r in ok})
+    lines = [f"hyla-bench against {bench.get('server')} ({bench.get('model')}): "
+             f"{bench.get('mode')} loop, concurrency {bench.get('concurrency')}, "
+             f"{bench.get('completed')}/{bench.get('requested')} requests completed"
+             + (f", failed {bench.get('failed')}" if bench.get("failed") else "")
+             + f", input {','.join(map(str, ins))} and output {','.join(map(str, outs))} tokens; "
+             f"{fmt(bench.get('duration_s'), '.2f')} s, {fmt(bench.get('output_throughput'), '.0f')}"
+             " output tok/s.", ""]
+    lines += ["| metric | mean | p50 | p90 | p99 |", "|---|---|---|---|---|"]
+    for key, name in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"),
+                      ("e2e_ms", "end-to-end ms")):
+        s = bench.get(key) or {}
+        lines.append(f"| {name} | {fmt(s.get('mean'), '.3f')} | {fmt(s.get('p50'), '.3f')} | "
+                     f"{fmt(s.get('p90'), '.3f')} | {fmt(s.get('p99'), '.3f')} |")
+    lines.append("")
+    c, m = serving_step(roof, bench)
+    if m:
+        step = m["step_ms"]["p50"]
+        step_mean = m["step_ms"]["mean"]
+        itl = (bench.get("itl_ms") or {}).get("p50")
+        tpot = (bench.get("tpot_ms") or {}).get("mean")
+        lines.append(f"Backend step at batch {fixed_batch_of(roof).get('batch')}, context "
+                     f"{ctx_label(c)} (served: {fmt(serving_context(bench), '.0f')} on average), "
+                     f"logits {m['logits']}: p50 {step:.3f} ms, mean {step_mean:.3f} ms "
+                     f"(hyla-context-scaling). Overhead = ITL p50 / step p50 − 1 = "
+                     f"{fmt(100 * (itl / step - 1) if itl else None, '+.1f')}%; mean TPOT / mean "
+                     f"step − 1 = {fmt(100 * (tpot / step_mean - 1) if tpot else None, '+.1f')}% "
+                     "(the mean includes the steps that prefill the next requests).")
+        lines.append("")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Tables.
 
 def kernels_table(kern, peers):
@@ -236,7 +361,7 @@ def scaling_tables(runs):
     return lines
 
 
-def targets(kern, peers, runs):
+def targets(kern, peers, runs, roof=None, bench=None):
     """Issue 5's targets that these inputs can answer, with the measured value."""
     out = []
 
@@ -290,10 +415,39 @@ def targets(kern, peers, runs):
                 add("NHA's per-token latency at 128K within 15% of 1K",
                     f"{a:.3f} ms at 1K, {b:.3f} ms at 128K: {100 * (b / a - 1):+.1f}%",
                     b <= 1.15 * a)
-    add("end-to-end decode step ≥ 75% of its roofline at batch 64 for a ~1B hybrid",
-        "(not produced by these harnesses)", None)
-    add("serving overhead (gRPC + scheduling) ≤ 10% of the decode step at batch 64",
-        "(not produced by these harnesses)", None)
+    batch = fixed_batch_of(roof).get("batch")
+    rows = roofline_rows(roof)
+    mode = primary_mode(roof)
+    if rows:
+        prim = [(c, m) for c, m in rows if m["logits"] == mode]
+        worst = min(prim, key=lambda x: x[1]["roofline_fraction"])
+        parts = []
+        for md in MODE_ORDER:
+            fr = [m["roofline_fraction"] for _, m in rows if m["logits"] == md]
+            if fr:
+                parts.append(f"{md} {100 * min(fr):.1f}–{100 * max(fr):.1f}%")
+        add(f"end-to-end decode step ≥ 75% of its roofline at batch {batch} "
+            f"({roof.get('label')}, {human_count((roof.get('model') or {}).get('parameters'))})",
+            f"lowest {100 * worst[1]['roofline_fraction']:.1f}% (logits {mode}, "
+            f"{ctx_label(worst[0])}: {worst[1]['step_ms']['mean']:.3f} ms vs roofline "
+            f"{worst[1]['roofline_ms']:.3f} ms); by logits mode over "
+            f"{', '.join(ctx_label(c) for c in sorted({c for c, _ in rows}))}: {'; '.join(parts)}",
+            worst[1]["roofline_fraction"] >= 0.75)
+    else:
+        add("end-to-end decode step ≥ 75% of its roofline at batch 64 for a ~1B hybrid",
+            "(no --roofline-json input)", None)
+    c, m = serving_step(roof, bench) if bench else (None, None)
+    itl = ((bench or {}).get("itl_ms") or {}).get("p50")
+    if m and itl:
+        step = m["step_ms"]["p50"]
+        add(f"serving overhead (gRPC + scheduling) ≤ 10% of the decode step at batch "
+            f"{(bench or {}).get('concurrency')}",
+            f"ITL p50 {itl:.3f} ms (hyla-bench) vs backend step p50 {step:.3f} ms (logits "
+            f"{m['logits']}, {ctx_label(c)}): {100 * (itl / step - 1):+.1f}%",
+            itl <= 1.10 * step)
+    else:
+        add("serving overhead (gRPC + scheduling) ≤ 10% of the decode step at batch 64",
+            "(no --serving-json / --roofline-json input)", None)
     return ["| target | measured | status |", "|---|---|---|"] + out
 
 
@@ -386,6 +540,8 @@ def main():
     ap.add_argument("--kernels-log")
     ap.add_argument("--peers-json")
     ap.add_argument("--scaling-json", action="append", default=[])
+    ap.add_argument("--roofline-json")
+    ap.add_argument("--serving-json")
     ap.add_argument("--title", default="")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -397,11 +553,18 @@ def main():
         with open(args.peers_json) as f:
             peers = json.load(f)
     runs = load_scaling([p for p in args.scaling_json if os.path.exists(p)])
+    roof = bench = None
+    if args.roofline_json and os.path.exists(args.roofline_json):
+        with open(args.roofline_json) as f:
+            roof = json.load(f)
+    if args.serving_json and os.path.exists(args.serving_json):
+        with open(args.serving_json) as f:
+            bench = json.load(f)
 
     device = (kern or {}).get("device") or ((peers or {}).get("meta") or {}).get("device") or \
-        (runs[0].get("device") if runs else None)
+        (runs[0].get("device") if runs else None) or (roof or {}).get("device")
     date = ((peers or {}).get("meta") or {}).get("date_utc") or \
-        (runs[0].get("date_utc") if runs else None)
+        (runs[0].get("date_utc") if runs else None) or (roof or {}).get("date_utc")
     title = args.title or f"hyla issue 5 benchmarks — {device or 'unknown device'}, {date or ''}"
 
     md = [f"# {title}", ""]
@@ -427,9 +590,17 @@ def main():
         md.append("## Context scaling (hyla-context-scaling)")
         md.append("")
         md += scaling_tables(runs)
+    if roof:
+        md.append("## End-to-end decode step at a fixed batch against its roofline")
+        md.append("")
+        md += roofline_table(roof)
+    if bench:
+        md.append("## Serving overhead (hyla-bench against hyla-server)")
+        md.append("")
+        md += serving_table(bench, roof or {})
     md.append("## Issue 5 targets answered by these inputs")
     md.append("")
-    md += targets(kern, peers, runs)
+    md += targets(kern, peers, runs, roof, bench)
     md.append("")
 
     pngs = []

@@ -13,6 +13,16 @@
 #                   c  gdn qwen3next-1b (hybrid)    vs gdn qwen3next-1b-twin (all softmax)
 #                   a  nha nha-llama3-8b (hybrid)   vs llama llama3-8b
 #                   b  natsl natsl-760m (hybrid)    vs llama natsl-760m-twin (transformer)
+#   3b. serving   issue 5's two end-to-end targets on qwen3next-1b (bf16, ~1 minute):
+#                 - .bundle/bin/hyla-context-scaling --fixed-batch 64 at contexts 1024 (the served
+#                   context), 8192 and 32768, logits none / last / sample (device sampling, as the
+#                   server does): the decode step at batch 64 against its roofline (weights +
+#                   state + KV + logits bytes over the copy bandwidth it measures);
+#                 - .bundle/bin/hyla-server --device cuda on the same model and .bundle/bin/
+#                   hyla-bench --concurrency 64 (128 requests, 960 prompt + 128 output tokens:
+#                   the served context averages 1024): its ITL against that step, the overhead
+#                   of gRPC + scheduling
+#                 It runs after peers and before scaling (whose pair c reuses its model).
 #   4. plot       .bundle/plot_results.py: results.md and the PNGs
 #
 # Outputs in $OUT (default ./device-out), 5 files, so that a combined run with
@@ -20,16 +30,20 @@
 #   device_bench.log        environment, every stage's output and timing, the summary
 #   results.md              tables (kernels vs peers, context scaling per pair, issue 5 targets)
 #   kernels_vs_peers.png    context_scaling.png
-#   bench_raw.tar.gz        kernels_bench.log, peers.json, context_scaling.json (all runs) and
-#                           each run's JSON: re-plot here with
+#   bench_raw.tar.gz        kernels_bench.log, peers.json, context_scaling.json (all runs),
+#                           each run's JSON (runs/) and the serving stage's roofline.json,
+#                           hyla_bench.json and server.log (serving/): re-plot here with
 #                           python3 bench/plot_results.py --out DIR --kernels-log ... (see
 #                           docs/performance.md)
 #
-# Usage: bash .bundle/bench.sh [--only STAGES] [--pairs P] [--quick]
-#   --only STAGES   comma-separated subset of kernels,peers,scaling,plot (default all)
+# Usage: bash .bundle/bench.sh [--only STAGES] [--pairs P] [--quick] [--backend cpu]
+#   --only STAGES   comma-separated subset of kernels,peers,serving,scaling,plot (default all)
 #   --pairs P       comma-separated subset of c,a,b (default c,a,b, run in that order: the two
 #                   pairs with numeric targets first)
 #   --quick         kernels_bench --quick, peers --quick, contexts 1K,16K,128K, fewer steps
+#   --backend cpu   dry run of the serving stage on the CPU (no GPU needed): the gdn tiny-hybrid
+#                   model, hyla-server --device cpu, batch 8, 96 + 32 tokens, contexts 112,512;
+#                   stages default to serving,plot (the others need a GPU)
 # Environment (defaults):
 #   HYLA_BENCH_DEADLINE_S=500   a stage or model run whose estimated end is after this many
 #                               seconds is skipped (and reported as skipped)
@@ -46,6 +60,12 @@
 #   HYLA_DECODE_LOGITS=last     last | none (see hyla-context-scaling --help)
 #   HYLA_PEERS_GDN_PREFILL=target   all: every kernels_bench GDN prefill shape for fla (each new
 #                               shape costs fla ~1 minute of Triton autotuning), target: T=32K only
+#   HYLA_SERVE_BATCH=64 HYLA_SERVE_INPUT=960 HYLA_SERVE_OUTPUT=128   the serving stage's batch
+#                               (= hyla-bench concurrency = the fixed batch) and request lengths
+#   HYLA_ROOFLINE_CONTEXTS=8192,32768   fixed-batch contexts besides the served one
+#   HYLA_SERVE_PORT=50517       hyla-server's gRPC port (on 127.0.0.1)
+#   HYLA_BENCH_BIN_PATH=<bundle>/bin   colon-separated directories searched for the programs (a
+#                               build tree: build/bench:build/service:build/tools)
 #   HYLA_BENCH_OUT_FILES=all    compact: only device_bench.log and bench_results.tar.gz (results.md,
 #                               the PNGs and the raw files) in $OUT, for a run combined with
 #                               .bundle/run.sh whose logs fill the device tool's 8 files
@@ -59,18 +79,31 @@ if [[ -f "${HERE}/payload.tar.xz" && ! -d "${HERE}/bin" ]]; then
 fi
 OUT="${OUT:-${PWD}/device-out}"
 mkdir -p "${OUT}"
-STAGES="kernels,peers,scaling,plot"
+STAGES=""
 PAIRS="c,a,b"
 QUICK=0
+BACKEND=cuda
 while (($#)); do
   case "$1" in
     --only) STAGES="$2"; shift 2 ;;
     --pairs) PAIRS="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --backend) BACKEND="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed -e '/^set -uo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "device_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+case "${BACKEND}" in
+  cuda) STAGES="${STAGES:-kernels,peers,serving,scaling,plot}" ;;
+  cpu)
+    STAGES="${STAGES:-serving,plot}"
+    if [[ ",${STAGES}," == *,kernels,* || ",${STAGES}," == *,peers,* || ",${STAGES}," == *,scaling,* ]]; then
+      echo "device_bench.sh: --backend cpu runs only the serving and plot stages" >&2
+      exit 2
+    fi
+    ;;
+  *) echo "device_bench.sh: --backend cuda|cpu" >&2; exit 2 ;;
+esac
 DEADLINE="${HYLA_BENCH_DEADLINE_S:-500}"
 HARD="${HYLA_BENCH_HARD_S:-560}"
 # The dummy checkpoints (one at a time, up to 16 GB for the 8B models): /tmp, or /dev/shm when
@@ -97,6 +130,18 @@ if ((QUICK)); then
   DECODE_STEPS="${HYLA_DECODE_STEPS:-8}"
   BATCH_STEPS="${HYLA_BATCH_STEPS:-4}"
 fi
+BIN_PATH="${HYLA_BENCH_BIN_PATH:-${HERE}/bin}"
+# prog NAME: the program's path (the first of BIN_PATH's directories holding it).
+prog() {
+  local d
+  local IFS=:
+  for d in ${BIN_PATH}; do
+    [[ -x "${d}/$1" ]] && { echo "${d}/$1"; return 0; }
+  done
+  echo "${HERE}/bin/$1"
+}
+PLOT="${HERE}/plot_results.py"
+[[ -f "${PLOT}" ]] || PLOT="${HERE}/../bench/plot_results.py"
 export LD_LIBRARY_PATH="${HERE}/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
 export PYTHONUNBUFFERED=1
 LOG="${OUT}/device_bench.log"
@@ -140,7 +185,7 @@ if has_stage kernels; then
     t=${SECONDS}
     args=()
     ((QUICK)) && args=(--quick)
-    timeout "$(limit 240)" "${HERE}/bin/kernels_bench" ${args[@]+"${args[@]}"} \
+    timeout "$(limit 240)" "$(prog kernels_bench)" ${args[@]+"${args[@]}"} \
       >"${RAW}/kernels_bench.log" 2>&1
     rc=$?
     { echo "===== kernels_bench (rc=${rc})"; cat "${RAW}/kernels_bench.log"; } >>"${LOG}"
@@ -176,6 +221,105 @@ if has_stage peers; then
   fi
 fi
 
+# 3b. Serving: the fixed-batch decode step against its roofline, and hyla-server + hyla-bench at
+# the same batch (issue 5's end-to-end and serving-overhead targets). The model stays in
+# MODEL_TMP for pair c (a ".reuse" marker tells run_model not to generate it again).
+if has_stage serving; then
+  if [[ "${BACKEND}" == cpu ]] || fits 90; then
+    t=${SECONDS}
+    mkdir -p "${RAW}/serving"
+    if [[ "${BACKEND}" == cuda ]]; then
+      S_FAMILY=gdn S_PRESET=qwen3next-1b S_DTYPE=(--dtype bf16)
+      S_BATCH="${HYLA_SERVE_BATCH:-64}" S_IN="${HYLA_SERVE_INPUT:-960}" S_OUT="${HYLA_SERVE_OUTPUT:-128}"
+      S_MORE="${HYLA_ROOFLINE_CONTEXTS:-8192,32768}"
+      S_SCALING=(--backend cuda --precision bf16 --memory-budget-gib 20)
+      S_SERVER=(--device cuda --precision bf16 --workers 1 --memory-budget 16G)
+      S_CHUNK=1024 S_TOKENS=8192
+    else
+      S_FAMILY=gdn S_PRESET=tiny-hybrid S_DTYPE=()
+      S_BATCH="${HYLA_SERVE_BATCH:-8}" S_IN="${HYLA_SERVE_INPUT:-96}" S_OUT="${HYLA_SERVE_OUTPUT:-32}"
+      S_MORE="${HYLA_ROOFLINE_CONTEXTS:-512}"
+      S_SCALING=(--backend cpu --threads 2 --memory-budget-mib 64)
+      S_SERVER=(--device cpu --threads 2 --workers 1 --memory-budget 256M)
+      S_CHUNK=128 S_TOKENS=1024
+    fi
+    # The served context averages prompt + output / 2: the fixed batch's first context.
+    S_CTX=$((S_IN + S_OUT / 2))
+    S_CONTEXTS="${S_CTX}"
+    for c in ${S_MORE//,/ }; do ((c > S_CTX)) && S_CONTEXTS+=",${c}"; done
+    S_MAXCTX=$(((S_IN + S_OUT + 64 + 63) / 64 * 64))
+    S_PORT="${HYLA_SERVE_PORT:-50517}"
+    dir="${MODEL_TMP}/${S_PRESET}"
+    rm -rf "${dir}"
+    mkdir -p "${MODEL_TMP}"
+    say "serving: generate ${S_FAMILY} ${S_PRESET} into ${dir}"
+    "$(prog hyla-model)" generate-model --family "${S_FAMILY}" --preset "${S_PRESET}" \
+      ${S_DTYPE[@]+"${S_DTYPE[@]}"} --seed 0 --threads 0 --out "${dir}" >>"${LOG}" 2>&1
+    rc=$?
+    if ((rc != 0)); then
+      summary+=("serving   generate-model ${S_PRESET} FAILED rc=${rc}")
+      failed=1
+      rm -rf "${dir}"
+    else
+      [[ "${BACKEND}" == cuda ]] && touch "${dir}/.reuse"
+      # (a) The decode step at batch S_BATCH against its roofline.
+      say "serving: hyla-context-scaling --fixed-batch ${S_BATCH} at ${S_CONTEXTS}"
+      { echo "===== serving: hyla-context-scaling --fixed-batch ${S_BATCH} ${S_PRESET}"; } >>"${LOG}"
+      timeout "$(limit 150)" "$(prog hyla-context-scaling)" --model "${dir}" --label "${S_PRESET}" \
+        "${S_SCALING[@]}" --contexts "${S_CONTEXTS}" --max-batch "${S_BATCH}" \
+        --fixed-batch "${S_BATCH}" --fixed-batch-logits none,last,sample --no-batch \
+        --no-synthetic-check --prefill-max 0 --decode-steps 8 --batch-steps 16 --warmup-steps 3 \
+        --json "${RAW}/serving/roofline.json" >>"${LOG}" 2>&1
+      rc=$?
+      summary+=("serving   roofline (hyla-context-scaling --fixed-batch ${S_BATCH}): rc=${rc} ($((SECONDS - t)) s)")
+      ((rc == 0)) || failed=1
+      # (b) hyla-server and hyla-bench.
+      t2=${SECONDS}
+      say "serving: hyla-server ${S_SERVER[*]} on 127.0.0.1:${S_PORT}; hyla-bench --concurrency ${S_BATCH}"
+      "$(prog hyla-server)" --model "${dir}" "${S_SERVER[@]}" --max-batch "${S_BATCH}" \
+        --prefill-chunk "${S_CHUNK}" --token-budget "${S_TOKENS}" --max-context "${S_MAXCTX}" \
+        --queue-bound $((4 * S_BATCH)) --listen "127.0.0.1:${S_PORT}" \
+        --metrics-listen 127.0.0.1:0 --drain-deadline 2s >"${RAW}/serving/server.log" 2>&1 &
+      server_pid=$!
+      ready=0
+      for ((i = 0; i < 120; ++i)); do
+        kill -0 "${server_pid}" 2>/dev/null || break
+        if "$(prog hyla)" --server "127.0.0.1:${S_PORT}" --timeout 2s health >/dev/null 2>&1; then
+          ready=1
+          break
+        fi
+        sleep 1
+      done
+      if ((ready)); then
+        say "serving: server ready after $((SECONDS - t2)) s; warm-up round, then the measured run"
+        timeout "$(limit 60)" "$(prog hyla-bench)" --server "127.0.0.1:${S_PORT}" \
+          --concurrency "${S_BATCH}" --num-requests "${S_BATCH}" --input-len "${S_IN}" \
+          --output-len 8 --seed 7 >>"${LOG}" 2>&1
+        { echo "===== serving: hyla-bench --concurrency ${S_BATCH} --num-requests $((2 * S_BATCH))" \
+            "--input-len ${S_IN} --output-len ${S_OUT}"; } >>"${LOG}"
+        timeout "$(limit 120)" "$(prog hyla-bench)" --server "127.0.0.1:${S_PORT}" \
+          --concurrency "${S_BATCH}" --num-requests $((2 * S_BATCH)) --input-len "${S_IN}" \
+          --output-len "${S_OUT}" --seed 1 --timeout-s 100 \
+          --json "${RAW}/serving/hyla_bench.json" >>"${LOG}" 2>&1
+        rc=$?
+      else
+        say "serving: hyla-server did not become ready"
+        rc=1
+      fi
+      kill -TERM "${server_pid}" 2>/dev/null
+      for ((i = 0; i < 10; ++i)); do kill -0 "${server_pid}" 2>/dev/null || break; sleep 1; done
+      kill -KILL "${server_pid}" 2>/dev/null
+      wait "${server_pid}" 2>/dev/null
+      { echo "===== serving: hyla-server log (last 40 lines)"; tail -n 40 "${RAW}/serving/server.log"; } >>"${LOG}"
+      summary+=("serving   hyla-server + hyla-bench: rc=${rc} ($((SECONDS - t2)) s)")
+      ((rc == 0)) || failed=1
+      [[ "${BACKEND}" == cuda ]] || rm -rf "${dir}"
+    fi
+  else
+    summary+=("serving   skipped (deadline)")
+  fi
+fi
+
 # 3. Context scaling. One model at a time: generate (bf16) → run → delete.
 # run_model PAIR ROLE FAMILY PRESET PREFILL_MAX ESTIMATE_S TIMEOUT_S
 run_model() {
@@ -185,12 +329,17 @@ run_model() {
     return
   fi
   local dir="${MODEL_TMP}/${preset}" t=${SECONDS} rc
-  rm -rf "${dir}"
-  mkdir -p "${MODEL_TMP}"
-  say "generate ${family} ${preset} (bf16) into ${dir}"
-  "${HERE}/bin/hyla-model" generate-model --family "${family}" --preset "${preset}" \
-    --dtype bf16 --seed 0 --threads 0 --out "${dir}" >>"${LOG}" 2>&1
-  rc=$?
+  if [[ -f "${dir}/.reuse" ]]; then
+    say "reuse ${preset} generated by the serving stage (${dir})"
+    rc=0
+  else
+    rm -rf "${dir}"
+    mkdir -p "${MODEL_TMP}"
+    say "generate ${family} ${preset} (bf16) into ${dir}"
+    "$(prog hyla-model)" generate-model --family "${family}" --preset "${preset}" \
+      --dtype bf16 --seed 0 --threads 0 --out "${dir}" >>"${LOG}" 2>&1
+    rc=$?
+  fi
   local gen_s=$((SECONDS - t))
   if ((rc != 0)); then
     summary+=("scaling   ${pair} ${preset}: generate-model FAILED rc=${rc}")
@@ -200,7 +349,7 @@ run_model() {
   fi
   say "generated ${preset} in ${gen_s} s ($(du -sh "${dir}" | cut -f1)); hyla-context-scaling"
   { echo "===== hyla-context-scaling ${pair} ${role} ${preset}"; } >>"${LOG}"
-  timeout "$(limit "${limit}")" "${HERE}/bin/hyla-context-scaling" --model "${dir}" --label "${preset}" \
+  timeout "$(limit "${limit}")" "$(prog hyla-context-scaling)" --model "${dir}" --label "${preset}" \
     --pair "${pair}" --role "${role}" --backend cuda --precision bf16 --contexts "${CONTEXTS}" \
     --memory-budget-gib "${BUDGET}" --max-batch "${MAX_BATCH}" --prefill-max "${prefill_max}" \
     --decode-steps "${DECODE_STEPS}" --batch-steps "${BATCH_STEPS}" \
@@ -249,7 +398,9 @@ if has_stage plot; then
   [[ -f "${RAW}/kernels_bench.log" ]] && args+=(--kernels-log "${RAW}/kernels_bench.log")
   [[ -f "${RAW}/peers.json" ]] && args+=(--peers-json "${RAW}/peers.json")
   [[ -f "${RAW}/context_scaling.json" ]] && args+=(--scaling-json "${RAW}/context_scaling.json")
-  python3 "${HERE}/plot_results.py" "${args[@]}" >>"${LOG}" 2>&1
+  [[ -f "${RAW}/serving/roofline.json" ]] && args+=(--roofline-json "${RAW}/serving/roofline.json")
+  [[ -f "${RAW}/serving/hyla_bench.json" ]] && args+=(--serving-json "${RAW}/serving/hyla_bench.json")
+  python3 "${PLOT}" "${args[@]}" >>"${LOG}" 2>&1
   rc=$?
   summary+=("plot      plot_results.py: rc=${rc}")
   ((rc == 0)) || failed=1

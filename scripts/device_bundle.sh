@@ -46,6 +46,8 @@ SERVICE_TESTS=(generate_integration_test lifecycle_integration_test operations_i
                validation_integration_test session_affinity_test)
 # Issue 5's benchmark driver (scripts/device_bench.sh) also runs hyla-context-scaling.
 PROGRAMS+=(hyla-context-scaling)
+# Its serving stage drives hyla-server with the gRPC load generator.
+PROGRAMS+=(hyla-bench)
 TARGETS=("${GPU_TESTS[@]}" "${PROGRAMS[@]}" "${SERVICE_TESTS[@]}")
 
 if ((BUILD_IT)); then

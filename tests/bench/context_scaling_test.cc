@@ -20,7 +20,9 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/model/checkpoint.h"
 #include "runtime/model/json.h"
+#include "runtime/state/state_layout.h"
 #include "tools/model_generator.h"
 
 namespace hyla {
@@ -290,6 +292,68 @@ TEST_F(ContextScalingTest, StopsWhereOneSessionExceedsTheBudget) {
   EXPECT_GT(static_cast<double>(Int(c[1], "session_bytes_planned")), 4.0 * 1048576.0);
 }
 
+// --fixed-batch: a batch of exactly N sessions per context and logits mode, with the roofline
+// bytes of the step recomputed here from the StateLayout accounting and the model's shape.
+TEST_F(ContextScalingTest, FixedBatchRooflineFollowsTheAccounting) {
+  const std::string model = Model(Family::kGdn, "tiny-hybrid");
+  const RunResult r = Run(Args(model, "100,300",
+                               {"--fixed-batch", "5", "--no-batch", "--copy-gbps", "10",
+                                "--prefill-max", "0", "--fixed-batch-logits", "none,last,sample"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(r.json.is_object()) << r.err;
+  EXPECT_EQ(Num(r.json, "copy_bandwidth.gbps"), 10.0);
+  absl::StatusOr<ModelConfig> config = Checkpoint::ReadConfig(model);
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<StateLayout> layout = StateLayout::Create(*config, DType::kF32);
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  ASSERT_GT(layout->num_streams(), 0);
+  ASSERT_FALSE(config->tie_word_embeddings);
+  const int64_t n = 5;
+  const int64_t params = Int(r.json, "model.parameters");
+  const int64_t embed = int64_t{config->vocab_size} * config->hidden_size * 4;
+  ASSERT_EQ(Contexts(r).size(), 2u);
+  for (const JsonValue& c : Contexts(r)) {
+    SCOPED_TRACE(Int(c, "context"));
+    EXPECT_EQ(Int(c, "fixed_batch.batch"), n);
+    EXPECT_EQ(c.Find("fixed_batch")->Find("error"), nullptr);
+    const std::vector<JsonValue>& modes = Get(c, "fixed_batch.modes").array_items();
+    ASSERT_EQ(modes.size(), 3u);
+    const char* names[] = {"none", "last", "sample"};
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE(names[i]);
+      const JsonValue& m = modes[static_cast<size_t>(i)];
+      EXPECT_EQ(Get(m, "logits").string_value(), names[i]);
+      EXPECT_FALSE(Get(m, "sampled_on_device").bool_value());  // the CPU backend
+      EXPECT_EQ(Int(m, "step_ms.n"), 2);
+      const double mean = Num(m, "step_ms.mean");
+      ASSERT_GT(mean, 0);
+      EXPECT_NEAR(Num(m, "tokens_per_s"), n * 1e3 / mean, 1e-3 * Num(m, "tokens_per_s"));
+      const int64_t ctx = Int(m, "mean_context");
+      EXPECT_GE(ctx, Int(c, "context"));
+      // Weights: all but the embedding table (gathered rows only) and, without logits, the LM
+      // head; slots read and written; every visible key read and the new one written.
+      const int64_t weights =
+          params * 4 - embed - (i == 0 ? embed : 0) + n * int64_t{config->hidden_size} * 4;
+      int64_t kv = 0;
+      for (const KvStream& ks : layout->streams()) kv += (ctx + 1) * ks.token_bytes;
+      const int64_t logits = i == 0 ? 0 : (i == 1 ? 1 : 2) * n * config->vocab_size * 4;
+      EXPECT_EQ(Int(m, "roofline_bytes.weights"), weights);
+      EXPECT_EQ(Int(m, "roofline_bytes.state"), n * 2 * layout->slot_bytes());
+      EXPECT_EQ(Int(m, "roofline_bytes.kv"), n * kv);
+      EXPECT_EQ(Int(m, "roofline_bytes.logits"), logits);
+      const int64_t total = weights + n * 2 * layout->slot_bytes() + n * kv + logits;
+      EXPECT_EQ(Int(m, "roofline_bytes.total"), total);
+      EXPECT_NEAR(Num(m, "roofline_ms"), static_cast<double>(total) / 1e7, 1e-6);
+      EXPECT_NEAR(Num(m, "roofline_fraction"), Num(m, "roofline_ms") / mean, 1e-4);
+    }
+  }
+  // Without --copy-gbps the bandwidth is measured (a memcpy on the CPU).
+  const RunResult measured = Run(Args(model, "64", {"--fixed-batch", "2", "--no-batch"}));
+  ASSERT_EQ(measured.exit_code, 0) << measured.err;
+  EXPECT_GT(Num(measured.json, "copy_bandwidth.gbps"), 0);
+  EXPECT_EQ(Get(Contexts(measured)[0], "fixed_batch.modes").array_items().size(), 3u);
+}
+
 TEST_F(ContextScalingTest, UsageErrors) {
   const std::string m = Model(Family::kGdn, "tiny");
   EXPECT_EQ(Run({"--model", m, "--bogus", "1"}).exit_code, 2);
@@ -297,6 +361,10 @@ TEST_F(ContextScalingTest, UsageErrors) {
   EXPECT_EQ(Run({"--contexts", "64"}).exit_code, 2);  // no --model
   EXPECT_EQ(Run({"--model", m, "--contexts", "256,64"}).exit_code, 2);
   EXPECT_EQ(Run({"--model", m, "--softmax-fraction", "2"}).exit_code, 2);
+  EXPECT_EQ(Run({"--model", m, "--decode-logits", "all"}).exit_code, 2);
+  EXPECT_EQ(Run({"--model", m, "--fixed-batch-logits", "none,bogus"}).exit_code, 2);
+  EXPECT_EQ(Run({"--model", m, "--copy-gbps", "0"}).exit_code, 2);
+  EXPECT_EQ(Run({"--model", m, "--fixed-batch", "-1"}).exit_code, 2);
   const RunResult missing = Run({"--model", *dir_ + "/no-such-model", "--backend", "cpu"});
   EXPECT_EQ(missing.exit_code, 1);
   ASSERT_TRUE(missing.json.is_object());  // the JSON is written with the error
