@@ -9,7 +9,9 @@
 //     their in-piece cumulative sum G, L2-normalised q/k, A = StrictLower(diag(β)(KKᵀ ⊙ Γ)),
 //     the intra-piece matrix P = tril(QKᵀ ⊙ Γ), Qg = Q ⊙ e^G, Kd = K ⊙ e^{G_last − G}, and the
 //     forward substitution (I + A)·[W | U] = [diag(β e^G) K | diag(β) V] (one thread per column,
-//     in place in shared memory). Everything goes to the workspace.
+//     in place in shared memory). Everything goes to the workspace. V is held in slices of at
+//     most 256 columns (one slice when dv <= 256; dv up to 512 takes two), so shared memory stays
+//     within the dk = dv = 256 size; the first slice is substituted together with W.
 //  2. GdnPrefillStateKernel, one CTA per (sequence, value head, 32 value columns), sequential
 //     over the sequence's pieces, with the [dk, 32] state tile in shared memory:
 //       V_new = U − W·S;  O = Qg·S + P·V_new;  S ← e^{G_last}·S + Kdᵀ·V_new
@@ -32,7 +34,9 @@ namespace hyla::kernels {
 namespace {
 
 constexpr int kChunk = 64;
-constexpr int kMaxDim = 256;
+constexpr int kMaxDk = 256;
+constexpr int kMaxDv = 512;
+constexpr int kMaxVSlice = 256;  // kernel 1: value columns held in shared memory at a time
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileCols = 32;
@@ -56,6 +60,14 @@ struct EntryLayout {
   __host__ __device__ int64_t misc() const { return p() + int64_t{kChunk} * kChunk; }  // G_last, Σg
   __host__ __device__ int64_t size() const { return misc() + 4; }
 };
+
+// Kernel 1's value-column slices: as few as fit kMaxVSlice, of equal width (a multiple of 4) that
+// covers RoundUp4(dv). dv <= 256: one slice of RoundUp4(dv) columns.
+__host__ __device__ __forceinline__ int VSliceWidth(int dv) {
+  const int ldv = RoundUp4(dv);
+  const int slices = (ldv + kMaxVSlice - 1) / kMaxVSlice;
+  return RoundUp4((ldv + slices - 1) / slices);
+}
 
 // Position of piece `lp` of a sequence with `sp` tokens already in the state and `len` new
 // tokens: rows [begin, end) of the sequence.
@@ -82,14 +94,29 @@ __host__ __device__ __forceinline__ int PaddedStride(int n) {
 
 // ---- kernel 1: per (piece, value head) ---------------------------------------------------
 
-// Shared memory: Ks, Qs [64, sk], Vs [64, sv], A [64, 65], G, beta [64].
+// Loads value columns [v0, v0 + sv) of the piece's rows into Vs [64, sv] (zero beyond the
+// piece's n rows and beyond dv).
+template <typename T>
+__device__ __forceinline__ void LoadVSlice(const GdnPrefillParams& p, int64_t first_row, int n,
+                                           int hv, int v0, int sv, float* Vs) {
+  const T* v = static_cast<const T*>(p.v);
+  for (int i = threadIdx.x; i < kChunk * sv; i += kThreads) {
+    const int r = i / sv, c = i % sv;
+    Vs[i] =
+        (r < n && v0 + c < p.dv)
+            ? ToFloat(v[(first_row + r) * p.v_stride + static_cast<int64_t>(hv) * p.dv + v0 + c])
+            : 0.0f;
+  }
+}
+
+// Shared memory: Ks, Qs [64, sk], Vs [64, sv] (one value slice), A [64, 65], G, beta [64].
 template <typename T>
 __global__ void __launch_bounds__(kThreads) GdnPrefillPieceKernel(GdnPrefillParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int dk = p.dk, dv = p.dv, HV = p.num_v_heads;
   const int sk = PaddedStride(dk);
-  const int sv = RoundUp4(dv);
+  const int sv = VSliceWidth(dv);
   float* Ks = smem;
   float* Qs = Ks + kChunk * sk;
   float* Vs = Qs + kChunk * sk;
@@ -121,7 +148,6 @@ __global__ void __launch_bounds__(kThreads) GdnPrefillPieceKernel(GdnPrefillPara
   const int tid = threadIdx.x;
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
 
   // Gates of the piece's rows (padding rows: g = 0, β = 0, so they change nothing).
   if (tid < kChunk) {
@@ -137,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) GdnPrefillPieceKernel(GdnPrefillPara
     Gl[tid] = g;
     Bs[tid] = beta;
   }
-  // q, k rows of head h and v rows of head hv (zero padding rows and columns).
+  // q, k rows of head h and the first value slice of head hv (zero padding rows and columns).
   for (int i = tid; i < kChunk * sk; i += kThreads) {
     const int r = i / sk, c = i % sk;
     float qv = 0.0f, kv = 0.0f;
@@ -149,12 +175,7 @@ __global__ void __launch_bounds__(kThreads) GdnPrefillPieceKernel(GdnPrefillPara
     Qs[i] = qv;
     Ks[i] = kv;
   }
-  for (int i = tid; i < kChunk * sv; i += kThreads) {
-    const int r = i / sv, c = i % sv;
-    Vs[i] = (r < n && c < dv)
-                ? ToFloat(v[(first_row + r) * p.v_stride + static_cast<int64_t>(hv) * dv + c])
-                : 0.0f;
-  }
+  LoadVSlice<T>(p, first_row, n, hv, 0, sv, Vs);
   __syncthreads();
   if (tid == 0) {  // in-piece cumulative gate, in token order
     float acc = 0.0f;
@@ -236,26 +257,44 @@ __global__ void __launch_bounds__(kThreads) GdnPrefillPieceKernel(GdnPrefillPara
   __syncthreads();
   // Forward substitution, one column of [W | U] per thread, in place in Ks / Vs:
   //   X_i = rhs_i − Σ_{j<i} A_ij X_j   with rhs = β e^G k (W) or β v (U).
-  for (int c = tid; c < dk + dv; c += kThreads) {
-    float* col = c < dk ? Ks + c : Vs + (c - dk);
-    const int stride = c < dk ? sk : sv;
-    const bool is_w = c < dk;
-    for (int i = 0; i < n; ++i) {
-      float x = col[i * stride] * (is_w ? Bs[i] * expf(Gs[i]) : Bs[i]);
-      for (int j = 0; j < i; ++j) x -= As[i * (kChunk + 1) + j] * col[j * stride];
-      col[i * stride] = x;
+  // Value slice by slice (W with the first); U columns [v0, v0 + sv) ∩ [0, ldv) per slice.
+  float* W = entry + lay.w();
+  float* U = entry + lay.u();
+  for (int v0 = 0; v0 < lay.ldv; v0 += sv) {
+    if (v0 > 0) {
+      __syncthreads();  // the previous slice is written out of Vs
+      LoadVSlice<T>(p, first_row, n, hv, v0, sv, Vs);
+      __syncthreads();
     }
-    for (int i = n; i < kChunk; ++i) col[i * stride] = 0.0f;
-  }
-  __syncthreads();
-  {
-    float* W = entry + lay.w();
-    float* U = entry + lay.u();
-    for (int i = tid; i < kChunk * lay.ldk; i += kThreads) {
-      const int r = i / lay.ldk, c = i % lay.ldk;
-      W[i] = Ks[r * sk + c];
+    const int wcols = v0 == 0 ? dk : 0;
+    const int vcols = min(sv, dv - v0);
+    for (int c = tid; c < wcols + vcols; c += kThreads) {
+      const bool is_w = c < wcols;
+      float* col = is_w ? Ks + c : Vs + (c - wcols);
+      const int stride = is_w ? sk : sv;
+      for (int i = 0; i < n; ++i) {
+        float x = col[i * stride] * (is_w ? Bs[i] * expf(Gs[i]) : Bs[i]);
+        for (int j = 0; j < i; ++j) x -= As[i * (kChunk + 1) + j] * col[j * stride];
+        col[i * stride] = x;
+      }
+      for (int i = n; i < kChunk; ++i) col[i * stride] = 0.0f;
     }
-    for (int i = tid; i < kChunk * lay.ldv; i += kThreads) U[i] = Vs[i];
+    __syncthreads();
+    if (v0 == 0) {
+      for (int i = tid; i < kChunk * lay.ldk; i += kThreads) {
+        const int r = i / lay.ldk, c = i % lay.ldk;
+        W[i] = Ks[r * sk + c];
+      }
+    }
+    const int vw = min(sv, lay.ldv - v0);
+    if (vw == lay.ldv) {  // one slice covering U (dv <= 256): same layout
+      for (int i = tid; i < kChunk * lay.ldv; i += kThreads) U[i] = Vs[i];
+    } else {
+      for (int i = tid; i < kChunk * vw; i += kThreads) {
+        const int r = i / vw, c = i % vw;
+        U[static_cast<int64_t>(r) * lay.ldv + v0 + c] = Vs[r * sv + c];
+      }
+    }
   }
 }
 
@@ -434,7 +473,7 @@ __global__ void GdnPrefillGsumKernel(GdnPrefillParams p) {
 }
 
 size_t PieceSmemBytes(int dk, int dv) {
-  return sizeof(float) * (2 * kChunk * PaddedStride(dk) + kChunk * RoundUp4(dv) +
+  return sizeof(float) * (2 * kChunk * PaddedStride(dk) + kChunk * VSliceWidth(dv) +
                           kChunk * (kChunk + 1) + 3 * kChunk);
 }
 size_t StateSmemBytes(int dk, int dv) {
@@ -514,7 +553,7 @@ int GdnPrefill(const GdnPrefillParams& p, void* stream) {
                               p.committed_slot_stride >= int64_t{p.num_v_heads} * p.dk * p.dv &&
                               p.g_sum_slot_stride >= p.num_v_heads);
   if (p.num_heads < 1 || p.num_v_heads < 1 || p.num_v_heads % p.num_heads != 0 || p.dk < 1 ||
-      p.dk > kMaxDim || p.dv < 1 || p.dv > kMaxDim || p.q == nullptr || p.k == nullptr ||
+      p.dk > kMaxDk || p.dv < 1 || p.dv > kMaxDv || p.q == nullptr || p.k == nullptr ||
       p.v == nullptr || p.a == nullptr || p.b == nullptr || p.a_log == nullptr ||
       p.dt_bias == nullptr || p.cu_seqlens == nullptr || p.piece_offsets == nullptr ||
       p.slots == nullptr || p.state == nullptr || p.o == nullptr || !commit_ok ||

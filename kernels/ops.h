@@ -151,7 +151,7 @@ struct GdnPrefillParams {
   int num_heads = 0;                      // H
   int num_v_heads = 0;                    // HV, multiple of H
   int dk = 0;                             // 1..256
-  int dv = 0;                             // 1..256
+  int dv = 0;                             // 1..512
   KernelDType dtype = KernelDType::kF32;  // of q, k, v, a, b, o
   const void* q = nullptr;                // [total_rows, H, dk], rows q_stride elements apart
   int64_t q_stride = 0;

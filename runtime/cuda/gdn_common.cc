@@ -12,7 +12,8 @@
 namespace hyla::cuda {
 namespace {
 
-constexpr int kMaxHeadDim = 256;  // GdnDecode / GdnPrefill limit on dk and dv
+constexpr int kMaxHeadKDim = 256;  // GdnDecode / GdnPrefill limit on dk
+constexpr int kMaxHeadVDim = 512;  // GdnPrefill limit on dv (GdnDecode has none)
 
 // Byte offset of a slot component of `layer` with exactly `bytes` bytes; -1 when absent and
 // !required. InternalError naming the component when it is missing (required) or has another
@@ -71,12 +72,13 @@ absl::StatusOr<std::unique_ptr<GdnBranch>> GdnBranch::Create(const GdnBranchOpti
     return absl::InvalidArgumentError(absl::StrCat(where, ": bad arguments"));
   }
   if (g.num_heads < 1 || g.num_v_heads < 1 || g.num_v_heads % g.num_heads != 0 ||
-      g.head_k_dim < 1 || g.head_k_dim > kMaxHeadDim || g.head_v_dim < 1 ||
-      g.head_v_dim > kMaxHeadDim || (g.use_short_conv && g.conv_size < 1)) {
+      g.head_k_dim < 1 || g.head_k_dim > kMaxHeadKDim || g.head_v_dim < 1 ||
+      g.head_v_dim > kMaxHeadVDim || (g.use_short_conv && g.conv_size < 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ": unsupported shape (H ", g.num_heads, ", HV ", g.num_v_heads, ", dk ",
                      g.head_k_dim, ", dv ", g.head_v_dim, ", conv ", g.conv_size,
-                     "); the CUDA kernels need HV % H == 0 and head dims in 1..", kMaxHeadDim));
+                     "); the CUDA kernels need HV % H == 0, dk in 1..", kMaxHeadKDim,
+                     " and dv in 1..", kMaxHeadVDim));
   }
   if (layout->slot_bytes() % 4 != 0) {
     return absl::InternalError(

@@ -784,11 +784,11 @@ absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaNatslLayerWithLog(const Cud
       int64_t{n.num_attn_heads} * n.attn_head_k_dim != n.gdn.key_dim() ||
       int64_t{n.num_attn_heads} * n.attn_head_v_dim != n.gdn.value_dim() || n.attn_head_k_dim < 1 ||
       n.attn_head_k_dim > 256 || n.attn_head_v_dim < 1 || n.attn_head_v_dim > 256 ||
-      n.gdn.head_k_dim > 256 || n.gdn.head_v_dim > 256) {
+      n.gdn.head_k_dim > 256 || n.gdn.head_v_dim > 512) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CreateCudaNatslLayer: layer ", args.layer,
         ": head shapes outside the CUDA kernels' range (softmax heads must split the GDN heads "
-        "evenly; d_ak, d_av, dk, dv <= 256)"));
+        "evenly; d_ak, d_av, dk <= 256, dv <= 512)"));
   }
   auto layer = std::make_unique<CudaNatslLayer>(n, args.layer, args.config->hidden_size, log);
   HYLA_RETURN_IF_ERROR(layer->Load(args));

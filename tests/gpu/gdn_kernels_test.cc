@@ -195,10 +195,20 @@ void RunDecodeCase(const DecodeCase& c, bool bf16, std::mt19937* rng_ptr) {
 TEST_P(GdnDecodeTest, MatchesCpuRecurrenceOverSteps) {
   const bool bf16 = GetParam();
   const std::vector<DecodeCase> cases = {
-      {{2, 4, 128, 128, false}, 7, 12, 0, 1}, {{1, 3, 64, 96, true}, 5, 9, 4, 2},
-      {{3, 3, 100, 33, false}, 4, 6, 0, 0},   {{2, 2, 256, 256, false}, 3, 5, 8, 1},
-      {{1, 1, 17, 5, true}, 1, 2, 1, 0},      {{4, 8, 128, 128, false}, 33, 40, 0, 3},
-      {{2, 6, 128, 64, false}, 9, 11, 3, 0},  {{1, 2, 32, 36, true}, 6, 6, 0, 0},
+      {{2, 4, 128, 128, false}, 7, 12, 0, 1},
+      {{1, 3, 64, 96, true}, 5, 9, 4, 2},
+      {{3, 3, 100, 33, false}, 4, 6, 0, 0},
+      {{2, 2, 256, 256, false}, 3, 5, 8, 1},
+      {{1, 1, 17, 5, true}, 1, 2, 1, 0},
+      {{4, 8, 128, 128, false}, 33, 40, 0, 3},
+      {{2, 6, 128, 64, false}, 9, 11, 3, 0},
+      {{1, 2, 32, 36, true}, 6, 6, 0, 0},
+      // Value heads wider than 256 (NAtS-L 760M: dk 192, dv 384), the widest (dk 256, dv 512),
+      // dv 320 and an odd dv (the scalar state path).
+      {{6, 6, 192, 384, false}, 5, 8, 0, 1},
+      {{2, 4, 192, 320, true}, 4, 6, 4, 0},
+      {{1, 1, 256, 512, false}, 2, 3, 0, 0},
+      {{1, 2, 64, 385, false}, 3, 4, 1, 1},
   };
   std::mt19937 rng(bf16 ? 1234 : 4321);
   for (const DecodeCase& c : cases) {
@@ -508,6 +518,67 @@ TEST_F(GdnPrefillTest, F32MatchesRecurrenceOnVariableLengths) {
   RunPrefillCase({{3, 6, 33, 7, true}, {1, 2, 3, 64, 66}, {0, 63, 62, 32, 64}}, 15);
 }
 
+// Value heads wider than 256: kernel 1 substitutes the value columns in slices.
+TEST_F(GdnPrefillTest, F32WideValueHeadsMatchRecurrence) {
+  // NAtS-L 760M's GDN heads (H 6, dk 192, dv 384).
+  RunPrefillCase({{6, 6, 192, 384, false}, {130, 1, 64, 40}, {0, 5, 64, 63}}, 51);
+  RunPrefillCase({{2, 4, 192, 320, true}, {100, 64}, {30, 0}}, 52);   // GVA, dv 320
+  RunPrefillCase({{1, 1, 256, 512, false}, {150, 3}, {10, 62}}, 53);  // largest dims
+  RunPrefillCase({{1, 2, 37, 321, false}, {70, 66}, {60, 1}}, 54);    // odd dv: slices 164 + 160
+  RunPrefillCase({{1, 1, 16, 257, true}, {65, 2}, {0, 0}}, 55);       // just over one slice
+}
+
+TEST_F(GdnPrefillTest, Bf16WideValueHeadsMatchRecurrence) {
+  RunPrefillCase({{6, 6, 192, 384, false}, {130, 1, 64, 40}, {0, 5, 64, 63}, true}, 61);
+  RunPrefillCase({{1, 2, 37, 321, true}, {70, 66}, {60, 1}, true}, 62);
+}
+
+TEST_F(GdnPrefillTest, NatslCommitWithWideValueHeads) {
+  RunPrefillCase({{6, 6, 192, 384, false}, {130, 64, 10, 3}, {0, 64, 60, 5}, false, true, true},
+                 71);
+  RunPrefillCase({{1, 2, 64, 320, false}, {200, 64}, {17, 0}, false, true, false}, 72);
+  RunPrefillCase({{6, 6, 192, 384, false}, {128, 77}, {64, 51}, true, true, true}, 73);  // bf16
+}
+
+// Shape limits of GdnPrefill: dk 1..256, dv 1..512. A call whose sequences are all empty does
+// nothing but is validated like any other.
+TEST_F(GdnPrefillTest, AcceptsHeadDimLimitsAndRejectsBeyond) {
+  const std::vector<int32_t> cu = {0, 0};
+  const std::vector<int32_t> offsets = {0, 0};
+  const std::vector<int32_t> slots = {0};
+  DeviceBuffer d_cu = ToDevice(cu), d_offsets = ToDevice(offsets), d_slots = ToDevice(slots);
+  DeviceBuffer d(size_t{4} << 20);
+  ASSERT_TRUE(d_cu.ok() && d_offsets.ok() && d_slots.ok() && d.ok());
+  auto call = [&](int dk, int dv) {
+    kernels::GdnPrefillParams p;
+    p.num_seqs = 1;
+    p.num_heads = p.num_v_heads = 1;
+    p.dk = dk;
+    p.dv = dv;
+    p.q = p.k = p.v = p.a = p.b = d.get();
+    p.q_stride = p.k_stride = dk;
+    p.v_stride = p.o_stride = dv;
+    p.a_stride = p.b_stride = 1;
+    p.a_log = p.dt_bias = d.as<float>();
+    p.cu_seqlens = d_cu.as<int32_t>();
+    p.piece_offsets = d_offsets.as<int32_t>();
+    p.num_pieces = 0;
+    p.slots = d_slots.as<int32_t>();
+    p.state = d.as<float>();
+    p.state_slot_stride = int64_t{dk} * dv;
+    p.o = d.get();
+    return kernels::GdnPrefill(p, nullptr);
+  };
+  EXPECT_EQ(call(256, 512), 0);
+  EXPECT_EQ(call(192, 384), 0);
+  EXPECT_EQ(call(1, 1), 0);
+  EXPECT_EQ(call(256, 513), static_cast<int>(cudaErrorInvalidValue));
+  EXPECT_EQ(call(257, 512), static_cast<int>(cudaErrorInvalidValue));
+  EXPECT_EQ(call(0, 16), static_cast<int>(cudaErrorInvalidValue));
+  EXPECT_EQ(call(16, 0), static_cast<int>(cudaErrorInvalidValue));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
 TEST_F(GdnPrefillTest, Bf16MatchesRecurrence) {
   RunPrefillCase(
       {{2, 4, 64, 64, false}, {1, 63, 64, 65, 200, 0, 130}, {0, 0, 5, 64, 3, 7, 127}, true}, 21);
@@ -563,6 +634,8 @@ TEST_F(GpuTest, SmallGdnKernelsForSanitizers) {
   RunConvCase({20, 2, 2, 2, false, true}, &rng);
   RunPrefillCase({{1, 2, 40, 36, false}, {70, 5, 0}, {60, 0, 3}, false, true, true}, 98);
   RunPrefillCase({{1, 1, 64, 64, false}, {65}, {0}, true}, 97);
+  RunDecodeCase({{1, 1, 8, 261, false}, 2, 3, 0, 0}, false, &rng);             // dv > 256
+  RunPrefillCase({{1, 1, 8, 261, false}, {66}, {60}, false, true, true}, 96);  // two V slices
 }
 
 // Host-only: runs without a GPU too.

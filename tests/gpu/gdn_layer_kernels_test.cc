@@ -498,6 +498,8 @@ struct LayerVariant {
   bool use_short_conv = true;
   bool allow_neg_eigval = false;
   cuda::Precision precision = cuda::Precision::kF32;
+  int head_dim = 0;       // > 0: the GDN layers' dk (the preset's 32 otherwise)
+  double expand_v = 1.0;  // with head_dim: dv = head_dim · expand_v
 };
 
 void RunLayerTest(const LayerVariant& v) {
@@ -505,6 +507,10 @@ void RunLayerTest(const LayerVariant& v) {
   // A generated GDN hybrid with GVA (2 q/k heads, 4 value heads, dk = dv = 32); layer 0 is GDN.
   absl::StatusOr<tools::ModelShape> shape = tools::PresetShape(Family::kGdn, "tiny-hybrid");
   ASSERT_TRUE(shape.ok()) << shape.status();
+  if (v.head_dim > 0) {
+    shape->head_dim = v.head_dim;
+    shape->expand_v = v.expand_v;
+  }
   tools::GeneratorOptions gen;
   gen.shape = *shape;
   gen.seed = 7;
@@ -687,6 +693,18 @@ TEST_F(GpuTest, CudaGdnLayerMatchesCpuLayer) {
 
 TEST_F(GpuTest, CudaGdnLayerBf16CloseToCpuLayer) {
   RunLayerTest({"bf16", true, true, false, cuda::Precision::kBf16});
+}
+
+// Head widths beyond 256 value columns: NAtS-L 760M's dk 192 / dv 384 (with GVA here), dv 320,
+// and an odd dv 321 (dk 214: GdnDecode's scalar state path, GdnPrefill's uneven value slices).
+TEST_F(GpuTest, CudaGdnLayerWideHeadsMatchCpuLayer) {
+  RunLayerTest({"dk192_dv384", true, true, false, cuda::Precision::kF32, 192, 2.0});
+  RunLayerTest({"dk128_dv320_noconv", true, false, false, cuda::Precision::kF32, 128, 2.5});
+  RunLayerTest({"dk214_dv321_negeig", true, true, true, cuda::Precision::kF32, 214, 1.5});
+}
+
+TEST_F(GpuTest, CudaGdnLayerWideHeadsBf16CloseToCpuLayer) {
+  RunLayerTest({"dk192_dv384_bf16", true, true, false, cuda::Precision::kBf16, 192, 2.0});
 }
 
 }  // namespace
