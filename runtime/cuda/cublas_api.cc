@@ -36,6 +36,7 @@ absl::StatusOr<CublasApi> Load() {
   Bind(lib, "cublasDestroy_v2", &api.destroy, &missing);
   Bind(lib, "cublasSetStream_v2", &api.set_stream, &missing);
   Bind(lib, "cublasSetMathMode", &api.set_math_mode, &missing);
+  Bind(lib, "cublasSetWorkspace_v2", &api.set_workspace, &missing);
   Bind(lib, "cublasGetStatusString", &api.get_status_string, &missing);
   Bind(lib, "cublasSgemm_v2", &api.sgemm, &missing);
   Bind(lib, "cublasGemmEx", &api.gemm_ex, &missing);

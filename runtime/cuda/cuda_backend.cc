@@ -268,6 +268,36 @@ absl::Status CudaBackend::Warmup() {
   return dev_->Synchronize();
 }
 
+absl::Status CudaBackend::RunSegment(std::vector<GraphSegment>* graphs, size_t index,
+                                     bool capturable, size_t mark,
+                                     const std::function<absl::Status()>& fn) {
+  if (graphs == nullptr || !capturable) return fn();
+  GraphSegment& seg = (*graphs)[index];
+  if (seg.exec.valid()) {
+    ++graph_replays_;
+    return seg.exec.Launch(dev_->stream());
+  }
+  if (seg.attempted) return fn();  // not capturable: eager
+  seg.attempted = true;
+  cudaStream_t stream = dev_->stream();
+  if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return fn();
+  }
+  const absl::Status st = fn();  // enqueued into the graph, not run
+  absl::StatusOr<CudaGraphExec> exec = CudaGraphExec::EndCapture(stream);
+  if (!st.ok() || !exec.ok()) {
+    // Something in the segment cannot be captured (or failed): run it eagerly from the same
+    // scratch position; a real error recurs there and is returned.
+    (void)cudaGetLastError();
+    dev_->scratch().RewindTo(mark);
+    return fn();
+  }
+  seg.exec = std::move(*exec);
+  ++graphs_captured_;
+  return seg.exec.Launch(stream);
+}
+
 int64_t CudaBackend::scratch_high_water() const {
   return static_cast<int64_t>(dev_->scratch().high_water());
 }
@@ -394,24 +424,44 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
   RoutingCounts routing;
   ctx.routing = &routing;
 
+  // Decode steps replay per-batch-size CUDA graphs of the graph-safe segments. Every address a
+  // segment uses is the same for every decode step of the same batch size: the arena is rewound
+  // each step and allocated in the same order and sizes up to here, and rewound after each
+  // segment.
+  std::vector<GraphSegment>* graphs = nullptr;
+  if (cb.all_decode && options_.cuda_graphs) {
+    auto it = graphs_.find(rows);
+    if (it == graphs_.end() && static_cast<int>(graphs_.size()) < options_.max_graph_batch_sizes) {
+      it = graphs_.emplace(rows, std::vector<GraphSegment>(2 * blocks_.size())).first;
+    }
+    if (it != graphs_.end()) graphs = &it->second;
+  }
   for (size_t li = 0; li < blocks_.size(); ++li) {
     Block& b = blocks_[li];
     const size_t mark = scratch.Mark();
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream), "mixer norm");
-    HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
-    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    HYLA_RETURN_IF_ERROR(
+        RunSegment(graphs, 2 * li, b.mixer->DecodeGraphSafe(), mark, [&]() -> absl::Status {
+          HYLA_KERNEL_RETURN_IF_ERROR(
+              kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream),
+              "mixer norm");
+          HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
+          HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+          return absl::OkStatus();
+        }));
     scratch.RewindTo(mark);
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
-    HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
-    HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
-    HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows, inter, act, inter, stream),
-        "SwiGLU");
-    HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
-    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    HYLA_RETURN_IF_ERROR(RunSegment(graphs, 2 * li + 1, true, mark, [&]() -> absl::Status {
+      HYLA_KERNEL_RETURN_IF_ERROR(
+          kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
+      HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
+      HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
+      HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows,
+                                                      inter, act, inter, stream),
+                                  "SwiGLU");
+      HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+      return absl::OkStatus();
+    }));
     scratch.RewindTo(mark);
   }
 

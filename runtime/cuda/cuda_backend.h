@@ -13,6 +13,8 @@
 #define HYLA_RUNTIME_CUDA_CUDA_BACKEND_H_
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -38,6 +40,11 @@ struct CudaBackendOptions {
   int64_t extra_scratch_bytes = 0;
   // Sample on the device the items that carry a SequenceWork::sampler (SamplesOnDevice()).
   bool device_sampling = true;
+  // Decode steps (every sequence one token) replay CUDA graphs captured per batch size for the
+  // graph-safe parts of each block (every MLP; mixers whose DecodeGraphSafe() is true), for at
+  // most `max_graph_batch_sizes` distinct batch sizes.
+  bool cuda_graphs = true;
+  int max_graph_batch_sizes = 64;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's
@@ -62,6 +69,9 @@ class CudaBackend : public Backend {
   Precision precision() const { return options_.precision; }
   int64_t weight_bytes() const { return weights_->bytes(); }
   int64_t scratch_high_water() const;
+  // Decode-step graphs captured so far (segments) and replays; for benchmarks and tests.
+  int64_t graphs_captured() const { return graphs_captured_; }
+  int64_t graph_replays() const { return graph_replays_; }
 
  private:
   struct Block {
@@ -90,6 +100,19 @@ class CudaBackend : public Backend {
   const float* final_norm_ = nullptr;
   DeviceMatrix lm_head_;  // [vocab, hidden]
   std::unique_ptr<DeviceSampler> sampler_;
+
+  // CUDA graphs of decode steps: per batch size, two segments per block (mixer, MLP).
+  struct GraphSegment {
+    CudaGraphExec exec;
+    bool attempted = false;  // capture tried (failed when !exec.valid())
+  };
+  // Runs `fn` eagerly, or replays / captures it as segment `index` of `graphs` (nullptr: eager).
+  // `mark` is the scratch position fn starts from (rewound before an eager retry).
+  absl::Status RunSegment(std::vector<GraphSegment>* graphs, size_t index, bool capturable,
+                          size_t mark, const std::function<absl::Status()>& fn);
+  std::map<int64_t, std::vector<GraphSegment>> graphs_;
+  int64_t graphs_captured_ = 0;
+  int64_t graph_replays_ = 0;
   std::vector<Block> blocks_;
 };
 

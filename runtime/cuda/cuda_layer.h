@@ -95,6 +95,11 @@ class CudaLayer {
   // except block tables; CudaBackend advances num_tokens after all layers ran. Scratch comes from
   // ctx.dev->scratch() and is freed after the step.
   virtual absl::Status Forward(const CudaContext& ctx, const float* x, float* out) = 0;
+  // True when, for a batch of one-token rows, Forward only enqueues work whose launch parameters
+  // depend on nothing but the batch size and the device arrays of CudaBatch (no host state
+  // changes, no uploads, no synchronisation), so that CudaBackend may capture it into a CUDA
+  // graph once per batch size and replay it.
+  virtual bool DecodeGraphSafe() const { return false; }
 };
 
 struct CudaLayerArgs {

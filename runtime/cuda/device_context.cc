@@ -1,6 +1,7 @@
 #include "runtime/cuda/device_context.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/cuda/cublas_api.h"
 
 namespace hyla::cuda {
 
@@ -39,6 +40,19 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
   absl::StatusOr<CublasHandle> cublas = CublasHandle::Create(ctx->stream_.get());
   if (!cublas.ok()) return cublas.status();
   ctx->cublas_ = std::move(*cublas);
+  // A fixed cuBLAS workspace: GEMMs captured into CUDA graphs must not allocate.
+  constexpr size_t kCublasWorkspace = size_t{32} << 20;
+  absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Allocate(kCublasWorkspace, "cuBLAS workspace");
+  if (!ws.ok()) return ws.status();
+  ctx->cublas_workspace_ = std::move(*ws);
+  {
+    absl::StatusOr<const CublasApi*> api = LoadCublas();
+    if (!api.ok()) return api.status();
+    absl::Status st = CublasStatus(
+        (*api)->set_workspace(ctx->cublas_.get(), ctx->cublas_workspace_.get(), kCublasWorkspace),
+        "cublasSetWorkspace");
+    if (!st.ok()) return st;
+  }
   absl::StatusOr<DeviceBuffer> scratch = DeviceBuffer::Allocate(scratch_bytes, "step scratch");
   if (!scratch.ok()) return scratch.status();
   ctx->scratch_ = ScratchArena(std::move(*scratch));

@@ -90,6 +90,7 @@ class DeviceContext {
   int sm_count_ = 0;
   CudaStream stream_;
   CublasHandle cublas_;
+  DeviceBuffer cublas_workspace_;  // cuBLAS's workspace (no allocation inside graph capture)
   ScratchArena scratch_;
 };
 

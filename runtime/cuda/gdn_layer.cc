@@ -25,6 +25,10 @@ class CudaGdnLayer : public CudaLayer {
   CudaGdnLayer(int layer, std::unique_ptr<GdnBranch> branch, DeviceMatrix w_o)
       : layer_(layer), branch_(std::move(branch)), w_o_(w_o) {}
 
+  // Decode: projections, ShortConvDecode, GdnDecode, gated norm, o_proj — all by slot from the
+  // batch's device arrays.
+  bool DecodeGraphSafe() const override { return true; }
+
   absl::Status Forward(const CudaContext& ctx, const float* x, float* out) override {
     if (ctx.dev == nullptr || ctx.batch == nullptr || ctx.slot_pool == nullptr) {
       return absl::InvalidArgumentError(

@@ -107,6 +107,46 @@ TEST_P(CudaGoldenTest, MatchesGoldenAndCpuInFp32) {
       EXPECT_LE(Report(tag + " vs GPU prefill", *logits, gpu_prefill), 1e-4f) << tag;
     }
   }
+  // The decode steps above replayed CUDA graphs (every MLP is graph-safe; GDN mixers too), so
+  // the decode comparisons checked the replays.
+  std::printf("[gpu-graphs] %s: %lld segments captured, %lld replays\n", c.family,
+              static_cast<long long>((*gpu)->graphs_captured()),
+              static_cast<long long>((*gpu)->graph_replays()));
+  EXPECT_GT((*gpu)->graphs_captured(), 0) << c.family;
+  EXPECT_GT((*gpu)->graph_replays(), 0) << c.family;
+}
+
+// The same decode steps with and without CUDA graphs give the same logits (bitwise: the graph
+// replays the same kernels on the same data).
+TEST_F(GpuTest, CudaGraphReplaysEqualEagerDecode) {
+  for (const char* family : {"gdn", "llama", "natsl", "nha"}) {
+    auto ids = GoldenI32(family, "input_ids");
+    ASSERT_TRUE(ids.ok());
+    std::vector<float> logits[2];
+    for (int graphs = 0; graphs < 2; ++graphs) {
+      auto ck = Checkpoint::Open(GoldenDir(family));
+      ASSERT_TRUE(ck.ok());
+      cuda::CudaBackendOptions o;
+      o.precision = cuda::Precision::kBf16;
+      o.store.num_slots = 8;
+      o.store.num_blocks = 512;
+      o.max_step_tokens = 1024;
+      o.max_step_seqs = 16;
+      o.cuda_graphs = graphs == 1;
+      auto gpu = cuda::CudaBackend::Create(std::move(ck).value(), o);
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      auto l =
+          RunSequenceLogits(**gpu, *ids, PrefillThenDecode(static_cast<int64_t>(ids->size()), 20));
+      ASSERT_TRUE(l.ok()) << l.status();
+      logits[graphs] = *l;
+      if (graphs == 1) {
+        EXPECT_GT((*gpu)->graph_replays(), 100) << family;
+      } else {
+        EXPECT_EQ((*gpu)->graph_replays(), 0) << family;
+      }
+    }
+    EXPECT_EQ(MaxAbsDiff(logits[0], logits[1]), 0.0f) << family;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, CudaGoldenTest,
