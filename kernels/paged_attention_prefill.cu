@@ -1,6 +1,7 @@
 // Causal softmax attention over paged KV blocks for many query rows per sequence (API and
 // semantics: kernels/paged_attention_prefill.h). CPU reference: AttendOne of
-// runtime/cpu/attention_layer.cc.
+// runtime/cpu/attention_layer.cc. bf16 KV at head dims 64 and 128 goes to the tensor-core
+// kernel of kernels/paged_attention_prefill_mma.cu; this file's kernel serves the rest.
 //
 // Flash-attention style in fp32 (no tensor cores: the fp32 path stays within fp32 rounding of
 // the CPU reference). One CTA of 128 threads per (tile, KV head, chunk of that head's query
@@ -313,6 +314,7 @@ int PagedAttentionPrefill(const PagedAttentionPrefillParams& p, void* stream) {
       (p.kv_dtype != KernelDType::kF32 && p.kv_dtype != KernelDType::kBf16)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
+  if (PagedAttentionPrefillUsesTensorCores(p)) return internal::PagedAttentionPrefillMma(p, stream);
   const cudaStream_t st = AsStream(stream);
   return p.kv_dtype == KernelDType::kF32 ? LaunchKv<float>(p, st) : LaunchKv<__nv_bfloat16>(p, st);
 }

@@ -19,6 +19,12 @@
 // `rows` consecutive query rows of one sequence (1 <= rows <= PagedAttentionPrefillTileRows),
 // every row in at most one tile; rows in no tile are not written. Tiles may mix sequences freely
 // (one launch for all sequences of a step) and may start anywhere in a block.
+//
+// Precision: fp32 KV, and shapes outside the tensor-core path, run an fp32 CUDA-core kernel
+// (within fp32 rounding of the CPU reference). bf16 KV with dk == dv in {64, 128} (16-byte
+// aligned pool and block_stride % 8 == 0) runs on tensor cores (PagedAttentionPrefillUsesTensor-
+// Cores), FlashAttention-2 style: q·scale and the probabilities are rounded to bf16 for the
+// MMAs, accumulation and softmax in fp32 (about 3e-3 relative to the exact softmax).
 #ifndef HYLA_KERNELS_PAGED_ATTENTION_PREFILL_H_
 #define HYLA_KERNELS_PAGED_ATTENTION_PREFILL_H_
 
@@ -50,6 +56,17 @@ struct PagedAttentionPrefillParams {
   int64_t out_stride = 0;
 };
 int PagedAttentionPrefill(const PagedAttentionPrefillParams& params, void* stream);
+
+// True when PagedAttentionPrefill(params) runs the tensor-core kernel (see Precision above).
+// kPagedAttentionPrefillTensorCores = false keeps every shape on the fp32 kernel.
+inline constexpr bool kPagedAttentionPrefillTensorCores = true;
+bool PagedAttentionPrefillUsesTensorCores(const PagedAttentionPrefillParams& params);
+
+namespace internal {
+// The tensor-core kernel (kernels/paged_attention_prefill_mma.cu); called by
+// PagedAttentionPrefill after validating params.
+int PagedAttentionPrefillMma(const PagedAttentionPrefillParams& params, void* stream);
+}  // namespace internal
 
 // Most query rows of one tile for this shape (>= 1), or 0 for an unsupported shape. A tile's
 // CTA serves up to 64 (head, row) query vectors of one KV head (32 at head dims > 128).

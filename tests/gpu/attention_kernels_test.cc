@@ -7,12 +7,14 @@
 //                         (cpu::Dot · scale over the visible positions in table order,
 //                         cpu::Softmax, Σ p·v): GQA groups 1..80, head dims 16..256, starts in
 //                         mid-block, windows, sparse and window-pruned tables, several sequences
-//                         per launch, random tile splits, fp32 and bf16 KV;
+//                         per launch, random tile splits, fp32 and bf16 KV; the tensor-core
+//                         path (bf16 KV, head dims 64 and 128) and its fallbacks;
 //   CreateCudaAttentionLayer vs cpu::CreateAttentionLayer step by step over the same sequences
 //                         (prefill, decode, mixed batches, chunked prefill, windows with block
 //                         drops, the per-sequence cap evicting mid-step, a tight block pool,
 //                         forks with copy-on-write), outputs, block tables and KV contents.
-// Bounds: fp32 1e-4, bf16 KV with fp32 queries 1e-4 (the reference reads the rounded KV), bf16
+// Bounds: fp32 1e-4, bf16 KV with fp32 queries 1e-4 (the reference reads the rounded KV; the
+// tensor-core path, which rounds q·scale and the probabilities to bf16, 1e-2), bf16
 // layer (bf16 weights and KV) 3e-2 against the fp32 CPU layer (max|diff| / max|ref|).
 // Label gpu; skipped without a CUDA device.
 #include <cuda_runtime.h>
@@ -247,11 +249,13 @@ struct PrefillCase {
   int window = 0;
   bool kv_bf16 = false;
   bool random_tiles = false;  // random tile lengths (<= the maximum) in random order
+  bool odd_stride = false;    // block stride not a multiple of 8 elements (no tensor cores)
 };
 
 std::string PrefillName(const PrefillCase& c) {
   return absl::StrCat("Hq ", c.hq, " Hkv ", c.hkv, " dk ", c.dk, " dv ", c.dv, " window ", c.window,
-                      c.kv_bf16 ? " kv bf16" : " kv f32", c.random_tiles ? " random tiles" : "");
+                      c.kv_bf16 ? " kv bf16" : " kv f32", c.random_tiles ? " random tiles" : "",
+                      c.odd_stride ? " odd block stride" : "");
 }
 
 void RunPrefill(const PrefillCase& c, uint32_t seed) {
@@ -287,7 +291,7 @@ void RunPrefill(const PrefillCase& c, uint32_t seed) {
   std::vector<int32_t> table(static_cast<size_t>(num_seqs) * max_blocks, -1);
   std::vector<int32_t> table_chunks(table.size(), -1), num_blocks(num_seqs);
   const int64_t block_elems = int64_t{kBlock} * c.hkv * (c.dk + c.dv);
-  const int64_t block_stride = block_elems + 8;
+  const int64_t block_stride = block_elems + (c.odd_stride ? 3 : 8);
   const int64_t v_off = int64_t{kBlock} * c.hkv * c.dk;
   // Written positions get N(0, 1); the rest of every block stays NaN: a leak shows.
   std::vector<float> kv(static_cast<size_t>(pool_blocks * block_stride), NAN);
@@ -398,16 +402,33 @@ void RunPrefill(const PrefillCase& c, uint32_t seed) {
   p.scale = scale;
   p.out = d_out.as<float>();
   p.out_stride = out_stride;
+  // The tensor-core path: bf16 KV, dk == dv in {64, 128}, 16-byte aligned blocks.
+  const bool tensor_cores = kernels::PagedAttentionPrefillUsesTensorCores(p);
+  EXPECT_EQ(tensor_cores, kernels::kPagedAttentionPrefillTensorCores && c.kv_bf16 && c.dk == c.dv &&
+                              (c.dk == 64 || c.dk == 128) && !c.odd_stride);
+  // Sentinels in the stride padding of out: the kernel must leave them.
+  ASSERT_EQ(cudaMemset(d_out.get(), 0x7f, static_cast<size_t>(rows * out_stride) * sizeof(float)),
+            cudaSuccess);
   HYLA_ASSERT_LAUNCH_OK(kernels::PagedAttentionPrefill(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> raw = ToHost<float>(d_out, static_cast<size_t>(rows * out_stride));
+  float sentinel;
+  std::memset(&sentinel, 0x7f, sizeof(sentinel));
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t x = int64_t{c.hq} * c.dv; x < out_stride; ++x) {
+      ASSERT_EQ(raw[r * out_stride + x], sentinel) << "row " << r << " padding " << x;
+    }
+  }
   std::vector<float> got;
   for (int r = 0; r < rows; ++r) {
     got.insert(got.end(), raw.begin() + r * out_stride,
                raw.begin() + r * out_stride + int64_t{c.hq} * c.dv);
   }
-  ExpectClose(got, want, 1e-4,
-              c.kv_bf16 ? "paged_attention_prefill kv bf16" : "paged_attention_prefill kv f32");
+  // Tensor cores round q·scale and the probabilities to bf16 (FlashAttention-2): 1e-2.
+  ExpectClose(got, want, tensor_cores ? 1e-2 : 1e-4,
+              tensor_cores ? absl::StrCat("paged_attention_prefill kv bf16 tensor cores d ", c.dk)
+              : c.kv_bf16  ? "paged_attention_prefill kv bf16"
+                           : "paged_attention_prefill kv f32");
 }
 
 struct Shape4 {
@@ -464,6 +485,65 @@ TEST_P(PagedAttentionPrefillTest, MatchesCpuSoftmaxAttention) {
   // A long single sequence: many tiles of one sequence, the decode-like tail of one row.
   RunPrefill({8, 2, 128, 128, {{0, 1100}, {2000, 1}}, 0, kv_bf16, false}, ++seed);
   RunPrefill({4, 4, 64, 64, {{300, 700, PrefillSeq::kSparse}}, 0, kv_bf16, false}, ++seed);
+}
+
+// The tensor-core path (bf16 KV, head dims 64 and 128): GQA 1..64, causal edges inside tiles
+// (mid-block starts, tiles straddling block borders, one-row tiles), windows below, at and above
+// one block, sparse and window-pruned tables, many sequences per launch, random tile splits; an
+// odd block stride falls back to the fp32 kernel.
+TEST_F(GpuTest, PagedAttentionPrefillTensorCoresMatchCpu) {
+  uint32_t seed = 7000;
+  const std::vector<Shape4> shapes = {
+      {8, 8, 64, 64},     // MHA: 64 rows per tile
+      {8, 8, 128, 128},   // MHA
+      {32, 8, 128, 128},  // GQA 4 (Llama-3 8B)
+      {16, 2, 64, 64},    // GQA 8
+      {32, 4, 128, 128},  // GQA 8
+      {64, 1, 64, 64},    // GQA 64: one row per tile
+      {48, 1, 128, 128},  // GQA 48: 1 row (48 of 64 query vectors) per tile
+  };
+  const std::vector<PrefillSeq> mixed = {
+      {0, 100},   {5, 1},  {63, 2},    {64, 64}, {130, 77, PrefillSeq::kSparse},
+      {1000, 33}, {7, 57}, {127, 129}, {31, 1}};
+  for (const Shape4& s : shapes) {
+    RunPrefill({s.hq, s.hkv, s.dk, s.dv, mixed, 0, true, false}, ++seed);
+    RunPrefill({s.hq, s.hkv, s.dk, s.dv, mixed, 0, true, true}, ++seed);
+    RunPrefill({s.hq,
+                s.hkv,
+                s.dk,
+                s.dv,
+                {{0, 150, PrefillSeq::kWindowed},
+                 {200, 64, PrefillSeq::kWindowed},
+                 {37, 1},
+                 {500, 130},
+                 {90, 3, PrefillSeq::kWindowed}},
+                100,
+                true,
+                true},
+               ++seed);
+  }
+  for (const int window : {1, 2, 63, 64, 65, 128, 300}) {
+    for (const int d : {64, 128}) {
+      RunPrefill(
+          {16,
+           4,
+           d,
+           d,
+           {{0, 200}, {61, 70, PrefillSeq::kWindowed}, {64, 1}, {333, 90, PrefillSeq::kWindowed}},
+           window,
+           true,
+           window % 2 == 1},
+          ++seed);
+    }
+  }
+  // Long sequences (many table entries per tile; the benchmark's shape), a sparse long history.
+  RunPrefill({32, 8, 128, 128, {{0, 1500}, {3000, 1}}, 0, true, false}, ++seed);
+  RunPrefill({8, 8, 64, 64, {{300, 700, PrefillSeq::kSparse}}, 0, true, false}, ++seed);
+  RunPrefill({32, 8, 128, 128, {{0, 600}}, 256, true, true}, ++seed);
+  // Fallbacks: odd block stride, dk != dv, head dim 96 (fp32 kernel, bound 1e-4).
+  RunPrefill({16, 4, 128, 128, mixed, 0, true, false, true}, ++seed);
+  RunPrefill({16, 4, 128, 64, mixed, 0, true, false}, ++seed);
+  RunPrefill({16, 4, 96, 96, mixed, 0, true, false}, ++seed);
 }
 
 INSTANTIATE_TEST_SUITE_P(KvDtypes, PagedAttentionPrefillTest, ::testing::Values(false, true),
@@ -981,6 +1061,9 @@ TEST_F(GpuTest, SmallAttentionKernelsForSanitizers) {
   RunPrefill({4, 2, 16, 16, {{0, 70}, {60, 1}, {3, 9, PrefillSeq::kSparse}}, 0, false, true}, 4);
   RunPrefill({2, 1, 40, 24, {{100, 20, PrefillSeq::kWindowed}}, 30, true, false}, 5);
   RunPrefill({4, 1, 160, 160, {{10, 40}}, 0, false, false}, 6);  // head dim > 128
+  // Tensor-core path (bf16 KV): d 64 with random tiles over block borders, d 128 windowed.
+  RunPrefill({4, 2, 64, 64, {{0, 70}, {60, 5}, {3, 9, PrefillSeq::kSparse}}, 0, true, true}, 7);
+  RunPrefill({2, 1, 128, 128, {{100, 20, PrefillSeq::kWindowed}, {0, 3}}, 30, true, false}, 8);
 }
 
 TEST_F(GpuTest, SmallAttentionLayerForSanitizers) {
