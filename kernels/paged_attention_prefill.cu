@@ -56,8 +56,9 @@ int PaddedDim(int dk, int dv) {
 
 struct GroupPlan {
   int hpc;          // query heads per CTA
-  int head_chunks;  // CTAs per (tile, KV head)
-  int tile_rows;    // rows per tile
+  int head_chunks;  // CTAs per (tile, KV head) along the heads
+  int tile_rows;    // rows per CTA
+  int sub_tiles;    // CTAs per (tile, KV head, head chunk) along the rows
 };
 
 GroupPlan PlanGroup(int group, int bm) {
@@ -65,7 +66,21 @@ GroupPlan PlanGroup(int group, int bm) {
   g.hpc = std::min(group, bm);
   g.head_chunks = (group + g.hpc - 1) / g.hpc;
   g.tile_rows = bm / g.hpc;
+  g.sub_tiles = 1;
   return g;
+}
+
+// Shapes whose tiles are sized for the tensor-core kernel's 128 query vectors (whatever the KV
+// dtype: tiles are planned before it is known); this file's kernel splits them over sub_tiles.
+bool WideTiles(int dk, int dv) {
+  return kPagedAttentionPrefillTensorCores && kPagedAttentionPrefillWideTiles && dk == dv &&
+         (dk == 64 || dk == 128);
+}
+
+// Rows per tile of the API (PagedAttentionPrefillTileRows) for a valid shape.
+int ApiTileRows(int group, int dk, int dv) {
+  if (WideTiles(dk, dv)) return PlanGroup(group, 128).tile_rows;
+  return PlanGroup(group, TileQueries(PaddedDim(dk, dv))).tile_rows;
 }
 
 template <typename Tkv, int kD>
@@ -85,14 +100,19 @@ __global__ void __launch_bounds__(kThreads)
   const int Hkv = p.num_kv_heads;
   const int group = p.num_heads / Hkv;
   int64_t bid = blockIdx.x;
+  const int sub = static_cast<int>(bid % g.sub_tiles);
+  bid /= g.sub_tiles;
   const int hc = static_cast<int>(bid % g.head_chunks);
   bid /= g.head_chunks;
   const int kvh = static_cast<int>(bid % Hkv);
   // Last tiles first: in a sequence they see the most keys.
   const int tile = p.num_tiles - 1 - static_cast<int>(bid / Hkv);
   const int s = p.tiles[3 * tile];
-  const int row0 = p.tiles[3 * tile + 1];
-  const int count = min(p.tiles[3 * tile + 2], g.tile_rows);
+  // Rows [sub · tile_rows, +tile_rows) of the tile (none: the whole CTA returns).
+  const int row0 = p.tiles[3 * tile + 1] + sub * g.tile_rows;
+  const int count =
+      min(min(p.tiles[3 * tile + 2], g.tile_rows * g.sub_tiles) - sub * g.tile_rows, g.tile_rows);
+  if (count <= 0) return;
   const int dk = p.dk, dv = p.dv;
   const int tid = threadIdx.x;
   const int tr = tid / kTC, tc = tid % kTC;
@@ -262,13 +282,15 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename Tkv, int kD>
 int LaunchTyped(const PagedAttentionPrefillParams& p, cudaStream_t stream) {
-  const GroupPlan g = PlanGroup(p.num_heads / p.num_kv_heads, TileQueries(kD));
+  const int group = p.num_heads / p.num_kv_heads;
+  GroupPlan g = PlanGroup(group, TileQueries(kD));
+  g.sub_tiles = (ApiTileRows(group, p.dk, p.dv) + g.tile_rows - 1) / g.tile_rows;
   const size_t smem = sizeof(float) * SmemFloats<kD>();
   cudaError_t err =
       cudaFuncSetAttribute(PagedAttentionPrefillKernel<Tkv, kD>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return static_cast<int>(err);
-  const int64_t ctas = int64_t{p.num_tiles} * p.num_kv_heads * g.head_chunks;
+  const int64_t ctas = int64_t{p.num_tiles} * p.num_kv_heads * g.head_chunks * g.sub_tiles;
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   PagedAttentionPrefillKernel<Tkv, kD>
       <<<static_cast<unsigned>(ctas), kThreads, smem, stream>>>(p, g);
@@ -299,7 +321,7 @@ int PagedAttentionPrefillTileRows(int num_heads, int num_kv_heads, int dk, int d
   }
   const int kd = PaddedDim(dk, dv);
   if (kd == 0) return 0;
-  return PlanGroup(num_heads / num_kv_heads, TileQueries(kd)).tile_rows;
+  return ApiTileRows(num_heads / num_kv_heads, dk, dv);
 }
 
 int PagedAttentionPrefill(const PagedAttentionPrefillParams& p, void* stream) {

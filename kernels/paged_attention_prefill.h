@@ -59,7 +59,10 @@ int PagedAttentionPrefill(const PagedAttentionPrefillParams& params, void* strea
 
 // True when PagedAttentionPrefill(params) runs the tensor-core kernel (see Precision above).
 // kPagedAttentionPrefillTensorCores = false keeps every shape on the fp32 kernel.
+// kPagedAttentionPrefillWideTiles: the tensor-core kernel serves 128 query vectors per CTA (8
+// warps; tiles of dk == dv in {64, 128} are sized for it, the fp32 kernel splits them), else 64.
 inline constexpr bool kPagedAttentionPrefillTensorCores = true;
+inline constexpr bool kPagedAttentionPrefillWideTiles = true;
 bool PagedAttentionPrefillUsesTensorCores(const PagedAttentionPrefillParams& params);
 
 namespace internal {
@@ -68,8 +71,9 @@ namespace internal {
 int PagedAttentionPrefillMma(const PagedAttentionPrefillParams& params, void* stream);
 }  // namespace internal
 
-// Most query rows of one tile for this shape (>= 1), or 0 for an unsupported shape. A tile's
-// CTA serves up to 64 (head, row) query vectors of one KV head (32 at head dims > 128).
+// Most query rows of one tile for this shape (>= 1), or 0 for an unsupported shape: a tile
+// covers up to 128 (head, row) query vectors of one KV head at dk == dv in {64, 128} (with
+// kPagedAttentionPrefillWideTiles), else 64 (32 at head dims > 128).
 int PagedAttentionPrefillTileRows(int num_heads, int num_kv_heads, int dk, int dv);
 
 }  // namespace hyla::kernels

@@ -2,10 +2,11 @@
 // for bf16 KV blocks with dk == dv in {64, 128}; kernels/paged_attention_prefill.cu selects it
 // (PagedAttentionPrefillUsesTensorCores) and keeps its fp32 kernel for everything else.
 //
-// FlashAttention-2 style: one CTA of 4 warps per (tile, KV head, chunk of that head's query
-// heads), 64 query vectors = the (row, head) pairs of the tile (GQA packing, exactly as the fp32
-// kernel: query vector qi = (row row0 + qi / hpc, head hc·hpc + qi % hpc of the group)); warp w
-// owns query vectors 16w .. 16w + 15 (the M of its m16n8k16 MMAs).
+// FlashAttention-2 style: one CTA of 8 warps (4 without kPagedAttentionPrefillWideTiles) per
+// (tile, KV head, chunk of that head's query heads), 128 (64) query vectors = the (row, head)
+// pairs of the tile (GQA packing, as the fp32 kernel: query vector qi = (row row0 + qi / hpc,
+// head hc·hpc + qi % hpc of the group)); warp w owns query vectors 16w .. 16w + 15 (the M of its
+// m16n8k16 MMAs). Every K/V row copied to shared memory serves all 128 query vectors.
 //   * Q·scale·log2(e) is rounded to bf16 once into the warp's A fragments (registers);
 //   * the K and V rows of one table entry (one 64-token block) are copied to shared memory with
 //     cp.async, double-buffered (the next entry's copy overlaps this entry's math); rows outside
@@ -44,7 +45,7 @@ namespace hyla::kernels {
 namespace prefill_mma {
 
 constexpr int kBlockTokens = 64;  // keys per table entry (one block)
-constexpr int kWarps = 4;
+constexpr int kWarps = kPagedAttentionPrefillWideTiles ? 8 : 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kBM = 16 * kWarps;  // query vectors per CTA
 constexpr int kPad = 8;           // bf16 elements of padding per shared row
@@ -120,7 +121,7 @@ HYLA_PA_DEV uint32_t PackBf16(float lo, float hi) {
 HYLA_PA_DEV int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 HYLA_PA_DEV int64_t Max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// How the query heads of a KV head are split over CTAs (as the fp32 kernel at head dims <= 128).
+// How the query heads of a KV head are split over CTAs (tile_rows: PagedAttentionPrefillTileRows).
 struct MmaPlan {
   int hpc;          // query heads per CTA
   int head_chunks;  // CTAs per (tile, KV head)

@@ -572,7 +572,14 @@ TEST_F(GpuTest, AttentionKernelsRejectBadArguments) {
   p.block_stride = 64 * 2 * 128 - 1;  // too small
   EXPECT_EQ(kernels::PagedAttentionPrefill(p, nullptr), bad);
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(6, 4, 64, 64), 0);
-  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 64, 64), 16);
+  // 128 query vectors per tile at dk == dv in {64, 128} (tensor-core tiles), else 64 (32 above
+  // head dim 128).
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 64, 64),
+            kernels::kPagedAttentionPrefillTensorCores && kernels::kPagedAttentionPrefillWideTiles
+                ? 32
+                : 16);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 96, 96), 16);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 128, 64), 16);
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 1, 256, 256), 4);
 
   kernels::RopeParams r;
