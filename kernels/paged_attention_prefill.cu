@@ -1,6 +1,6 @@
 // Causal softmax attention over paged KV blocks for many query rows per sequence (API and
 // semantics: kernels/paged_attention_prefill.h). CPU reference: AttendOne of
-// runtime/cpu/attention_layer.cc. bf16 KV at head dims 64 and 128 goes to the tensor-core
+// runtime/cpu/attention_layer.cc. bf16 KV at head dims 64, 128 and 256 goes to the tensor-core
 // kernel of kernels/paged_attention_prefill_mma.cu; this file's kernel serves the rest.
 //
 // Flash-attention style in fp32 (no tensor cores: the fp32 path stays within fp32 rounding of
@@ -70,16 +70,12 @@ GroupPlan PlanGroup(int group, int bm) {
   return g;
 }
 
-// Shapes whose tiles are sized for the tensor-core kernel's 128 query vectors (whatever the KV
-// dtype: tiles are planned before it is known); this file's kernel splits them over sub_tiles.
-bool WideTiles(int dk, int dv) {
-  return kPagedAttentionPrefillTensorCores && kPagedAttentionPrefillWideTiles && dk == dv &&
-         (dk == 64 || dk == 128);
-}
-
-// Rows per tile of the API (PagedAttentionPrefillTileRows) for a valid shape.
+// Rows per tile of the API (PagedAttentionPrefillTileRows) for a valid shape: sized for the
+// tensor-core kernel's CTAs where it applies (whatever the KV dtype: tiles are planned before it
+// is known; this file's kernel splits them over sub_tiles), else for this file's kernel.
 int ApiTileRows(int group, int dk, int dv) {
-  if (WideTiles(dk, dv)) return PlanGroup(group, 128).tile_rows;
+  const int mma = internal::PagedAttentionPrefillMmaQueries(dk, dv);
+  if (mma > 0) return PlanGroup(group, mma).tile_rows;
   return PlanGroup(group, TileQueries(PaddedDim(dk, dv))).tile_rows;
 }
 

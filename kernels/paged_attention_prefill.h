@@ -21,7 +21,7 @@
 // (one launch for all sequences of a step) and may start anywhere in a block.
 //
 // Precision: fp32 KV, and shapes outside the tensor-core path, run an fp32 CUDA-core kernel
-// (within fp32 rounding of the CPU reference). bf16 KV with dk == dv in {64, 128} (16-byte
+// (within fp32 rounding of the CPU reference). bf16 KV with dk == dv in {64, 128, 256} (16-byte
 // aligned pool and block_stride % 8 == 0) runs on tensor cores (PagedAttentionPrefillUsesTensor-
 // Cores), FlashAttention-2 style: q·scale and the probabilities are rounded to bf16 for the
 // MMAs, accumulation and softmax in fp32 (about 3e-3 relative to the exact softmax).
@@ -60,20 +60,29 @@ int PagedAttentionPrefill(const PagedAttentionPrefillParams& params, void* strea
 // True when PagedAttentionPrefill(params) runs the tensor-core kernel (see Precision above).
 // kPagedAttentionPrefillTensorCores = false keeps every shape on the fp32 kernel.
 // kPagedAttentionPrefillWideTiles: the tensor-core kernel serves 128 query vectors per CTA (8
-// warps; tiles of dk == dv in {64, 128} are sized for it, the fp32 kernel splits them), else 64.
+// warps) at dk == dv in {64, 128}, else 64 (always 64 at 256); tiles of its shapes are sized for
+// it and the fp32 kernel splits them.
 inline constexpr bool kPagedAttentionPrefillTensorCores = true;
 inline constexpr bool kPagedAttentionPrefillWideTiles = true;
 bool PagedAttentionPrefillUsesTensorCores(const PagedAttentionPrefillParams& params);
 
 namespace internal {
+// Query vectors per CTA of the tensor-core kernel at these head dims (tiles are sized for it
+// whatever the KV dtype), or 0 where it does not apply.
+constexpr int PagedAttentionPrefillMmaQueries(int dk, int dv) {
+  if (!kPagedAttentionPrefillTensorCores || dk != dv) return 0;
+  if (dk == 64 || dk == 128) return kPagedAttentionPrefillWideTiles ? 128 : 64;
+  return dk == 256 ? 64 : 0;
+}
 // The tensor-core kernel (kernels/paged_attention_prefill_mma.cu); called by
 // PagedAttentionPrefill after validating params.
 int PagedAttentionPrefillMma(const PagedAttentionPrefillParams& params, void* stream);
 }  // namespace internal
 
 // Most query rows of one tile for this shape (>= 1), or 0 for an unsupported shape: a tile
-// covers up to 128 (head, row) query vectors of one KV head at dk == dv in {64, 128} (with
-// kPagedAttentionPrefillWideTiles), else 64 (32 at head dims > 128).
+// covers up to internal::PagedAttentionPrefillMmaQueries(dk, dv) (head, row) query vectors of one
+// KV head where the tensor-core kernel applies (128 at dk == dv in {64, 128}, 64 at 256), else
+// 64 (32 at head dims > 128).
 int PagedAttentionPrefillTileRows(int num_heads, int num_kv_heads, int dk, int dv);
 
 }  // namespace hyla::kernels

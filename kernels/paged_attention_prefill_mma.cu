@@ -1,12 +1,13 @@
 // Tensor-core path of PagedAttentionPrefill (API and semantics: kernels/paged_attention_prefill.h)
-// for bf16 KV blocks with dk == dv in {64, 128}; kernels/paged_attention_prefill.cu selects it
+// for bf16 KV blocks with dk == dv in {64, 128, 256}; kernels/paged_attention_prefill.cu selects it
 // (PagedAttentionPrefillUsesTensorCores) and keeps its fp32 kernel for everything else.
 //
 // FlashAttention-2 style: one CTA of 8 warps (4 without kPagedAttentionPrefillWideTiles) per
 // (tile, KV head, chunk of that head's query heads), 128 (64) query vectors = the (row, head)
 // pairs of the tile (GQA packing, as the fp32 kernel: query vector qi = (row row0 + qi / hpc,
 // head hc·hpc + qi % hpc of the group)); warp w owns query vectors 16w .. 16w + 15 (the M of its
-// m16n8k16 MMAs). Every K/V row copied to shared memory serves all 128 query vectors.
+// m16n8k16 MMAs). Every K/V row copied to shared memory serves all 128 query vectors. Head dim
+// 256: 4 warps, 64 query vectors, Q in shared memory (registers go to the O accumulators).
 //   * Q·scale·log2(e) is rounded to bf16 once into the warp's A fragments (registers);
 //   * the K and V rows of one table entry (one 64-token block) are copied to shared memory with
 //     cp.async, double-buffered (the next entry's copy overlaps this entry's math); rows outside
@@ -45,14 +46,21 @@ namespace hyla::kernels {
 namespace prefill_mma {
 
 constexpr int kBlockTokens = 64;  // keys per table entry (one block)
-constexpr int kWarps = kPagedAttentionPrefillWideTiles ? 8 : 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kBM = 16 * kWarps;  // query vectors per CTA
 constexpr int kPad = 8;           // bf16 elements of padding per shared row
+
+// Warps per CTA (16 query vectors each): internal::PagedAttentionPrefillMmaQueries / 16.
+template <int kD>
+constexpr int kWarpsOf = internal::PagedAttentionPrefillMmaQueries(kD, kD) / 16;
+// Head dims > 128 keep Q in shared memory (bf16, read by ldmatrix per k-step): their O
+// accumulators need the registers.
+template <int kD>
+constexpr bool kQInSmemOf = kD > 128;
 
 template <int kD>
 constexpr size_t SmemBytes() {
-  return size_t{2} /*stages*/ * 2 /*K, V*/ * kBlockTokens * (kD + kPad) * sizeof(uint16_t);
+  return (size_t{2} /*stages*/ * 2 /*K, V*/ * kBlockTokens +
+          (kQInSmemOf<kD> ? size_t{16} * kWarpsOf<kD> : 0)) *
+         (kD + kPad) * sizeof(uint16_t);
 }
 
 #ifdef HYLA_PREFILL_MMA_EMULATION
@@ -128,10 +136,13 @@ struct MmaPlan {
   int tile_rows;    // rows per tile
 };
 
-// The work of CTA `cta`, thread `tid` (0..kThreads-1); smem: SmemBytes<kD>() bytes, 16-aligned.
+// The work of CTA `cta`, thread `tid` (0..32·kWarpsOf<kD>-1); smem: SmemBytes<kD>() bytes,
+// 16-aligned: K/V stages [2][K, V][64][kD + kPad], then (kQInSmemOf) Q [16·warps][kD + kPad].
 template <int kD>
 HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaPlan& g, int cta,
                                 int tid, uint16_t* smem) {
+  constexpr int kThreads = 32 * kWarpsOf<kD>;
+  constexpr bool kQSmem = kQInSmemOf<kD>;
   constexpr int kLd = kD + kPad;                  // shared row stride (bf16)
   constexpr int kTileElems = kBlockTokens * kLd;  // one K or V tile
   constexpr int kKSteps = kD / 16;                // k-steps of Q·Kᵀ
@@ -187,9 +198,12 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
     }
   }
 
-  // A fragments of Q·scale·log2(e) (zeros for absent query vectors).
+  // A fragments of Q·scale·log2(e) (zeros for absent query vectors): in registers, or (kQSmem)
+  // stored as this lane's pieces of the warp's Q rows in shared memory (visible after the first
+  // barrier of the loop below).
   const float qscale = p.scale * 1.4426950408889634f;
-  uint32_t qf[kKSteps][4];
+  uint32_t qf[kQSmem ? 1 : kKSteps][4];
+  uint16_t* qs = smem + 4 * kTileElems + 16 * warp * kLd;  // kQSmem: this warp's 16 rows
 #pragma unroll
   for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
@@ -202,7 +216,12 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
           x0 = q_r[h][c] * qscale;
           x1 = q_r[h][c + 1] * qscale;
         }
-        qf[kk][h + 2 * half] = PackBf16(x0, x1);
+        const uint32_t packed = PackBf16(x0, x1);
+        if constexpr (kQSmem) {
+          *reinterpret_cast<uint32_t*>(qs + (lg + 8 * h) * kLd + c) = packed;
+        } else {
+          qf[kk][h + 2 * half] = packed;
+        }
       }
     }
   }
@@ -288,12 +307,26 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
     }
 #pragma unroll
     for (int kk = 0; kk < kKSteps; kk += 2) {
+      uint32_t qa[2][4];  // kQSmem: A fragments of k-steps kk, kk + 1
+      if constexpr (kQSmem) {
+        // Matrices: rows 0-7 / 8-15 of the warp's 16, columns 16kk + 0 / 8 (A reg order).
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          LdMatrixX4(qa[x], qs + ((lane & 7) + 8 * ((lane >> 3) & 1)) * kLd + 16 * (kk + x) +
+                                8 * (lane >> 4));
+        }
+      }
 #pragma unroll
       for (int n = 0; n < kSTiles; ++n) {
         uint32_t b[4];  // matrices: keys 8n.., columns 16kk + 0, 8, 16, 24
         LdMatrixX4(b, ks + (8 * n + (lane & 7)) * kLd + 16 * kk + 8 * (lane >> 3));
-        Mma(sc[n], qf[kk], b[0], b[1]);
-        Mma(sc[n], qf[kk + 1], b[2], b[3]);
+        if constexpr (kQSmem) {
+          Mma(sc[n], qa[0], b[0], b[1]);
+          Mma(sc[n], qa[1], b[2], b[3]);
+        } else {
+          Mma(sc[n], qf[kk], b[0], b[1]);
+          Mma(sc[n], qf[kk + 1], b[2], b[3]);
+        }
       }
     }
 
@@ -381,7 +414,7 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
 
 #ifndef HYLA_PREFILL_MMA_EMULATION
 template <int kD>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(32 * kWarpsOf<kD>)
     PagedAttentionPrefillMmaKernel(PagedAttentionPrefillParams p, MmaPlan g) {
   extern __shared__ __align__(16) uint16_t mma_smem[];
   PrefillMmaBody<kD>(p, g, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), mma_smem);
@@ -389,6 +422,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <int kD>
 int Launch(const PagedAttentionPrefillParams& p, cudaStream_t stream) {
+  constexpr int kBM = 16 * kWarpsOf<kD>;
   const int group = p.num_heads / p.num_kv_heads;
   MmaPlan g;
   g.hpc = group < kBM ? group : kBM;
@@ -402,7 +436,7 @@ int Launch(const PagedAttentionPrefillParams& p, cudaStream_t stream) {
   const int64_t ctas = int64_t{p.num_tiles} * p.num_kv_heads * g.head_chunks;
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   PagedAttentionPrefillMmaKernel<kD>
-      <<<static_cast<unsigned>(ctas), kThreads, kSmem, stream>>>(p, g);
+      <<<static_cast<unsigned>(ctas), 32 * kWarpsOf<kD>, kSmem, stream>>>(p, g);
   return LaunchResult();
 }
 #endif  // HYLA_PREFILL_MMA_EMULATION
@@ -411,16 +445,25 @@ int Launch(const PagedAttentionPrefillParams& p, cudaStream_t stream) {
 
 #ifndef HYLA_PREFILL_MMA_EMULATION
 bool PagedAttentionPrefillUsesTensorCores(const PagedAttentionPrefillParams& p) {
-  return kPagedAttentionPrefillTensorCores && p.kv_dtype == KernelDType::kBf16 && p.dk == p.dv &&
-         (p.dk == 64 || p.dk == 128) && IsAligned(p.kv, 16) && p.block_stride % 8 == 0;
+  return p.kv_dtype == KernelDType::kBf16 &&
+         internal::PagedAttentionPrefillMmaQueries(p.dk, p.dv) > 0 && IsAligned(p.kv, 16) &&
+         p.block_stride % 8 == 0;
 }
 
 namespace internal {
 // Launches the tensor-core kernel; the caller (PagedAttentionPrefill) validated the arguments
 // and checked PagedAttentionPrefillUsesTensorCores.
 int PagedAttentionPrefillMma(const PagedAttentionPrefillParams& p, void* stream) {
-  return p.dk == 64 ? prefill_mma::Launch<64>(p, AsStream(stream))
-                    : prefill_mma::Launch<128>(p, AsStream(stream));
+  switch (p.dk) {
+    case 64:
+      return prefill_mma::Launch<64>(p, AsStream(stream));
+    case 128:
+      return prefill_mma::Launch<128>(p, AsStream(stream));
+    case 256:
+      return prefill_mma::Launch<256>(p, AsStream(stream));
+    default:
+      return static_cast<int>(cudaErrorInvalidValue);
+  }
 }
 }  // namespace internal
 #endif  // HYLA_PREFILL_MMA_EMULATION

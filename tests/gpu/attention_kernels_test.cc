@@ -8,7 +8,7 @@
 //                         cpu::Softmax, Σ p·v): GQA groups 1..80, head dims 16..256, starts in
 //                         mid-block, windows, sparse and window-pruned tables, several sequences
 //                         per launch, random tile splits, fp32 and bf16 KV; the tensor-core
-//                         path (bf16 KV, head dims 64 and 128) and its fallbacks;
+//                         path (bf16 KV, head dims 64, 128, 256) and its fallbacks;
 //   CreateCudaAttentionLayer vs cpu::CreateAttentionLayer step by step over the same sequences
 //                         (prefill, decode, mixed batches, chunked prefill, windows with block
 //                         drops, the per-sequence cap evicting mid-step, a tight block pool,
@@ -402,10 +402,10 @@ void RunPrefill(const PrefillCase& c, uint32_t seed) {
   p.scale = scale;
   p.out = d_out.as<float>();
   p.out_stride = out_stride;
-  // The tensor-core path: bf16 KV, dk == dv in {64, 128}, 16-byte aligned blocks.
+  // The tensor-core path: bf16 KV, dk == dv in {64, 128, 256}, 16-byte aligned blocks.
   const bool tensor_cores = kernels::PagedAttentionPrefillUsesTensorCores(p);
   EXPECT_EQ(tensor_cores, kernels::kPagedAttentionPrefillTensorCores && c.kv_bf16 && c.dk == c.dv &&
-                              (c.dk == 64 || c.dk == 128) && !c.odd_stride);
+                              (c.dk == 64 || c.dk == 128 || c.dk == 256) && !c.odd_stride);
   // Sentinels in the stride padding of out: the kernel must leave them.
   ASSERT_EQ(cudaMemset(d_out.get(), 0x7f, static_cast<size_t>(rows * out_stride) * sizeof(float)),
             cudaSuccess);
@@ -487,7 +487,7 @@ TEST_P(PagedAttentionPrefillTest, MatchesCpuSoftmaxAttention) {
   RunPrefill({4, 4, 64, 64, {{300, 700, PrefillSeq::kSparse}}, 0, kv_bf16, false}, ++seed);
 }
 
-// The tensor-core path (bf16 KV, head dims 64 and 128): GQA 1..64, causal edges inside tiles
+// The tensor-core path (bf16 KV, head dims 64, 128 and 256): GQA 1..64, causal edges inside tiles
 // (mid-block starts, tiles straddling block borders, one-row tiles), windows below, at and above
 // one block, sparse and window-pruned tables, many sequences per launch, random tile splits; an
 // odd block stride falls back to the fp32 kernel.
@@ -500,7 +500,9 @@ TEST_F(GpuTest, PagedAttentionPrefillTensorCoresMatchCpu) {
       {16, 2, 64, 64},    // GQA 8
       {32, 4, 128, 128},  // GQA 8
       {64, 1, 64, 64},    // GQA 64: one row per tile
-      {48, 1, 128, 128},  // GQA 48: 1 row (48 of 64 query vectors) per tile
+      {48, 1, 128, 128},  // GQA 48: 2 rows (96 of 128 query vectors) per tile
+      {8, 1, 256, 256},   // head dim 256 (Q in shared memory, 64 query vectors), GQA 8
+      {4, 4, 256, 256},   // head dim 256, MHA
   };
   const std::vector<PrefillSeq> mixed = {
       {0, 100},   {5, 1},  {63, 2},    {64, 64}, {130, 77, PrefillSeq::kSparse},
@@ -523,7 +525,7 @@ TEST_F(GpuTest, PagedAttentionPrefillTensorCoresMatchCpu) {
                ++seed);
   }
   for (const int window : {1, 2, 63, 64, 65, 128, 300}) {
-    for (const int d : {64, 128}) {
+    for (const int d : {64, 128, 256}) {
       RunPrefill(
           {16,
            4,
@@ -542,6 +544,7 @@ TEST_F(GpuTest, PagedAttentionPrefillTensorCoresMatchCpu) {
   RunPrefill({32, 8, 128, 128, {{0, 600}}, 256, true, true}, ++seed);
   // Fallbacks: odd block stride, dk != dv, head dim 96 (fp32 kernel, bound 1e-4).
   RunPrefill({16, 4, 128, 128, mixed, 0, true, false, true}, ++seed);
+  RunPrefill({8, 2, 256, 256, mixed, 0, true, true, true}, ++seed);
   RunPrefill({16, 4, 128, 64, mixed, 0, true, false}, ++seed);
   RunPrefill({16, 4, 96, 96, mixed, 0, true, false}, ++seed);
 }
@@ -572,15 +575,17 @@ TEST_F(GpuTest, AttentionKernelsRejectBadArguments) {
   p.block_stride = 64 * 2 * 128 - 1;  // too small
   EXPECT_EQ(kernels::PagedAttentionPrefill(p, nullptr), bad);
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(6, 4, 64, 64), 0);
-  // 128 query vectors per tile at dk == dv in {64, 128} (tensor-core tiles), else 64 (32 above
-  // head dim 128).
+  // 128 query vectors per tile at dk == dv in {64, 128} (tensor-core tiles), 64 at 256, else 64
+  // (32 above head dim 128).
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 64, 64),
             kernels::kPagedAttentionPrefillTensorCores && kernels::kPagedAttentionPrefillWideTiles
                 ? 32
                 : 16);
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 96, 96), 16);
   EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 2, 128, 64), 16);
-  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 1, 256, 256), 4);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 1, 256, 256),
+            kernels::kPagedAttentionPrefillTensorCores ? 8 : 4);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(8, 1, 160, 160), 4);
 
   kernels::RopeParams r;
   EXPECT_EQ(kernels::Rope(r, nullptr), bad);  // head_dim 0
@@ -1068,9 +1073,11 @@ TEST_F(GpuTest, SmallAttentionKernelsForSanitizers) {
   RunPrefill({4, 2, 16, 16, {{0, 70}, {60, 1}, {3, 9, PrefillSeq::kSparse}}, 0, false, true}, 4);
   RunPrefill({2, 1, 40, 24, {{100, 20, PrefillSeq::kWindowed}}, 30, true, false}, 5);
   RunPrefill({4, 1, 160, 160, {{10, 40}}, 0, false, false}, 6);  // head dim > 128
-  // Tensor-core path (bf16 KV): d 64 with random tiles over block borders, d 128 windowed.
+  // Tensor-core path (bf16 KV): d 64 with random tiles over block borders, d 128 windowed,
+  // d 256 (Q in shared memory).
   RunPrefill({4, 2, 64, 64, {{0, 70}, {60, 5}, {3, 9, PrefillSeq::kSparse}}, 0, true, true}, 7);
   RunPrefill({2, 1, 128, 128, {{100, 20, PrefillSeq::kWindowed}, {0, 3}}, 30, true, false}, 8);
+  RunPrefill({2, 1, 256, 256, {{60, 10}, {0, 3}}, 0, true, false}, 9);
 }
 
 TEST_F(GpuTest, SmallAttentionLayerForSanitizers) {
