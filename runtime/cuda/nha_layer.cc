@@ -57,6 +57,9 @@ class CudaNhaLayer : public CudaLayer {
 
   absl::Status Load(const CudaLayerArgs& args);
   absl::Status Forward(const CudaContext& ctx, const float* x, float* out) override;
+  // Decode reads positions and slots from the batch's device arrays and uploads no plan
+  // (NhaDecodeWork), so it can be replayed from a CUDA graph.
+  bool DecodeGraphSafe() const override { return true; }
 
  private:
   int64_t q_width() const { return int64_t{c_.num_heads} * c_.head_k_dim; }
