@@ -10,8 +10,9 @@
 // 256: 4 warps, 64 query vectors, Q in shared memory (registers go to the O accumulators).
 //   * Q·scale·log2(e) is rounded to bf16 once into the warp's A fragments (registers);
 //   * the K and V rows of one table entry (one 64-token block) are copied to shared memory with
-//     cp.async, double-buffered (the next entry's copy overlaps this entry's math); rows outside
-//     the tile's visible range are zero-filled (unwritten cache slots may hold anything);
+//     cp.async, 3 stages deep (2 at head dim 256): the next entries' copies overlap this entry's
+//     math; rows outside the tile's visible range are zero-filled (unwritten cache slots may hold
+//     anything);
 //   * S = Q·Kᵀ with mma.sync.m16n8k16 bf16 → fp32 (K fragments by ldmatrix), masked per row
 //     (lo <= position <= pos), online softmax in fp32 with exp2 (running max and partial sums in
 //     registers, row max over the 4 lanes of a row by shuffles);
@@ -56,9 +57,13 @@ constexpr int kWarpsOf = internal::PagedAttentionPrefillMmaQueries(kD, kD) / 16;
 template <int kD>
 constexpr bool kQInSmemOf = kD > 128;
 
+// K/V pipeline depth: entries in flight while one is computed on (2 at 256: shared memory).
+template <int kD>
+constexpr int kStagesOf = kD > 128 ? 2 : 3;
+
 template <int kD>
 constexpr size_t SmemBytes() {
-  return (size_t{2} /*stages*/ * 2 /*K, V*/ * kBlockTokens +
+  return (size_t{kStagesOf<kD>} * 2 /*K, V*/ * kBlockTokens +
           (kQInSmemOf<kD> ? size_t{16} * kWarpsOf<kD> : 0)) *
          (kD + kPad) * sizeof(uint16_t);
 }
@@ -73,7 +78,11 @@ void LdMatrixX4(uint32_t (&r)[4], const uint16_t* row);
 void LdMatrixX4Trans(uint32_t (&r)[4], const uint16_t* row);
 void CpAsync16(uint16_t* dst, const uint16_t* src, bool fill);
 void CpAsyncCommit();
-void CpAsyncWait1();
+void CpAsyncWaitN(int n);
+template <int kN>
+inline void CpAsyncWait() {
+  CpAsyncWaitN(kN);
+}
 uint32_t PackBf16(float lo, float hi);
 #else
 #define HYLA_PA_DEV __device__ __forceinline__
@@ -116,8 +125,11 @@ HYLA_PA_DEV void CpAsync16(uint16_t* dst, const uint16_t* src, bool fill) {
                : "memory");
 }
 HYLA_PA_DEV void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most one committed group of this thread is still in flight.
-HYLA_PA_DEV void CpAsyncWait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// Waits until at most kN committed groups of this thread are still in flight.
+template <int kN>
+HYLA_PA_DEV void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kN) : "memory");
+}
 
 // Two floats → bf16x2 (round to nearest even), lo in the low 16 bits.
 HYLA_PA_DEV uint32_t PackBf16(float lo, float hi) {
@@ -137,12 +149,14 @@ struct MmaPlan {
 };
 
 // The work of CTA `cta`, thread `tid` (0..32·kWarpsOf<kD>-1); smem: SmemBytes<kD>() bytes,
-// 16-aligned: K/V stages [2][K, V][64][kD + kPad], then (kQInSmemOf) Q [16·warps][kD + kPad].
+// 16-aligned: K/V stages [kStagesOf][K, V][64][kD + kPad], then (kQInSmemOf) Q [16·warps][kD +
+// kPad].
 template <int kD>
 HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaPlan& g, int cta,
                                 int tid, uint16_t* smem) {
   constexpr int kThreads = 32 * kWarpsOf<kD>;
   constexpr bool kQSmem = kQInSmemOf<kD>;
+  constexpr int kStages = kStagesOf<kD>;
   constexpr int kLd = kD + kPad;                  // shared row stride (bf16)
   constexpr int kTileElems = kBlockTokens * kLd;  // one K or V tile
   constexpr int kKSteps = kD / 16;                // k-steps of Q·Kᵀ
@@ -203,7 +217,7 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
   // barrier of the loop below).
   const float qscale = p.scale * 1.4426950408889634f;
   uint32_t qf[kQSmem ? 1 : kKSteps][4];
-  uint16_t* qs = smem + 4 * kTileElems + 16 * warp * kLd;  // kQSmem: this warp's 16 rows
+  uint16_t* qs = smem + 2 * kStages * kTileElems + 16 * warp * kLd;  // kQSmem: the warp's rows
 #pragma unroll
   for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
@@ -286,15 +300,22 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
   float m_r[2] = {-INFINITY, -INFINITY};  // running max (log2 units)
   float l_r[2] = {0.0f, 0.0f};            // this lane's part of the running sum
 
-  if (e_begin < e_end) load(e_begin, 0);
-  CpAsyncCommit();
+  // Entry e lives in stage (e - e_begin) % kStages. Prologue: the first kStages - 1 entries, one
+  // commit group each (possibly empty: the group count stays uniform).
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (e_begin + i < e_end) load(e_begin + i, i);
+    CpAsyncCommit();
+  }
+  int stage = 0;
   for (int e = e_begin; e < e_end; ++e) {
-    const int stage = (e - e_begin) & 1;
-    // The other stage was last read in the previous iteration, which ended with a barrier.
-    if (e + 1 < e_end) load(e + 1, stage ^ 1);
-    CpAsyncCommit();  // possibly empty: the group count stays uniform
-    CpAsyncWait1();   // this thread's copies of entry e have landed
-    SyncThreads();    // ... and everyone else's
+    // Entry e + kStages - 1 goes to the stage read in the previous iteration (which ended with a
+    // barrier), or at e_begin to the one stage the prologue left free.
+    const int ahead = e + kStages - 1;
+    if (ahead < e_end) load(ahead, stage == 0 ? kStages - 1 : stage - 1);
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();  // entry e's group (kStages - 1 groups follow it) has landed
+    SyncThreads();               // ... for every thread
     const uint16_t* ks = smem + stage * 2 * kTileElems;
     const uint16_t* vs = ks + kTileElems;
 
@@ -391,6 +412,7 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
       }
     }
     SyncThreads();  // done with this stage before the next iteration refills it
+    stage = stage + 1 == kStages ? 0 : stage + 1;
   }
 
   // Row sums over the 4 lanes of a row, normalise, write.
