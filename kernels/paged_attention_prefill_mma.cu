@@ -212,63 +212,38 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
     }
   }
 
-  // A fragments of Q·scale·log2(e) (zeros for absent query vectors): in registers, or (kQSmem)
-  // stored as this lane's pieces of the warp's Q rows in shared memory (visible after the first
-  // barrier of the loop below).
-  const float qscale = p.scale * 1.4426950408889634f;
-  uint32_t qf[kQSmem ? 1 : kKSteps][4];
-  uint16_t* qs = smem + 2 * kStages * kTileElems + 16 * warp * kLd;  // kQSmem: the warp's rows
-#pragma unroll
-  for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int c = 16 * kk + 8 * half + 2 * lt;
-        float x0 = 0.0f, x1 = 0.0f;
-        if (valid[h]) {
-          x0 = q_r[h][c] * qscale;
-          x1 = q_r[h][c + 1] * qscale;
-        }
-        const uint32_t packed = PackBf16(x0, x1);
-        if constexpr (kQSmem) {
-          *reinterpret_cast<uint32_t*>(qs + (lg + 8 * h) * kLd + c) = packed;
-        } else {
-          qf[kk][h + 2 * half] = packed;
-        }
-      }
-    }
-  }
-
-  // Table entries that intersect [tile_lo, tile_hi]: a contiguous range (ascending chunks).
+  // Table entries that intersect [tile_lo, tile_hi]: a contiguous range (ascending chunks),
+  // [first entry with chunk >= tile_lo / 64, first entry with chunk > tile_hi / 64).
   const int64_t table_row = static_cast<int64_t>(s) * p.max_blocks;
   const int entries = p.num_blocks[s];
-  auto base_of = [&](int e) -> int64_t {
-    return static_cast<int64_t>(p.block_chunks != nullptr ? p.block_chunks[table_row + e] : e) *
-           kBlockTokens;
+  auto chunk_of = [&](int64_t e) -> int64_t {
+    return p.block_chunks != nullptr ? p.block_chunks[table_row + e] : e;
   };
-  int e_begin = 0, e_end = entries;
-  {
-    int lo = 0, hi = entries;  // first entry with base + 64 > tile_lo
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (base_of(mid) + kBlockTokens > tile_lo) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
+  auto base_of = [&](int e) -> int64_t { return chunk_of(e) * kBlockTokens; };
+  int e_begin = 0, e_end = 0;
+  if (entries > 0 && tile_hi >= tile_lo) {
+    const int64_t chunk0 = chunk_of(0);
+    // First entry with chunk > c: tables of consecutive chunks (the usual case) are answered by
+    // the guess c - chunk0 + 1 (checked), others by binary search.
+    auto first_above = [&](int64_t c) -> int {
+      const int64_t guess = c - chunk0 + 1;
+      if (guess >= 0 && guess <= entries && (guess == 0 || chunk_of(guess - 1) <= c) &&
+          (guess == entries || chunk_of(guess) > c)) {
+        return static_cast<int>(guess);
       }
-    }
-    e_begin = lo;
-    hi = entries;  // first entry with base > tile_hi
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (base_of(mid) > tile_hi) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
+      int lo = 0, hi = entries;
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (chunk_of(mid) > c) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
       }
-    }
-    e_end = lo;
+      return lo;
+    };
+    e_begin = first_above(tile_lo / kBlockTokens - 1);
+    e_end = first_above(tile_hi / kBlockTokens);
   }
 
   const uint16_t* pool = static_cast<const uint16_t*>(p.kv);
@@ -307,6 +282,35 @@ HYLA_PA_DEV void PrefillMmaBody(const PagedAttentionPrefillParams& p, const MmaP
     if (e_begin + i < e_end) load(e_begin + i, i);
     CpAsyncCommit();
   }
+  // (After the prologue's copies are issued: the Q loads overlap them.)
+  // A fragments of Q·scale·log2(e) (zeros for absent query vectors): in registers, or (kQSmem)
+  // stored as this lane's pieces of the warp's Q rows in shared memory (visible after the first
+  // barrier of the loop below).
+  const float qscale = p.scale * 1.4426950408889634f;
+  uint32_t qf[kQSmem ? 1 : kKSteps][4];
+  uint16_t* qs = smem + 2 * kStages * kTileElems + 16 * warp * kLd;  // kQSmem: the warp's rows
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int c = 16 * kk + 8 * half + 2 * lt;
+        float x0 = 0.0f, x1 = 0.0f;
+        if (valid[h]) {
+          x0 = q_r[h][c] * qscale;
+          x1 = q_r[h][c + 1] * qscale;
+        }
+        const uint32_t packed = PackBf16(x0, x1);
+        if constexpr (kQSmem) {
+          *reinterpret_cast<uint32_t*>(qs + (lg + 8 * h) * kLd + c) = packed;
+        } else {
+          qf[kk][h + 2 * half] = packed;
+        }
+      }
+    }
+  }
+
   int stage = 0;
   for (int e = e_begin; e < e_end; ++e) {
     // Entry e + kStages - 1 goes to the stage read in the previous iteration (which ended with a
