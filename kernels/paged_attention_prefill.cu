@@ -5,10 +5,11 @@
 //
 // Flash-attention style in fp32 (no tensor cores: the fp32 path stays within fp32 rounding of
 // the CPU reference). One CTA of 128 threads per (tile, KV head, chunk of that head's query
-// heads): its kBM query vectors are the (row, head) pairs of the tile's rows and of up to kBM of
-// the KV head's query heads (GQA packing: every K/V row read serves the whole group). The CTA
-// streams the table entries of its sequence that intersect the tile's visible range; per entry
-// (one 64-token block):
+// heads, sub-tile of rows: tiles sized for the tensor-core kernel's twice larger CTAs are split
+// over GroupPlan::sub_tiles CTAs here): its kBM query vectors are the (row, head) pairs of the
+// sub-tile's rows and of up to kBM of the KV head's query heads (GQA packing: every K/V row read
+// serves the whole group). The CTA streams the table entries of its sequence that intersect the
+// tile's visible range; per entry (one 64-token block):
 //   1. K rows of the visible range → shared memory as fp32 (zero-padded to kD columns),
 //   2. S = Q·Kᵀ [kBM, 64]: thread (tr, tc) owns rows tr + 16i and columns tc + 8j; scale, mask
 //      (per row: lo <= position <= pos), online softmax with running max m and sum l per row in
