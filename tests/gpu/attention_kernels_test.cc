@@ -554,6 +554,45 @@ INSTANTIATE_TEST_SUITE_P(KvDtypes, PagedAttentionPrefillTest, ::testing::Values(
                            return std::string(i.param ? "KvBf16" : "KvF32");
                          });
 
+// Host-only planning (runs without a device): tile sizes and the tensor-core path selection.
+TEST(PagedAttentionPrefillPlan, TileRowsAndTensorCoreSelection) {
+  const bool tc = kernels::kPagedAttentionPrefillTensorCores;
+  const bool wide = tc && kernels::kPagedAttentionPrefillWideTiles;
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(32, 8, 128, 128), wide ? 32 : 16);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(4, 4, 64, 64), wide ? 128 : 64);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(80, 1, 64, 64), 1);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(15, 3, 128, 128), wide ? 25 : 12);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(4, 4, 256, 256), tc ? 64 : 32);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(4, 4, 80, 80), 64);
+  EXPECT_EQ(kernels::PagedAttentionPrefillTileRows(4, 4, 32, 32), 64);
+  alignas(16) static uint16_t pool[64];
+  kernels::PagedAttentionPrefillParams p;
+  p.num_heads = 32;
+  p.num_kv_heads = 8;
+  p.dk = p.dv = 128;
+  p.kv_dtype = kernels::KernelDType::kBf16;
+  p.kv = pool;
+  p.block_stride = 64 * 8 * 256;
+  EXPECT_EQ(kernels::PagedAttentionPrefillUsesTensorCores(p), tc);
+  p.dk = p.dv = 64;
+  EXPECT_EQ(kernels::PagedAttentionPrefillUsesTensorCores(p), tc);
+  p.dk = p.dv = 256;
+  EXPECT_EQ(kernels::PagedAttentionPrefillUsesTensorCores(p), tc);
+  p.kv = pool + 1;  // 2-byte aligned
+  EXPECT_FALSE(kernels::PagedAttentionPrefillUsesTensorCores(p));
+  p.kv = pool;
+  p.block_stride += 4;  // blocks 8-byte aligned only
+  EXPECT_FALSE(kernels::PagedAttentionPrefillUsesTensorCores(p));
+  p.block_stride -= 4;
+  p.kv_dtype = kernels::KernelDType::kF32;
+  EXPECT_FALSE(kernels::PagedAttentionPrefillUsesTensorCores(p));
+  p.kv_dtype = kernels::KernelDType::kBf16;
+  p.dv = 128;  // dk != dv
+  EXPECT_FALSE(kernels::PagedAttentionPrefillUsesTensorCores(p));
+  p.dk = p.dv = 96;
+  EXPECT_FALSE(kernels::PagedAttentionPrefillUsesTensorCores(p));
+}
+
 TEST_F(GpuTest, AttentionKernelsRejectBadArguments) {
   const int bad = static_cast<int>(cudaErrorInvalidValue);
   TestBuffer d(1 << 20);
