@@ -21,9 +21,9 @@ struct ServerFlags {
   std::string listen = "0.0.0.0:50051";         // gRPC
   std::string metrics_listen = "0.0.0.0:9464";  // Prometheus /metrics
   std::string health_listen;                    // plaintext grpc.health.v1 only; empty: none
-  std::string device = "auto";      // cpu | cuda | auto (cuda when a GPU is usable)
-  std::string precision = "bf16";  // cuda: bf16 (weights + KV) or fp32 (exact)
-  int workers = 0;  // 0: one per visible GPU with --device cuda, else 1
+  std::string device = "auto";                  // cpu | cuda | auto (cuda when a GPU is usable)
+  std::string precision = "bf16";               // cuda: bf16 (weights + KV) or fp32 (exact)
+  int workers = 0;                              // 0: one per visible GPU with --device cuda, else 1
   int threads = 0;    // CPU backend threads per worker; 0: the CPU quota / workers (server.cc)
   int max_batch = 0;  // sequences per step per worker; 0: min(64, state slots per worker)
   int64_t token_budget = 512;   // tokens per step per worker (decodes + prefill chunks)
