@@ -35,6 +35,9 @@
 #include "absl/strings/str_split.h"
 #include "runtime/base/status_macros.h"
 #include "runtime/cpu/cpu_backend.h"
+#ifdef HYLA_HAVE_CUDA_BACKEND
+#include "runtime/cuda/cuda_backend.h"
+#endif
 #include "runtime/engine/sampling.h"
 #include "runtime/engine/sequence_runner.h"
 #include "runtime/model/checkpoint.h"
@@ -233,18 +236,62 @@ int DefaultThreads() {
   return n == 0 ? 2 : static_cast<int>(std::min(n, 16u));
 }
 
-// A CPU backend over `dir` with one sequence slot and enough KV blocks for `max_tokens`.
-absl::StatusOr<std::unique_ptr<cpu::CpuBackend>> OpenCpuBackend(const std::string& dir,
-                                                                int64_t max_tokens, int threads) {
+// --device and --precision of the logits and generate commands.
+struct DeviceChoice {
+  std::string device = "cpu";      // cpu | cuda
+  std::string precision = "fp32";  // cuda: fp32 | bf16
+};
+
+absl::StatusOr<DeviceChoice> ParseDeviceChoice(const Args& args) {
+  DeviceChoice c;
+  if (auto d = args.Get("device")) c.device = std::string(*d);
+  if (auto p = args.Get("precision")) c.precision = std::string(*p);
+  if (c.device != "cpu" && c.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: \"", c.device, "\" is not a device (expected cpu or cuda)"));
+  }
+  if (c.precision != "fp32" && c.precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--precision: \"", c.precision, "\" is not a precision (expected fp32 or bf16)"));
+  }
+  if (c.device == "cpu" && c.precision != "fp32") {
+    return absl::InvalidArgumentError("--precision bf16 needs --device cuda (the CPU is fp32)");
+  }
+  return c;
+}
+
+// A backend over `dir` with one sequence slot and enough KV blocks for `max_tokens`: the CPU
+// reference, or with --device cuda the CUDA backend on GPU 0.
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const std::string& dir, int64_t max_tokens,
+                                                     int threads, const DeviceChoice& device) {
   HYLA_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::Open(dir));
   HYLA_ASSIGN_OR_RETURN(StateLayout layout, StateLayout::Create(ck->config(), DType::kF32));
+  StateStoreOptions store;
+  store.num_slots = 1;
+  // Every stream may hold one extra block while a window slides or a chunk is being decided.
+  store.num_blocks =
+      std::max<int64_t>(1, layout.KvBlocksAt(max_tokens, 1.0) + 2 * layout.num_streams());
+  if (device.device == "cuda") {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+    cuda::CudaBackendOptions o;
+    o.precision = device.precision == "bf16" ? cuda::Precision::kBf16 : cuda::Precision::kF32;
+    o.store = store;
+    o.max_step_tokens = std::max<int64_t>(64, max_tokens);
+    o.max_step_seqs = 1;
+    HYLA_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaBackend> b,
+                          cuda::CudaBackend::Create(std::move(ck), o));
+    return std::unique_ptr<Backend>(std::move(b));
+#else
+    return absl::FailedPreconditionError(
+        "--device cuda: this build has no CUDA backend (nvcc was not found at build time)");
+#endif
+  }
   cpu::CpuBackendOptions o;
   o.num_threads = threads;
-  o.store.num_slots = 1;
-  // Every stream may hold one extra block while a window slides or a chunk is being decided.
-  o.store.num_blocks =
-      std::max<int64_t>(1, layout.KvBlocksAt(max_tokens, 1.0) + 2 * layout.num_streams());
-  return cpu::CpuBackend::Create(std::move(ck), o);
+  o.store = store;
+  HYLA_ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> b,
+                        cpu::CpuBackend::Create(std::move(ck), o));
+  return std::unique_ptr<Backend>(std::move(b));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,9 +467,9 @@ int RunInfo(const std::vector<std::string>& argv) {
 
 constexpr char kLogitsHelp[] =
     R"(Usage: hyla-model logits --model DIR --ids I,J,K [--chunks A,B,...] --out FILE.npy
-                         [--threads N]
+                         [--threads N] [--device cpu|cuda] [--precision fp32|bf16]
 
-Runs the CPU backend over the token ids (one fresh sequence) and writes the logits of every
+Runs the CPU backend (or with --device cuda the CUDA backend) over the token ids (one fresh sequence) and writes the logits of every
 position as a float32 NumPy array (.npy format 1.0) of shape [T, vocab_size].
 
   --model DIR      checkpoint directory
@@ -430,6 +477,8 @@ position as a float32 NumPy array (.npy format 1.0) of shape [T, vocab_size].
   --chunks A,B     feed the ids in calls of these sizes (must sum to T; default: one call)
   --out FILE.npy   output file
   --threads N      CPU threads (default: the machine's cores, at most 16)
+  --device D       cpu (the reference, default) or cuda (GPU 0)
+  --precision P    with --device cuda: fp32 (default, exact) or bf16 (weights and KV)
 )";
 
 absl::Status WriteNpyF32(const std::string& path, const std::vector<float>& data, int64_t rows,
@@ -463,6 +512,8 @@ int RunLogits(const std::vector<std::string>& argv) {
                                                {"chunks", true},
                                                {"out", true},
                                                {"threads", true},
+                                               {"device", true},
+                                               {"precision", true},
                                                {"help", false}});
   if (!args.ok()) return Usage(kCmd, args.status().message());
   if (args->Has("help")) {
@@ -504,8 +555,10 @@ int RunLogits(const std::vector<std::string>& argv) {
     threads = static_cast<int>(*parsed);
   }
 
-  absl::StatusOr<std::unique_ptr<cpu::CpuBackend>> backend =
-      OpenCpuBackend(*args->Get("model"), static_cast<int64_t>(ids.size()), threads);
+  absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(*args);
+  if (!device.ok()) return Usage(kCmd, device.status().message());
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      OpenBackend(*args->Get("model"), static_cast<int64_t>(ids.size()), threads, *device);
   if (!backend.ok()) return Failure(kCmd, backend.status());
   absl::StatusOr<std::vector<float>> logits = RunSequenceLogits(**backend, ids, chunks);
   if (!logits.ok()) return Failure(kCmd, logits.status());
@@ -522,7 +575,8 @@ int RunLogits(const std::vector<std::string>& argv) {
 constexpr char kGenerateHelp[] =
     R"(Usage: hyla-model generate [--model DIR] [--max-tokens N] [--temperature T]
                            [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]
-                           [--seed S] [--add-bos] [--ignore-eos] [--threads N] PROMPT
+                           [--seed S] [--add-bos] [--ignore-eos] [--threads N]
+                           [--device cpu|cuda] [--precision fp32|bf16] PROMPT
 
 Streams a sampled continuation of PROMPT to stdout, token by token (flushed per token, always
 valid UTF-8: a character split across tokens is printed once it is complete, ill-formed bytes as
@@ -540,6 +594,8 @@ U+FFFD). The prompt is prefilled in one step, then one token is decoded per step
                            models are fed raw bytes)
   --ignore-eos             do not stop at the model's eos_token_id
   --threads N              CPU threads (default: the machine's cores, at most 16)
+  --device D               cpu (the reference, default) or cuda (GPU 0)
+  --precision P            with --device cuda: fp32 (default, exact) or bf16 (weights and KV)
 
 End of sequence: generation stops after --max-tokens, or when the model samples its
 eos_token_id (not printed). For the byte-level models (vocab 256) that id is the control byte
@@ -560,6 +616,8 @@ int RunGenerate(const std::vector<std::string>& argv) {
                                                {"add-bos", false},
                                                {"ignore-eos", false},
                                                {"threads", true},
+                                               {"device", true},
+                                               {"precision", true},
                                                {"help", false}});
   if (!args.ok()) return Usage(kCmd, args.status().message());
   if (args->Has("help")) {
@@ -634,8 +692,10 @@ int RunGenerate(const std::vector<std::string>& argv) {
   if (prompt_ids->empty()) return Usage(kCmd, "PROMPT is empty (give text, or --add-bos)");
   const int32_t eos = args->Has("ignore-eos") ? -1 : (*tokenizer)->eos_id();
 
-  absl::StatusOr<std::unique_ptr<cpu::CpuBackend>> backend =
-      OpenCpuBackend(dir, static_cast<int64_t>(prompt_ids->size()) + max_tokens, threads);
+  absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(*args);
+  if (!device.ok()) return Usage(kCmd, device.status().message());
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      OpenBackend(dir, static_cast<int64_t>(prompt_ids->size()) + max_tokens, threads, *device);
   if (!backend.ok()) return Failure(kCmd, backend.status());
   Backend& be = **backend;
   absl::StatusOr<std::unique_ptr<SequenceState>> seq = be.store().NewSequence();

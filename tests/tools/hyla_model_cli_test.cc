@@ -129,6 +129,17 @@ TEST_F(CliTest, UsageErrorsExitWith2AndRuntimeErrorsWith1) {
   // Token id outside the vocabulary: the backend refuses it at run time.
   EXPECT_EQ(Run({"logits", "--model", Model(), "--ids", "1,999", "--out", Path("x.npy")}).exit_code,
             1);
+  // --device / --precision of logits and generate.
+  r = Run(
+      {"logits", "--model", Model(), "--ids", "1,2", "--out", Path("x.npy"), "--device", "tpu"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("--device"));
+  r = Run({"generate", "--model", Model(), "--precision", "bf16", "hi"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("--device cuda"));
+  r = Run({"generate", "--model", Model(), "--device", "cuda", "--precision", "fp16", "hi"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("--precision"));
 }
 
 TEST_F(CliTest, EveryCommandHasHelp) {
