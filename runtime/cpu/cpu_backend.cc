@@ -9,27 +9,6 @@
 #include "runtime/cpu/ops.h"
 
 namespace hyla::cpu {
-namespace {
-
-// Tensor names of the residual block around the mixer, by family.
-struct BlockNames {
-  const char* embed;
-  const char* mixer_norm;
-  const char* mixer;
-  const char* mlp_norm;
-};
-
-BlockNames NamesFor(Family family) {
-  if (family == Family::kLlama) {
-    return {"model.embed_tokens.weight", "input_layernorm", "self_attn",
-            "post_attention_layernorm"};
-  }
-  // fla-style models (gated_deltanet, NAtS-L, NHA).
-  return {"model.embeddings.weight", "attn_norm", "attn", "mlp_norm"};
-}
-
-}  // namespace
-
 CpuBackend::CpuBackend(std::unique_ptr<Checkpoint> checkpoint, StateLayout layout, int num_threads)
     : checkpoint_(std::move(checkpoint)), layout_(std::move(layout)), pool_(num_threads) {}
 
@@ -47,7 +26,7 @@ absl::Status CpuBackend::Load(const CpuBackendOptions& options) {
   const ModelConfig& cfg = checkpoint_->config();
   const int64_t d = cfg.hidden_size;
   const int64_t inter = cfg.intermediate_size;
-  const BlockNames names = NamesFor(cfg.family);
+  const ResidualBlockNames names = ResidualBlockNamesFor(cfg.family);
   Checkpoint* ck = checkpoint_.get();
 
   HYLA_ASSIGN_OR_RETURN(embed_, ck->TakeF32(names.embed, {cfg.vocab_size, d}));
@@ -127,27 +106,11 @@ absl::Status CpuBackend::Step(absl::Span<const SequenceWork> batch, StepOutput* 
   const int64_t vocab = cfg.vocab_size;
 
   // Validate everything before touching any state.
+  HYLA_RETURN_IF_ERROR(ValidateStepBatch(batch, store_->num_slots(), static_cast<int>(vocab)));
   std::vector<CpuSeq> seqs(batch.size());
-  std::set<int32_t> slots;
   int64_t rows = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceWork& w = batch[i];
-    if (w.seq == nullptr || w.seq->slot < 0 || w.seq->slot >= store_->num_slots()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no valid state slot"));
-    }
-    if (!slots.insert(w.seq->slot).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("batch item ", i, ": slot ", w.seq->slot, " appears twice in one step"));
-    }
-    if (w.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no tokens"));
-    }
-    for (int32_t t : w.tokens) {
-      if (t < 0 || t >= vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", vocab, ")"));
-      }
-    }
     seqs[i].seq = w.seq;
     seqs[i].start_pos = w.seq->num_tokens;
     seqs[i].row_begin = rows;

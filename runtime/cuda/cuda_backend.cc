@@ -12,22 +12,6 @@
 namespace hyla::cuda {
 namespace {
 
-// Tensor names of the residual block around the mixer, by family (as cpu::CpuBackend).
-struct BlockNames {
-  const char* embed;
-  const char* mixer_norm;
-  const char* mixer;
-  const char* mlp_norm;
-};
-
-BlockNames NamesFor(Family family) {
-  if (family == Family::kLlama) {
-    return {"model.embed_tokens.weight", "input_layernorm", "self_attn",
-            "post_attention_layernorm"};
-  }
-  return {"model.embeddings.weight", "attn_norm", "attn", "mlp_norm"};
-}
-
 DType KvDType(Precision p) { return p == Precision::kF32 ? DType::kF32 : DType::kBF16; }
 
 // Rows of logits computed per LM-head GEMM (bounds the logits scratch; more rows are done in
@@ -125,7 +109,7 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
       dev_, DeviceContext::Create(options_.device,
                                   static_cast<size_t>(PlannedScratchBytes(cfg, options_))));
   weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
-  const BlockNames names = NamesFor(cfg.family);
+  const ResidualBlockNames names = ResidualBlockNamesFor(cfg.family);
   Checkpoint* ck = checkpoint.get();
 
   {
@@ -333,29 +317,13 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
     return absl::InvalidArgumentError(absl::StrCat(
         "step of ", batch.size(), " sequences exceeds max_step_seqs ", options_.max_step_seqs));
   }
+  HYLA_RETURN_IF_ERROR(ValidateStepBatch(batch, store_->num_slots(), static_cast<int>(vocab)));
   CudaBatch cb;
   cb.seqs.resize(batch.size());
-  std::set<int32_t> slots;
   std::vector<int32_t> ids;
   int64_t rows = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceWork& w = batch[i];
-    if (w.seq == nullptr || w.seq->slot < 0 || w.seq->slot >= store_->num_slots()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no valid state slot"));
-    }
-    if (!slots.insert(w.seq->slot).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("batch item ", i, ": slot ", w.seq->slot, " appears twice in one step"));
-    }
-    if (w.tokens.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("batch item ", i, ": no tokens"));
-    }
-    for (int32_t t : w.tokens) {
-      if (t < 0 || t >= vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", vocab, ")"));
-      }
-    }
     CudaSeq& s = cb.seqs[i];
     s.seq = w.seq;
     s.start_pos = w.seq->num_tokens;

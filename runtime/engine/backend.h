@@ -65,6 +65,11 @@ struct StepOutput {
   RoutingCounts routing;
 };
 
+// The checks every Backend::Step makes before touching any state: each item has a valid slot
+// (< num_slots) used once in the batch, at least one token, and every token id in
+// [0, vocab_size). InvalidArgument naming the item and the value.
+absl::Status ValidateStepBatch(absl::Span<const SequenceWork> batch, int num_slots, int vocab_size);
+
 class Backend {
  public:
   virtual ~Backend() = default;

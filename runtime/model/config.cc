@@ -24,6 +24,14 @@ absl::string_view FamilyName(Family f) {
   return "?";
 }
 
+ResidualBlockNames ResidualBlockNamesFor(Family family) {
+  if (family == Family::kLlama) {
+    return {"model.embed_tokens.weight", "input_layernorm", "self_attn",
+            "post_attention_layernorm"};
+  }
+  return {"model.embeddings.weight", "attn_norm", "attn", "mlp_norm"};
+}
+
 absl::string_view LayerKindName(LayerKind k) {
   switch (k) {
     case LayerKind::kGdn:

@@ -27,6 +27,18 @@ enum class Family {
 };
 absl::string_view FamilyName(Family f);  // "natsl", "nha", "gdn", "llama"
 
+// Checkpoint tensor names of the residual block around each layer's mixer, by family:
+// "model.embed_tokens.weight" / "input_layernorm" / "self_attn" / "post_attention_layernorm"
+// (transformers llama) or "model.embeddings.weight" / "attn_norm" / "attn" / "mlp_norm" (fla:
+// gated_deltanet, NAtS-L, NHA). Used by every backend.
+struct ResidualBlockNames {
+  const char* embed;
+  const char* mixer_norm;
+  const char* mixer;
+  const char* mlp_norm;
+};
+ResidualBlockNames ResidualBlockNamesFor(Family family);
+
 enum class LayerKind {
   kGdn,        // Gated DeltaNet layer (fla GatedDeltaNet)
   kNatsl,      // NAtS-L layer: GDN + softmax routed per chunk and head
