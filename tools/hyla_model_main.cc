@@ -236,6 +236,19 @@ int DefaultThreads() {
   return n == 0 ? 2 : static_cast<int>(std::min(n, 16u));
 }
 
+// --threads of the logits and generate commands: [1, 256], default DefaultThreads().
+absl::StatusOr<int> ParseThreads(const Args& args) {
+  if (auto t = args.Get("threads")) {
+    absl::StatusOr<int64_t> parsed = ParseInt("threads", *t);
+    if (!parsed.ok()) return parsed.status();
+    if (*parsed < 1 || *parsed > 256) {
+      return absl::InvalidArgumentError("--threads must be in [1, 256]");
+    }
+    return static_cast<int>(*parsed);
+  }
+  return DefaultThreads();
+}
+
 // --device and --precision of the logits and generate commands.
 struct DeviceChoice {
   std::string device = "cpu";      // cpu | cuda
@@ -547,18 +560,13 @@ int RunLogits(const std::vector<std::string>& argv) {
     }
     chunks = *parsed;
   }
-  int threads = DefaultThreads();
-  if (auto t = args->Get("threads")) {
-    absl::StatusOr<int64_t> parsed = ParseInt("threads", *t);
-    if (!parsed.ok()) return Usage(kCmd, parsed.status().message());
-    if (*parsed < 1 || *parsed > 256) return Usage(kCmd, "--threads must be in [1, 256]");
-    threads = static_cast<int>(*parsed);
-  }
+  absl::StatusOr<int> threads = ParseThreads(*args);
+  if (!threads.ok()) return Usage(kCmd, threads.status().message());
 
   absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(*args);
   if (!device.ok()) return Usage(kCmd, device.status().message());
   absl::StatusOr<std::unique_ptr<Backend>> backend =
-      OpenBackend(*args->Get("model"), static_cast<int64_t>(ids.size()), threads, *device);
+      OpenBackend(*args->Get("model"), static_cast<int64_t>(ids.size()), *threads, *device);
   if (!backend.ok()) return Failure(kCmd, backend.status());
   absl::StatusOr<std::vector<float>> logits = RunSequenceLogits(**backend, ids, chunks);
   if (!logits.ok()) return Failure(kCmd, logits.status());
@@ -662,13 +670,8 @@ int RunGenerate(const std::vector<std::string>& argv) {
     sp.seed = seed;
   }
   if (absl::Status st = ValidateSamplingParams(sp); !st.ok()) return Usage(kCmd, st.message());
-  int threads = DefaultThreads();
-  if (auto t = args->Get("threads")) {
-    absl::StatusOr<int64_t> parsed = ParseInt("threads", *t);
-    if (!parsed.ok()) return Usage(kCmd, parsed.status().message());
-    if (*parsed < 1 || *parsed > 256) return Usage(kCmd, "--threads must be in [1, 256]");
-    threads = static_cast<int>(*parsed);
-  }
+  absl::StatusOr<int> threads = ParseThreads(*args);
+  if (!threads.ok()) return Usage(kCmd, threads.status().message());
 
   std::string dir;
   if (auto m = args->Get("model")) {
@@ -695,7 +698,7 @@ int RunGenerate(const std::vector<std::string>& argv) {
   absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(*args);
   if (!device.ok()) return Usage(kCmd, device.status().message());
   absl::StatusOr<std::unique_ptr<Backend>> backend =
-      OpenBackend(dir, static_cast<int64_t>(prompt_ids->size()) + max_tokens, threads, *device);
+      OpenBackend(dir, static_cast<int64_t>(prompt_ids->size()) + max_tokens, *threads, *device);
   if (!backend.ok()) return Failure(kCmd, backend.status());
   Backend& be = **backend;
   absl::StatusOr<std::unique_ptr<SequenceState>> seq = be.store().NewSequence();
