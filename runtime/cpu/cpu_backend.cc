@@ -1,7 +1,6 @@
 #include "runtime/cpu/cpu_backend.h"
 
 #include <cstring>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/base/check.h"

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/ops.h"

@@ -8,15 +8,11 @@
 // the same logits a request samples the same tokens on either side, except where a cumulative
 // probability lies within rounding (~1e-13 relative) of its threshold.
 //
-// Per request, SamplingState replaces hyla::Sampler (same constructor and AddPrompt):
-//   - TokenHistory: the distinct tokens seen (prompt membership, output counts), sparse, for the
-//     penalties; uploaded each step (only for requests with a penalty on).
-//   - UniformStream: the Sampler's random stream, (mt19937_64(seed)() >> 11) · 2^-53, with a
-//     one-value lookahead: the host peeks the next uniform before the kernel runs and consumes
-//     it only when the kernel used it (temperature > 0 and a finite logit), exactly when the CPU
-//     Sampler draws.
-// DeviceSampler samples a batch of rows in one launch and updates each row's SamplingState
-// (output count, uniform consumed).
+// A request's state is its hyla::Sampler (alias SamplingState below): its sparse history() of
+// seen tokens is uploaded for the penalties (only for requests with a penalty on), the next
+// uniform of its stream is peeked before the kernel runs, and Sampler::RecordExternal records
+// the choice (output count, uniform consumed only when the kernel drew, exactly when the CPU
+// Sampler draws). DeviceSampler samples a batch of rows in one launch.
 //
 // Thread-safety: a DeviceSampler and the SamplingStates it samples belong to one worker thread
 // (the one driving the DeviceContext); not thread-safe.
@@ -25,8 +21,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <random>
-#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
