@@ -81,6 +81,7 @@
 #include "tools/model_tensors.h"
 
 #ifdef HYLA_HAVE_CUDA_BACKEND
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "runtime/cuda/cuda_backend.h"
@@ -611,7 +612,13 @@ class Study {
     }
     StepOutput out;
     std::vector<double> ms;
+    // HYLA_PROFILE_STEPS=<mode>: the timed steps of that logits mode run between
+    // cudaProfilerStart and cudaProfilerStop (for `ncu --profile-from-start off`).
+    const char* profile_env = std::getenv("HYLA_PROFILE_STEPS");
+    const bool profile =
+        profile_env != nullptr && DecodeLogitsName(mode) == std::string(profile_env);
     for (int i = 0; i < warmup + steps; ++i) {
+      if (profile && i == warmup) ProfilerStart(true);
       for (size_t k = 0; k < seqs.size(); ++k) {
         tokens[k] = RandomToken();
         work[k].seq = seqs[k];
@@ -633,7 +640,16 @@ class Study {
       const Clock::time_point t1 = Clock::now();
       if (i >= warmup) ms.push_back(1e3 * Seconds(t0, t1));
     }
+    if (profile) ProfilerStart(false);
     return ms;
+  }
+
+  static void ProfilerStart(bool on) {
+#ifdef HYLA_HAVE_CUDA_BACKEND
+    (void)(on ? cudaProfilerStart() : cudaProfilerStop());
+#else
+    (void)on;
+#endif
   }
 
   double Rho() const {

@@ -104,6 +104,9 @@ chmod +x "${BUNDLE}/run.sh"
 # the peers harness, the plotter and the fla-core wheel.
 cp "${SCRIPT_DIR}/device_bench.sh" "${BUNDLE}/bench.sh"
 chmod +x "${BUNDLE}/bench.sh"
+# The per-kernel breakdown of a decode step (Nsight Compute).
+cp "${SCRIPT_DIR}/device_profile.sh" "${BUNDLE}/profile.sh"
+chmod +x "${BUNDLE}/profile.sh"
 mkdir -p "${BUNDLE}/peers" "${BUNDLE}/whl"
 cp "${ROOT}/bench/peers/peers_bench.py" "${BUNDLE}/peers/"
 cp "${ROOT}/bench/plot_results.py" "${BUNDLE}/"
