@@ -202,10 +202,19 @@ int GdnPrefillPlan(const int32_t* cu_seqlens, const int64_t* start_pos, int num_
 // block_chunks nullptr: chunk i). Its query sees the positions p < kv_len[s], and with window > 0
 // only p >= kv_len[s] − window:
 //   out[s, h] = Σ_p softmax_p(scale · q[s, h]·k_p) v_p,  KV head h / (Hq / Hkv)   (GQA)
-// A sequence with no visible position gets zeros. Long contexts are split over blocks
-// (num_splits pieces, 0 = chosen from the SM count) and merged by a combine kernel, which needs
+// A sequence with no visible position gets zeros. Table entries whose 64 positions are all
+// outside [kv_len[s] − window, kv_len[s]) are skipped by the kernel (the caller need not trim
+// the table), so the time scales with the visible positions.
+// Long contexts are split over blocks (num_splits pieces, 0 = chosen from num_seqs, Hkv, the
+// head chunks, the SM count and max_blocks) and merged by a combine kernel, which needs
 // workspace of PagedAttentionDecodeWorkspaceBytes(num_seqs, Hq, dv, splits) bytes; with too
-// little workspace fewer splits are used (none without workspace).
+// little workspace fewer splits are used (none without workspace). Each sequence's split
+// boundaries are computed on the device from its own visible table entries, so the launch
+// configuration depends only on num_seqs, the head counts and dims, max_blocks, window,
+// num_splits and workspace_bytes — never on per-step lengths or tables (CUDA-graph friendly: a
+// graph captured once stays valid while the device-side num_blocks / kv_len / tables change).
+// table_rows (optional, device): sequence s reads row table_rows[s] of block_table,
+// block_chunks AND num_blocks (row s when nullptr); kv_len, q and out stay indexed by s.
 struct PagedAttentionDecodeParams {
   int num_seqs = 0;
   int num_heads = 0;                         // Hq
@@ -220,7 +229,7 @@ struct PagedAttentionDecodeParams {
   int64_t block_stride = 0;               // elements between blocks, >= 64 · Hkv · (dk + dv)
   const int32_t* block_table = nullptr;   // [num_seqs, max_blocks]
   const int32_t* block_chunks = nullptr;  // [num_seqs, max_blocks] or nullptr
-  const int32_t* num_blocks = nullptr;    // [num_seqs], each <= max_blocks
+  const int32_t* num_blocks = nullptr;    // [num_seqs] (rows: table_rows), each <= max_blocks
   int max_blocks = 0;                     // row stride of the tables
   const int32_t* kv_len = nullptr;        // [num_seqs]
   int window = 0;
@@ -230,6 +239,7 @@ struct PagedAttentionDecodeParams {
   int num_splits = 0;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  const int32_t* table_rows = nullptr;  // [num_seqs] device or nullptr (row s)
 };
 int PagedAttentionDecode(const PagedAttentionDecodeParams& params, void* stream);
 size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, int num_splits);

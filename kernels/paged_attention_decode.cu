@@ -64,10 +64,49 @@ size_t SplitSmemBytes(int dk, int dv) {
 }
 
 struct SplitPlan {
-  int head_chunks;       // CTAs per KV head (ceil(group / 8))
-  int splits;            // pieces of the block table
-  int blocks_per_split;  // table entries per piece
+  int head_chunks;  // CTAs per KV head (ceil(group / 8))
+  int splits;       // pieces of each sequence's visible table entries
 };
+
+// The table entries [*e0, *e1) of row `row` whose chunks hold a position in
+// [first_visible, kv_len) (chunks ascending; binary searches over block_chunks). Every thread
+// computes the same range.
+__device__ __forceinline__ void VisibleEntries(const PagedAttentionDecodeParams& p, int row,
+                                               int first_visible, int kv_len, int* e0, int* e1) {
+  const int entries = min(max(p.num_blocks[row], 0), p.max_blocks);
+  if (kv_len <= first_visible || entries == 0) {
+    *e0 = *e1 = 0;
+    return;
+  }
+  if (p.block_chunks == nullptr) {  // entry i is chunk i
+    *e0 = min(entries, first_visible / kBlockTokens);
+    *e1 = min(entries, (kv_len + kBlockTokens - 1) / kBlockTokens);
+    return;
+  }
+  const int32_t* chunks = p.block_chunks + static_cast<int64_t>(row) * p.max_blocks;
+  // First entry whose chunk ends after first_visible: chunk >= first_visible / 64.
+  const int c_lo = first_visible / kBlockTokens;
+  int lo = 0, hi = entries;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (chunks[mid] < c_lo)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *e0 = lo;
+  // First entry whose chunk starts at or after kv_len: chunk >= ceil(kv_len / 64).
+  const int c_hi = (kv_len + kBlockTokens - 1) / kBlockTokens;
+  hi = entries;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (chunks[mid] < c_hi)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *e1 = lo;
+}
 
 // grid: num_seqs · Hkv · head_chunks · splits. kHeads >= the query heads of one CTA (1, 2, 4
 // or 8). kAsync: 16-byte cp.async copies and K reads (row lengths in bytes, block stride and
@@ -119,15 +158,18 @@ __global__ void __launch_bounds__(kThreads)
 
   const int kv_len = p.kv_len[s];
   const int first_visible = p.window > 0 ? max(0, kv_len - p.window) : 0;
-  const int entries = p.num_blocks[s];
-  const int e_begin = split * plan.blocks_per_split;
-  const int e_end = min(entries, e_begin + plan.blocks_per_split);
+  const int row = p.table_rows != nullptr ? p.table_rows[s] : s;
+  int v0, v1;
+  VisibleEntries(p, row, first_visible, kv_len, &v0, &v1);
+  const int64_t n_visible = v1 - v0;
+  const int e_begin = v0 + static_cast<int>(n_visible * split / plan.splits);
+  const int e_end = v0 + static_cast<int>(n_visible * (split + 1) / plan.splits);
   const Tkv* pool = static_cast<const Tkv*>(p.kv);
   const int64_t v_off = static_cast<int64_t>(kBlockTokens) * Hkv * dk;
   __syncthreads();
 
   for (int e = e_begin; e < e_end; ++e) {
-    const int64_t table_index = static_cast<int64_t>(s) * p.max_blocks + e;
+    const int64_t table_index = static_cast<int64_t>(row) * p.max_blocks + e;
     const int64_t base =
         static_cast<int64_t>(p.block_chunks != nullptr ? p.block_chunks[table_index] : e) *
         kBlockTokens;
@@ -378,9 +420,12 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
   const int max_blocks = std::max(1, p.max_blocks);
   int splits = p.num_splits;
   if (splits == 0) {
+    // At most the entries one sequence can have visible (a window covers window / 64 + 2).
+    const int64_t visible_max =
+        p.window > 0 ? std::min<int64_t>(max_blocks, p.window / kBlockTokens + 2) : max_blocks;
     const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
     const int64_t want = (4 * int64_t{SmCount()} + base - 1) / base;
-    splits = static_cast<int>(std::min<int64_t>(want, max_blocks));
+    splits = static_cast<int>(std::min<int64_t>(want, visible_max));
   }
   splits = std::max(1, std::min(splits, max_blocks));
   // Fewer splits when the workspace is too small (none without one).
@@ -389,8 +434,7 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
                             p.workspace_bytes)) {
     --splits;
   }
-  plan.blocks_per_split = (max_blocks + splits - 1) / splits;
-  plan.splits = (max_blocks + plan.blocks_per_split - 1) / plan.blocks_per_split;
+  plan.splits = splits;
 
   const cudaStream_t st = AsStream(stream);
   const bool q32 = p.q_dtype == KernelDType::kF32;

@@ -3,7 +3,9 @@
 // table order, cpu::Softmax, Σ p·v), over the block layout of runtime/cpu/cpu_layer.h
 // (keys [64, Hkv, dk] then values [64, Hkv, dv]). Fresh random inputs; GQA, MQA and MHA; odd
 // head dims; sliding windows; sparse block tables (NAtS-L-like kept chunks); padding rows;
-// forced and automatic split-K. Bounds: fp32 1e-4, bf16 1e-2 (max|diff| / max|ref|).
+// forced and automatic split-K (per-sequence split boundaries on the device, more splits than
+// blocks, very unequal lengths); table_rows (shuffled rows, decoy rows); windows over untrimmed
+// tables. Bounds: fp32 1e-4, bf16 1e-2 (max|diff| / max|ref|).
 // Label gpu; skipped without a CUDA device.
 #include <cuda_runtime.h>
 
@@ -49,13 +51,22 @@ struct AttnCase {
   int num_splits = 0;  // 0 = automatic
   bool q_bf16 = false;
   bool kv_bf16 = false;
+  // Table layout (additive options): sequence i reads a shuffled row through table_rows, the
+  // tables have extra_rows more rows than sequences (filled with decoy entries), pad_blocks more
+  // columns than any sequence needs, and block_chunks nullptr (every table kAll).
+  bool shuffle_rows = false;
+  int extra_rows = 0;
+  int pad_blocks = 0;
+  bool null_chunks = false;
 };
 
 std::string CaseName(const AttnCase& c) {
   return "Hq" + std::to_string(c.shape.Hq) + " Hkv" + std::to_string(c.shape.Hkv) + " dk" +
          std::to_string(c.shape.dk) + " dv" + std::to_string(c.shape.dv) + " window " +
          std::to_string(c.window) + " splits " + std::to_string(c.num_splits) +
-         (c.q_bf16 ? " q bf16" : " q f32") + (c.kv_bf16 ? " kv bf16" : " kv f32");
+         (c.q_bf16 ? " q bf16" : " q f32") + (c.kv_bf16 ? " kv bf16" : " kv f32") +
+         (c.shuffle_rows ? " table_rows" : "") + " extra_rows " + std::to_string(c.extra_rows) +
+         " pad_blocks " + std::to_string(c.pad_blocks) + (c.null_chunks ? " no chunks" : "");
 }
 
 void RunCase(const AttnCase& c, uint32_t seed) {
@@ -83,23 +94,43 @@ void RunCase(const AttnCase& c, uint32_t seed) {
       if (keep) chunks[i].push_back(ch);
     }
     max_blocks = std::max<int>(max_blocks, static_cast<int>(chunks[i].size()));
+    if (c.null_chunks) {
+      ASSERT_EQ(q.table, SeqSpec::kAll) << "block_chunks nullptr needs kAll";
+    }
   }
+  max_blocks += c.pad_blocks;
   int total_blocks = 0;
   for (const auto& t : chunks) total_blocks += static_cast<int>(t.size());
   const int pool_blocks = total_blocks + 3;
   std::vector<int32_t> perm(pool_blocks);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
-  std::vector<int32_t> table(static_cast<size_t>(num_seqs) * max_blocks, -1);
-  std::vector<int32_t> table_chunks(static_cast<size_t>(num_seqs) * max_blocks, -1);
-  std::vector<int32_t> num_blocks(num_seqs), kv_len(num_seqs);
+  // Sequence i lives in row rows[i] of the tables; the other rows are decoys: valid blocks and
+  // ascending chunks that a kernel reading the wrong row would attend to.
+  const int num_rows = num_seqs + c.extra_rows;
+  std::vector<int32_t> rows(num_rows);
+  std::iota(rows.begin(), rows.end(), 0);
+  if (c.shuffle_rows) std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(num_seqs);
+  std::vector<int32_t> table(static_cast<size_t>(num_rows) * max_blocks, -1);
+  std::vector<int32_t> table_chunks(static_cast<size_t>(num_rows) * max_blocks, -1);
+  std::vector<int32_t> num_blocks(num_rows), kv_len(num_seqs);
+  for (int r = 0; r < num_rows; ++r) {
+    num_blocks[r] = static_cast<int32_t>(rng() % (max_blocks + 1));
+    for (int e = 0; e < num_blocks[r]; ++e) {
+      table[r * max_blocks + e] = static_cast<int32_t>(rng() % pool_blocks);
+      table_chunks[r * max_blocks + e] = e;
+    }
+  }
   int next = 0;
   for (int i = 0; i < num_seqs; ++i) {
-    num_blocks[i] = static_cast<int32_t>(chunks[i].size());
+    const int r = rows[i];
+    num_blocks[r] = static_cast<int32_t>(chunks[i].size());
     kv_len[i] = c.seqs[i].table == SeqSpec::kEmpty ? 0 : c.seqs[i].kv_len;
-    for (size_t e = 0; e < chunks[i].size(); ++e) {
-      table[i * max_blocks + e] = perm[next++];
-      table_chunks[i * max_blocks + e] = chunks[i][e];
+    for (int e = 0; e < max_blocks; ++e) {
+      const bool used = e < static_cast<int>(chunks[i].size());
+      table[r * max_blocks + e] = used ? perm[next++] : -1;
+      table_chunks[r * max_blocks + e] = used ? chunks[i][e] : -1;
     }
   }
 
@@ -119,14 +150,15 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   std::vector<float> scores;
   for (int i = 0; i < num_seqs; ++i) {
     const int first_visible = c.window > 0 ? std::max(0, kv_len[i] - c.window) : 0;
+    const int r = rows[i];
     for (int h = 0; h < s.Hq; ++h) {
       const int kvh = h / group;
       const float* qh = q.data() + i * q_stride + int64_t{h} * s.dk;
       scores.clear();
       std::vector<const float*> values;
-      for (int e = 0; e < num_blocks[i]; ++e) {
-        const float* block = kv.data() + table[i * max_blocks + e] * block_stride;
-        const int base = table_chunks[i * max_blocks + e] * kBlock;
+      for (int e = 0; e < num_blocks[r]; ++e) {
+        const float* block = kv.data() + table[r * max_blocks + e] * block_stride;
+        const int base = table_chunks[r * max_blocks + e] * kBlock;
         for (int t = 0; t < kBlock; ++t) {
           const int pos = base + t;
           if (pos < first_visible || pos >= kv_len[i]) continue;
@@ -149,6 +181,7 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   DeviceBuffer d_q = c.q_bf16 ? ToDevice(q_bits) : ToDevice(q);
   DeviceBuffer d_table = ToDevice(table), d_chunks = ToDevice(table_chunks);
   DeviceBuffer d_nblocks = ToDevice(num_blocks), d_len = ToDevice(kv_len);
+  DeviceBuffer d_rows = ToDevice(rows);
   const int64_t out_stride = int64_t{s.Hq} * s.dv + 5;
   const size_t es = c.q_bf16 ? 2 : 4;
   DeviceBuffer d_out(static_cast<size_t>(num_seqs * out_stride) * es);
@@ -157,7 +190,7 @@ void RunCase(const AttnCase& c, uint32_t seed) {
       kernels::PagedAttentionDecodeWorkspaceBytes(num_seqs, s.Hq, s.dv, max_splits);
   DeviceBuffer d_ws(std::max<size_t>(ws_bytes, 16));
   ASSERT_TRUE(d_kv.ok() && d_q.ok() && d_table.ok() && d_chunks.ok() && d_nblocks.ok() &&
-              d_len.ok() && d_out.ok() && d_ws.ok());
+              d_len.ok() && d_out.ok() && d_ws.ok() && d_rows.ok());
 
   kernels::PagedAttentionDecodeParams p;
   p.num_seqs = num_seqs;
@@ -172,7 +205,7 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   p.kv = d_kv.get();
   p.block_stride = block_stride;
   p.block_table = d_table.as<int32_t>();
-  p.block_chunks = d_chunks.as<int32_t>();
+  p.block_chunks = c.null_chunks ? nullptr : d_chunks.as<int32_t>();
   p.num_blocks = d_nblocks.as<int32_t>();
   p.max_blocks = max_blocks;
   p.kv_len = d_len.as<int32_t>();
@@ -183,6 +216,7 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   p.num_splits = c.num_splits;
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
+  p.table_rows = c.shuffle_rows || c.extra_rows > 0 ? d_rows.as<int32_t>() : nullptr;
   HYLA_ASSERT_LAUNCH_OK(kernels::PagedAttentionDecode(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -265,6 +299,101 @@ TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
   RunCase({{12, 1, 40, 160}, {{150, SeqSpec::kWindowed}, {70, SeqSpec::kAll}}, 100, 0, true, true},
           3);  // two CTAs of heads, dv > 128, window
   RunCase({{3, 1, 36, 20}, {{90, SeqSpec::kAll}}, 0, 2, true, true}, 4);  // element-wise copies
+  AttnCase rows{{8, 2, 64, 64}, {{300, SeqSpec::kAll}, {1, SeqSpec::kAll}}, 100, 4, false, true};
+  rows.shuffle_rows = true;
+  rows.extra_rows = 2;
+  rows.pad_blocks = 3;
+  RunCase(rows, 5);  // table_rows, untrimmed window, empty splits
+}
+
+// table_rows: shuffled rows, and tables with more rows than sequences (decoy rows), with
+// automatic and forced splits, with and without block_chunks.
+TEST_F(GpuTest, PagedAttentionTableRows) {
+  const std::vector<SeqSpec> mixed = {{1, SeqSpec::kAll},    {700, SeqSpec::kSparse},
+                                      {0, SeqSpec::kEmpty},  {129, SeqSpec::kAll},
+                                      {2000, SeqSpec::kAll}, {64, SeqSpec::kAll}};
+  const std::vector<SeqSpec> all = {
+      {300, SeqSpec::kAll}, {1, SeqSpec::kAll}, {1500, SeqSpec::kAll}};
+  uint32_t seed = 500;
+  for (const bool kv_bf16 : {false, true}) {
+    for (const int splits : {1, 0, 4}) {
+      AttnCase c{{8, 2, 128, 128}, mixed, 0, splits, false, kv_bf16};
+      c.shuffle_rows = true;
+      RunCase(c, ++seed);
+      c.extra_rows = 5;  // more rows than sequences
+      RunCase(c, ++seed);
+      c.shuffle_rows = false;  // identity rows, still through table_rows
+      RunCase(c, ++seed);
+      AttnCase n{{16, 2, 64, 64}, all, 0, splits, false, kv_bf16};
+      n.shuffle_rows = true;
+      n.extra_rows = 2;
+      n.null_chunks = true;
+      RunCase(n, ++seed);
+    }
+  }
+}
+
+// Device-side split boundaries: one batch with very unequal lengths (1 block next to 500
+// blocks), automatic and forced splits; every sequence splits its own entries.
+TEST_F(GpuTest, PagedAttentionUnequalLengthsSplitPerSequence) {
+  const std::vector<SeqSpec> seqs = {
+      {64, SeqSpec::kAll}, {500 * 64, SeqSpec::kAll}, {1, SeqSpec::kAll}, {37, SeqSpec::kAll}};
+  uint32_t seed = 600;
+  for (const bool kv_bf16 : {false, true}) {
+    for (const int splits : {0, 1, 16, 64}) {
+      RunCase({{8, 2, 128, 128}, seqs, 0, splits, false, kv_bf16}, ++seed);
+      AttnCase c{{16, 2, 256, 256}, seqs, 0, splits, true, kv_bf16};
+      c.shuffle_rows = true;
+      c.null_chunks = true;
+      RunCase(c, ++seed);
+    }
+  }
+}
+
+// More splits than a sequence has blocks (splits that get no block: m = −inf, l = 0 in the
+// combine), and tables wider than any sequence needs (pad_blocks).
+TEST_F(GpuTest, PagedAttentionMoreSplitsThanBlocks) {
+  const std::vector<SeqSpec> seqs = {
+      {1, SeqSpec::kAll}, {100, SeqSpec::kAll}, {0, SeqSpec::kEmpty}, {200, SeqSpec::kSparse}};
+  uint32_t seed = 700;
+  for (const bool kv_bf16 : {false, true}) {
+    for (const int splits : {3, 8, 40}) {
+      AttnCase c{{8, 2, 64, 64}, seqs, 0, splits, false, kv_bf16};
+      c.pad_blocks = 37;
+      RunCase(c, ++seed);
+      c.pad_blocks = 0;  // splits clamped to max_blocks (4), still more than most sequences'
+      RunCase(c, ++seed);
+    }
+    AttnCase w{{8, 2, 128, 128}, {{5000, SeqSpec::kAll}, {3, SeqSpec::kAll}}, 64, 0, false,
+               kv_bf16};  // a window of one or two blocks, automatic splits
+    w.pad_blocks = 10;
+    RunCase(w, ++seed);
+  }
+}
+
+// Sliding window over untrimmed tables (every chunk kept, as persistent per-slot tables are):
+// the kernel itself skips the entries before kv_len − window; with and without block_chunks,
+// sparse tables, windows that do and do not align with blocks, splits.
+TEST_F(GpuTest, PagedAttentionWindowSkipsUntrimmedEntries) {
+  uint32_t seed = 800;
+  for (const bool kv_bf16 : {false, true}) {
+    for (const int window : {1, 64, 100, 256, 4096}) {
+      for (const int splits : {0, 1, 5}) {
+        const std::vector<SeqSpec> all = {{6000, SeqSpec::kAll},
+                                          {65, SeqSpec::kAll},
+                                          {4200, SeqSpec::kAll},
+                                          {window, SeqSpec::kAll}};
+        AttnCase c{{8, 2, 128, 128}, all, window, splits, false, kv_bf16};
+        c.null_chunks = true;
+        c.shuffle_rows = true;
+        RunCase(c, ++seed);
+        c.null_chunks = false;
+        c.seqs[1].table = SeqSpec::kSparse;
+        c.seqs[2].table = SeqSpec::kSparse;
+        RunCase(c, ++seed);
+      }
+    }
+  }
 }
 
 TEST_F(GpuTest, PagedAttentionRejectsBadArguments) {
