@@ -128,4 +128,26 @@ int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int
   return LaunchResult();
 }
 
+namespace {
+// One warp per run (runs are short: a table row or one value).
+__global__ void ScatterInt32RunsKernel(const Int32Run* runs, int64_t num_runs,
+                                       const int32_t* values) {
+  const int64_t run = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (run >= num_runs) return;
+  const Int32Run r = runs[run];
+  for (int i = threadIdx.x % 32; i < r.count; i += 32) r.dst[i] = values[r.src + i];
+}
+}  // namespace
+
+int ScatterInt32Runs(const Int32Run* runs, int64_t num_runs, const int32_t* values, void* stream) {
+  if (num_runs < 0 || (num_runs > 0 && (runs == nullptr || values == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (num_runs == 0) return 0;
+  const int64_t threads = num_runs * 32;
+  ScatterInt32RunsKernel<<<static_cast<unsigned>((threads + kThreads - 1) / kThreads), kThreads, 0,
+                           AsStream(stream)>>>(runs, num_runs, values);
+  return LaunchResult();
+}
+
 }  // namespace hyla::kernels

@@ -29,6 +29,16 @@ int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream)
 int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int64_t rows,
                   int64_t n, float* out, void* stream);
 
+// A run of int32 values to write to device memory: dst[i] = values[src + i] for i < count.
+struct Int32Run {
+  int32_t* dst = nullptr;  // device
+  int32_t src = 0;         // first value in `values`
+  int32_t count = 0;       // >= 0
+};
+// Applies `num_runs` runs (device array) from `values` (device). Runs must not overlap each
+// other's destinations (the order between runs is not defined). CPU reference: the loop above.
+int ScatterInt32Runs(const Int32Run* runs, int64_t num_runs, const int32_t* values, void* stream);
+
 }  // namespace hyla::kernels
 
 #endif  // HYLA_KERNELS_ELEMENTWISE_H_

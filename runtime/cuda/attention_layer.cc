@@ -71,6 +71,10 @@ class CudaAttentionLayer : public CudaLayer {
 
   absl::Status Load(const CudaLayerArgs& args);
   absl::Status Forward(const CudaContext& ctx, const float* x, float* out) override;
+  bool DecodeGraphSafe() const override { return width_ > 0; }
+  bool CanPrepareDecode(const CudaContext& ctx) const override;
+  absl::Status PrepareDecode(const CudaContext& ctx) override;
+  void FinishDecode(const CudaContext& ctx) override;
 
  private:
   std::string Where() const { return absl::StrCat("CUDA attention layer ", layer_); }
@@ -82,6 +86,20 @@ class CudaAttentionLayer : public CudaLayer {
                            float* o);
   // Drops the blocks that no query after `next` can see (window layers).
   void DropWindowBlocks(const CudaContext& ctx, SequenceState* seq, int64_t next) const;
+  // Decode step from a CUDA graph: appends the new K/V rows through the per-row tables that
+  // PrepareDecode staged and attends every row's query over them.
+  absl::Status AttendDecodeGraph(const CudaContext& ctx, const float* q, const float* k,
+                                 const float* v, float* o);
+  // Entries a decode-graph table row can need at most.
+  int64_t TableWidth(int64_t max_context) const;
+  // Split-K pieces of a PagedAttentionDecode launch of `n` sequences over tables of `max_blocks`
+  // entries: enough CTAs for ~4 per SM.
+  int DecodeSplits(const DeviceContext& dev, int n, int max_blocks) const {
+    const int group_chunks = (cfg_.num_heads / cfg_.num_kv_heads + 7) / 8;
+    const int64_t base = int64_t{n} * cfg_.num_kv_heads * group_chunks;
+    const int64_t want = (4 * int64_t{std::max(1, dev.sm_count())} + base - 1) / base;
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_blocks)));
+  }
 
   const AttentionLayerConfig cfg_;
   const int layer_;
@@ -106,6 +124,22 @@ class CudaAttentionLayer : public CudaLayer {
   // Host staging of the per-step int32 tables, reused across steps.
   std::vector<int32_t> host_ints_;
   std::vector<int32_t> item_blocks_;  // blocks of each item's chunks, flattened
+
+  // Decode-graph tables: row r of a decode step's batch reads its KV stream's block table from
+  // row r of these device arrays (fixed addresses, so the step can be replayed from a graph).
+  // PrepareDecode stages only what changed since the row last held the same sequence (by
+  // SequenceState::uid): in steady decode, one entry per 64 tokens and the new token's block.
+  int width_ = 0;                // entries per row (0: no decode graphs)
+  int max_rows_ = 0;             // rows (the backend's max_step_seqs)
+  DeviceBuffer graph_tables_;    // blocks [rows, width], chunks [rows, width], num [rows],
+  int32_t* d_blocks_ = nullptr;  //   row_block [rows] (the block of the row's new token)
+  int32_t* d_chunks_ = nullptr;
+  int32_t* d_num_ = nullptr;
+  int32_t* d_row_block_ = nullptr;
+  std::vector<int32_t> h_blocks_, h_chunks_, h_num_, h_row_block_;  // what the device holds
+  std::vector<uint64_t> h_owner_;  // uid of the sequence each row's entries belong to (0: none)
+  std::vector<int32_t> staged_;    // PrepareDecode's scratch
+  bool prepared_ = false;          // PrepareDecode ran and FinishDecode did not yet
 };
 
 absl::Status CudaAttentionLayer::Load(const CudaLayerArgs& args) {
@@ -142,7 +176,129 @@ absl::Status CudaAttentionLayer::Load(const CudaLayerArgs& args) {
     HYLA_ASSIGN_OR_RETURN(
         inv_freq_, w->F32(cpu::AttentionRopeInvFreq(cfg_), absl::StrCat(p, "rope inv_freq")));
   }
+  if (args.max_context > 0 && args.max_step_seqs > 0) {
+    const int64_t width = TableWidth(args.max_context);
+    const int64_t rows = args.max_step_seqs;
+    if (width * rows * 2 + 2 * rows > INT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat(Where(), ": decode-graph tables of ", rows,
+                                                     " rows x ", width, " entries are too large"));
+    }
+    width_ = static_cast<int>(width);
+    max_rows_ = static_cast<int>(rows);
+    const int64_t ints = 2 * rows * width + 2 * rows;
+    HYLA_ASSIGN_OR_RETURN(graph_tables_,
+                          DeviceBuffer::Allocate(sizeof(int32_t) * static_cast<size_t>(ints),
+                                                 absl::StrCat(Where(), " decode-graph tables")));
+    d_blocks_ = graph_tables_.as<int32_t>();
+    d_chunks_ = d_blocks_ + rows * width;
+    d_num_ = d_chunks_ + rows * width;
+    d_row_block_ = d_num_ + rows;
+    // Every entry starts as "no block": rows the host has not written read as empty.
+    std::vector<int32_t> init(static_cast<size_t>(ints), -1);
+    std::fill(init.begin() + 2 * rows * width, init.begin() + 2 * rows * width + rows, 0);
+    HYLA_RETURN_IF_ERROR(
+        args.dev->CopyToDevice(d_blocks_, init.data(), sizeof(int32_t) * init.size()));
+    h_blocks_.assign(static_cast<size_t>(rows * width), -1);
+    h_chunks_.assign(static_cast<size_t>(rows * width), -1);
+    h_num_.assign(static_cast<size_t>(rows), 0);
+    h_row_block_.assign(static_cast<size_t>(rows), -1);
+    h_owner_.assign(static_cast<size_t>(rows), 0);
+  }
   return absl::OkStatus();
+}
+
+int64_t CudaAttentionLayer::TableWidth(int64_t max_context) const {
+  int64_t width = (max_context + kBlockTokens - 1) / kBlockTokens + 1;
+  if (cfg_.window_size > 0) {
+    // After the previous step's drops a window layer holds the chunks of the last `window`
+    // positions, plus the new token's chunk.
+    width = std::min<int64_t>(width, (cfg_.window_size + kBlockTokens - 1) / kBlockTokens + 2);
+  }
+  return width;
+}
+
+bool CudaAttentionLayer::CanPrepareDecode(const CudaContext& ctx) const {
+  if (width_ == 0 || ctx.batch == nullptr || ctx.batch->num_seqs() > max_rows_) return false;
+  for (const CudaSeq& s : ctx.batch->seqs) {
+    if (s.seq == nullptr || s.num_rows != 1 || static_cast<int>(s.seq->streams.size()) <= stream_) {
+      return false;
+    }
+    const std::vector<BlockRef>& table = s.seq->streams[stream_];
+    const bool has_chunk = !table.empty() && table.back().chunk == s.start_pos / kBlockTokens;
+    if (static_cast<int64_t>(table.size()) + (has_chunk ? 0 : 1) > width_) return false;
+  }
+  return true;
+}
+
+absl::Status CudaAttentionLayer::PrepareDecode(const CudaContext& ctx) {
+  if (ctx.uploads == nullptr || width_ == 0) {
+    return absl::InternalError(absl::StrCat(Where(), ": PrepareDecode without decode tables"));
+  }
+  StepUploads& up = *ctx.uploads;
+  if (prepared_) {
+    // The previous decode step failed between PrepareDecode and FinishDecode: its staged writes
+    // may not have reached the device, so the mirrors say nothing; rewrite every row used.
+    std::fill(h_blocks_.begin(), h_blocks_.end(), -1);
+    std::fill(h_chunks_.begin(), h_chunks_.end(), -1);
+    std::fill(h_num_.begin(), h_num_.end(), -1);
+    std::fill(h_row_block_.begin(), h_row_block_.end(), -1);
+    std::fill(h_owner_.begin(), h_owner_.end(), 0);
+  }
+  prepared_ = true;
+  const std::vector<CudaSeq>& seqs = ctx.batch->seqs;
+  for (size_t r = 0; r < seqs.size(); ++r) {
+    const CudaSeq& s = seqs[r];
+    HYLA_ASSIGN_OR_RETURN(const int32_t block,
+                          ctx.WritableBlock(s.seq, stream_, s.start_pos / kBlockTokens));
+    const std::vector<BlockRef>& table = s.seq->streams[stream_];
+    const int size = static_cast<int>(table.size());
+    if (size > width_) {
+      return absl::InternalError(absl::StrCat(Where(), ": block table of ", size,
+                                              " entries exceeds the decode-graph width ", width_));
+    }
+    const int64_t base = static_cast<int64_t>(r) * width_;
+    int32_t* hb = h_blocks_.data() + base;
+    int32_t* hc = h_chunks_.data() + base;
+    const int old = h_num_[r];
+    // The same sequence with the same first entry and no fewer entries: only its last known
+    // entry (copy-on-write) and new entries can differ.
+    const bool same = h_owner_[r] == s.seq->uid && old > 0 && size >= old &&
+                      hb[0] == table[0].block && hc[0] == static_cast<int32_t>(table[0].chunk);
+    int first = same ? old - 1 : 0;
+    while (first < size && first < old && hb[first] == table[first].block &&
+           hc[first] == static_cast<int32_t>(table[first].chunk)) {
+      ++first;
+    }
+    if (first < size) {
+      staged_.resize(static_cast<size_t>(size - first));
+      for (int e = first; e < size; ++e) {
+        hb[e] = table[e].block;
+        staged_[e - first] = hb[e];
+      }
+      up.Write(d_blocks_ + base + first, staged_.data(), size - first);
+      for (int e = first; e < size; ++e) {
+        hc[e] = static_cast<int32_t>(table[e].chunk);
+        staged_[e - first] = hc[e];
+      }
+      up.Write(d_chunks_ + base + first, staged_.data(), size - first);
+    }
+    if (old != size) {
+      h_num_[r] = size;
+      up.Write(d_num_ + r, size);
+    }
+    if (h_row_block_[r] != block) {
+      h_row_block_[r] = block;
+      up.Write(d_row_block_ + r, block);
+    }
+    h_owner_[r] = s.seq->uid;
+  }
+  return absl::OkStatus();
+}
+
+void CudaAttentionLayer::FinishDecode(const CudaContext& ctx) {
+  prepared_ = false;
+  if (cfg_.window_size <= 0) return;
+  for (const CudaSeq& s : ctx.batch->seqs) DropWindowBlocks(ctx, s.seq, s.start_pos + 1);
 }
 
 void CudaAttentionLayer::DropWindowBlocks(const CudaContext& ctx, SequenceState* seq,
@@ -261,10 +417,10 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
   HYLA_KERNEL_RETURN_IF_ERROR(kernels::KvAppend(ap, stream), absl::StrCat(Where(), " KvAppend"));
 
   if (num_decode > 0) {
-    const int group_chunks = (cfg_.num_heads / cfg_.num_kv_heads + 7) / 8;
-    const int64_t base = int64_t{num_decode} * cfg_.num_kv_heads * group_chunks;
-    const int64_t want = (4 * int64_t{std::max(1, dev.sm_count())} + base - 1) / base;
-    const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_blocks)));
+    // The decode-graph path's split count when it could run this batch (DecodeSplits), so that
+    // eager and replayed decode steps give the same sums.
+    const int splits =
+        DecodeSplits(dev, num_decode, width_ > 0 && max_blocks <= width_ ? width_ : max_blocks);
     const size_t ws_bytes = kernels::PagedAttentionDecodeWorkspaceBytes(
         num_decode, cfg_.num_heads, static_cast<int>(hd_), splits);
     void* ws = nullptr;
@@ -325,6 +481,67 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
   return absl::OkStatus();
 }
 
+absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const float* q,
+                                                   const float* k, const float* v, float* o) {
+  DeviceContext& dev = *ctx.dev;
+  const CudaBatch& batch = *ctx.batch;
+  const int n = batch.num_seqs();
+  if (width_ == 0 || n > max_rows_ || batch.total_rows != n || batch.kv_len == nullptr) {
+    return absl::InternalError(absl::StrCat(Where(), ": not a prepared decode step"));
+  }
+  void* stream = dev.kernel_stream();
+  kernels::KvAppendParams ap;
+  ap.rows = n;
+  ap.num_kv_heads = cfg_.num_kv_heads;
+  ap.dk = static_cast<int>(hd_);
+  ap.dv = static_cast<int>(hd_);
+  ap.k = k;
+  ap.k_stride = kv_width_;
+  ap.v = v;
+  ap.v_stride = kv_width_;
+  ap.row_block = d_row_block_;
+  ap.row_pos = batch.row_pos;
+  ap.kv_dtype = kv_dtype_;
+  ap.kv = ctx.block_pool;
+  ap.block_stride = block_stride_;
+  HYLA_KERNEL_RETURN_IF_ERROR(kernels::KvAppend(ap, stream), absl::StrCat(Where(), " KvAppend"));
+
+  // The launch depends only on n and the table width (the kernel splits each row's own blocks).
+  const int splits = DecodeSplits(dev, n, width_);
+  const size_t ws_bytes =
+      kernels::PagedAttentionDecodeWorkspaceBytes(n, cfg_.num_heads, static_cast<int>(hd_), splits);
+  void* ws = nullptr;
+  if (ws_bytes > 0) {
+    HYLA_ASSIGN_OR_RETURN(ws, dev.scratch().Alloc(ws_bytes, absl::StrCat(Where(), " split-K")));
+  }
+  kernels::PagedAttentionDecodeParams dp;
+  dp.num_seqs = n;
+  dp.num_heads = cfg_.num_heads;
+  dp.num_kv_heads = cfg_.num_kv_heads;
+  dp.dk = static_cast<int>(hd_);
+  dp.dv = static_cast<int>(hd_);
+  dp.q_dtype = kernels::KernelDType::kF32;
+  dp.kv_dtype = kv_dtype_;
+  dp.q = q;
+  dp.q_stride = q_width_;
+  dp.kv = ctx.block_pool;
+  dp.block_stride = block_stride_;
+  dp.block_table = d_blocks_;
+  dp.block_chunks = d_chunks_;
+  dp.num_blocks = d_num_;
+  dp.max_blocks = width_;
+  dp.kv_len = batch.kv_len;
+  dp.window = cfg_.window_size;
+  dp.scale = scale_;
+  dp.out = o;
+  dp.out_stride = q_width_;
+  dp.workspace = ws;
+  dp.workspace_bytes = ws_bytes;
+  HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(dp, stream),
+                              absl::StrCat(Where(), " PagedAttentionDecode"));
+  return absl::OkStatus();
+}
+
 absl::Status CudaAttentionLayer::Forward(const CudaContext& ctx, const float* x, float* out) {
   if (ctx.dev == nullptr || ctx.batch == nullptr || ctx.store == nullptr ||
       ctx.block_pool == nullptr) {
@@ -380,6 +597,10 @@ absl::Status CudaAttentionLayer::Forward(const CudaContext& ctx, const float* x,
       HYLA_KERNEL_RETURN_IF_ERROR(kernels::Rope(rp, stream), absl::StrCat(Where(), " Rope"));
     }
 
+    if (ctx.graph_decode) {
+      HYLA_RETURN_IF_ERROR(AttendDecodeGraph(ctx, q, k, v, o));
+      return Linear(dev, o, rows, w_o_, b_o_, out);
+    }
     // One shot unless a block could be evicted or the pool could run short mid-step.
     const StateStoreOptions& opts = ctx.store->options();
     const int64_t cap_blocks =

@@ -61,13 +61,33 @@ int64_t PlannedScratchBytes(const ModelConfig& c, const CudaBackendOptions& o) {
   return bytes;
 }
 
+// The context decode-graph tables cover (CudaBackendOptions::max_context); 0 without graphs.
+int64_t GraphMaxContext(const CudaBackendOptions& o) {
+  if (!o.cuda_graphs) return 0;
+  if (o.max_context > 0) return o.max_context;
+  if (o.store.max_kv_tokens_per_stream > 0) return o.store.max_kv_tokens_per_stream;
+  return 131072;
+}
+
+// Device bytes of the attention layers' decode-graph tables (an upper bound: window layers
+// need fewer entries).
+int64_t DecodeTableBytes(const ModelConfig& c, const CudaBackendOptions& o) {
+  const int64_t ctx = GraphMaxContext(o);
+  if (ctx == 0) return 0;
+  int64_t layers = 0;
+  for (const LayerConfig& l : c.layers) layers += l.kind == LayerKind::kAttention ? 1 : 0;
+  const int64_t width = (ctx + kBlockTokens - 1) / kBlockTokens + 1;
+  return layers * int64_t{o.max_step_seqs} * (2 * width + 2) * int64_t{sizeof(int32_t)};
+}
+
 }  // namespace
 
 int64_t CudaBackendStateBytes(const ModelConfig& config, const CudaBackendOptions& options) {
   absl::StatusOr<StateLayout> layout = StateLayout::Create(config, KvDType(options.precision));
   if (!layout.ok()) return 0;
   return options.store.num_slots * layout->slot_bytes() +
-         options.store.num_blocks * layout->block_bytes() + PlannedScratchBytes(config, options);
+         options.store.num_blocks * layout->block_bytes() + PlannedScratchBytes(config, options) +
+         DecodeTableBytes(config, options);
 }
 
 CudaBackend::CudaBackend(const ModelConfig& config, StateLayout layout,
@@ -170,6 +190,8 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
     args.layout = &layout_;
     args.dev = dev_.get();
     args.weights = weights_.get();
+    args.max_step_seqs = options_.max_step_seqs;
+    args.max_context = GraphMaxContext(options_);
     switch (cfg.layers[i].kind) {
       case LayerKind::kGdn: {
         HYLA_ASSIGN_OR_RETURN(b.mixer, CreateCudaGdnLayer(args));
@@ -191,6 +213,17 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
   }
   HYLA_RETURN_IF_ERROR(ck->CheckAllTaken());
   checkpoint.reset();  // every weight is on the device now
+  // Runs of graph-safe pieces (the embedding and every MLP are graph-safe).
+  runs_.clear();
+  for (int piece = 0; piece <= 2 * static_cast<int>(blocks_.size()); ++piece) {
+    const bool safe =
+        piece == 0 || piece % 2 == 0 || blocks_[(piece - 1) / 2].mixer->DecodeGraphSafe();
+    if (safe && !runs_.empty() && runs_.back().graph_safe) {
+      runs_.back().last = piece;
+    } else {
+      runs_.push_back(PieceRun{piece, piece, safe});
+    }
+  }
 
   HYLA_ASSIGN_OR_RETURN(
       sampler_,
@@ -337,49 +370,55 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
         "step of ", rows, " tokens exceeds max_step_tokens ", options_.max_step_tokens));
   }
 
-  // Per-step metadata on the device.
+  // Per-step metadata on the device, packed into one upload: start_pos [n] int64, then int32
+  // slots [n], cu_seqlens [n + 1], kv_len [n], row_seq [rows], row_pos [rows], ids [rows].
+  // Sizes depend only on n and rows, so decode steps of one batch size see the same addresses.
   ScratchArena& scratch = dev_->scratch();
   scratch.Rewind();
   const int n = static_cast<int>(batch.size());
-  std::vector<int32_t> h_slots(n), h_row_seq(rows);
   cb.host_cu_seqlens.assign(n + 1, 0);
   cb.host_start_pos.assign(n, 0);
   cb.host_row_pos.assign(rows, 0);
   cb.total_rows = rows;
   cb.all_decode = true;
+  const size_t start_bytes = sizeof(int64_t) * static_cast<size_t>(n);
+  const int64_t ints = 3 * int64_t{n} + 1 + 3 * rows;
+  meta_.resize(start_bytes + sizeof(int32_t) * static_cast<size_t>(ints));
+  int64_t* m_start = reinterpret_cast<int64_t*>(meta_.data());
+  int32_t* m_slots = reinterpret_cast<int32_t*>(meta_.data() + start_bytes);
+  int32_t* m_cu = m_slots + n;
+  int32_t* m_kv_len = m_cu + n + 1;
+  int32_t* m_row_seq = m_kv_len + n;
+  int32_t* m_row_pos = m_row_seq + rows;
+  int32_t* m_ids = m_row_pos + rows;
+  m_cu[0] = 0;
   for (int i = 0; i < n; ++i) {
     const CudaSeq& s = cb.seqs[i];
-    h_slots[i] = s.slot;
-    cb.host_cu_seqlens[i + 1] = static_cast<int32_t>(s.row_begin + s.num_rows);
+    m_start[i] = s.start_pos;
+    m_slots[i] = s.slot;
+    m_cu[i + 1] = static_cast<int32_t>(s.row_begin + s.num_rows);
+    m_kv_len[i] = static_cast<int32_t>(s.start_pos + s.num_rows);
+    cb.host_cu_seqlens[i + 1] = m_cu[i + 1];
     cb.host_start_pos[i] = s.start_pos;
     cb.max_rows = std::max(cb.max_rows, s.num_rows);
     if (s.num_rows != 1) cb.all_decode = false;
     for (int64_t r = 0; r < s.num_rows; ++r) {
-      h_row_seq[s.row_begin + r] = i;
-      cb.host_row_pos[s.row_begin + r] = static_cast<int32_t>(s.start_pos + r);
+      m_row_seq[s.row_begin + r] = i;
+      m_row_pos[s.row_begin + r] = static_cast<int32_t>(s.start_pos + r);
+      cb.host_row_pos[s.row_begin + r] = m_row_pos[s.row_begin + r];
     }
   }
-  HYLA_ASSIGN_OR_RETURN(cb.slots, dev_->Upload(h_slots.data(), n, "step slots"));
-  HYLA_ASSIGN_OR_RETURN(cb.cu_seqlens,
-                        dev_->Upload(cb.host_cu_seqlens.data(), n + 1, "step cu_seqlens"));
-  HYLA_ASSIGN_OR_RETURN(cb.start_pos, dev_->Upload(cb.host_start_pos.data(), n, "step start_pos"));
-  HYLA_ASSIGN_OR_RETURN(cb.row_seq, dev_->Upload(h_row_seq.data(), rows, "step row_seq"));
-  HYLA_ASSIGN_OR_RETURN(cb.row_pos, dev_->Upload(cb.host_row_pos.data(), rows, "step row_pos"));
-  HYLA_ASSIGN_OR_RETURN(const int32_t* d_ids, dev_->Upload(ids.data(), rows, "step token ids"));
-
-  HYLA_ASSIGN_OR_RETURN(float* h, scratch.AllocArray<float>(rows * d, "residual stream"));
-  HYLA_ASSIGN_OR_RETURN(float* xn, scratch.AllocArray<float>(rows * d, "normed input"));
-  HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * d, "mixer output"));
-  void* stream = dev_->kernel_stream();
-  const bool gemma = cfg.norm_kind == NormKind::kGemma;
-  const float eps = static_cast<float>(cfg.norm_eps);
-
-  HYLA_KERNEL_RETURN_IF_ERROR(
-      kernels::EmbeddingGather(embed_,
-                               options_.precision == Precision::kF32 ? kernels::KernelDType::kF32
-                                                                     : kernels::KernelDType::kBf16,
-                               vocab, d, d_ids, rows, h, stream),
-      "embedding");
+  std::memcpy(m_ids, ids.data(), sizeof(int32_t) * static_cast<size_t>(rows));
+  HYLA_ASSIGN_OR_RETURN(
+      uint8_t * d_meta,
+      dev_->Upload(meta_.data(), static_cast<int64_t>(meta_.size()), "step batch arrays"));
+  cb.start_pos = reinterpret_cast<const int64_t*>(d_meta);
+  cb.slots = reinterpret_cast<const int32_t*>(d_meta + start_bytes);
+  cb.cu_seqlens = cb.slots + n;
+  cb.kv_len = cb.cu_seqlens + n + 1;
+  cb.row_seq = cb.kv_len + n;
+  cb.row_pos = cb.row_seq + rows;
+  const int32_t* d_ids = cb.row_pos + rows;
 
   CudaContext ctx;
   ctx.dev = dev_.get();
@@ -391,45 +430,92 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
   RoutingCounts routing;
   ctx.routing = &routing;
 
-  // Decode steps replay per-batch-size CUDA graphs of the graph-safe segments. Every address a
-  // segment uses is the same for every decode step of the same batch size: the arena is rewound
-  // each step and allocated in the same order and sizes up to here, and rewound after each
-  // segment.
+  // Decode steps replay per-batch-size CUDA graphs of the runs of graph-safe pieces. Every
+  // address a graph uses is the same for every decode step of the same batch size: the arena is
+  // rewound each step and allocated in the same order and sizes (the batch arrays above, then
+  // the activations), the table updates' upload is rewound before the activations, and each
+  // piece rewinds what it allocated.
   std::vector<GraphSegment>* graphs = nullptr;
   if (cb.all_decode && options_.cuda_graphs) {
-    auto it = graphs_.find(rows);
-    if (it == graphs_.end() && static_cast<int>(graphs_.size()) < options_.max_graph_batch_sizes) {
-      it = graphs_.emplace(rows, std::vector<GraphSegment>(2 * blocks_.size())).first;
+    bool prepared = true;
+    for (const Block& b : blocks_) {
+      if (b.mixer->DecodeGraphSafe() && !b.mixer->CanPrepareDecode(ctx)) prepared = false;
     }
-    if (it != graphs_.end()) graphs = &it->second;
+    auto it = graphs_.find(rows);
+    if (prepared && it == graphs_.end() &&
+        static_cast<int>(graphs_.size()) < options_.max_graph_batch_sizes) {
+      it = graphs_.emplace(rows, std::vector<GraphSegment>(runs_.size())).first;
+    }
+    if (prepared && it != graphs_.end()) graphs = &it->second;
   }
-  for (size_t li = 0; li < blocks_.size(); ++li) {
-    Block& b = blocks_[li];
+  if (graphs != nullptr) {
+    uploads_.Clear();
+    ctx.uploads = &uploads_;
+    for (Block& b : blocks_) {
+      if (b.mixer->DecodeGraphSafe()) HYLA_RETURN_IF_ERROR(b.mixer->PrepareDecode(ctx));
+    }
+    ctx.uploads = nullptr;
     const size_t mark = scratch.Mark();
-    HYLA_RETURN_IF_ERROR(
-        RunSegment(graphs, 2 * li, b.mixer->DecodeGraphSafe(), mark, [&]() -> absl::Status {
-          HYLA_KERNEL_RETURN_IF_ERROR(
-              kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream),
-              "mixer norm");
-          HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
-          HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
-          return absl::OkStatus();
-        }));
-    scratch.RewindTo(mark);
-    HYLA_RETURN_IF_ERROR(RunSegment(graphs, 2 * li + 1, true, mark, [&]() -> absl::Status {
+    HYLA_RETURN_IF_ERROR(uploads_.Apply(*dev_));
+    scratch.RewindTo(mark);  // the scatter has read the upload before the graphs run
+    ctx.graph_decode = true;
+  }
+
+  HYLA_ASSIGN_OR_RETURN(float* h, scratch.AllocArray<float>(rows * d, "residual stream"));
+  HYLA_ASSIGN_OR_RETURN(float* xn, scratch.AllocArray<float>(rows * d, "normed input"));
+  HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * d, "mixer output"));
+  void* stream = dev_->kernel_stream();
+  const bool gemma = cfg.norm_kind == NormKind::kGemma;
+  const float eps = static_cast<float>(cfg.norm_eps);
+  // Piece p of the step (see PieceRun).
+  auto run_piece = [&](int p) -> absl::Status {
+    if (p == 0) {
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::EmbeddingGather(embed_,
+                                                           options_.precision == Precision::kF32
+                                                               ? kernels::KernelDType::kF32
+                                                               : kernels::KernelDType::kBf16,
+                                                           vocab, d, d_ids, rows, h, stream),
+                                  "embedding");
+      return absl::OkStatus();
+    }
+    Block& b = blocks_[static_cast<size_t>((p - 1) / 2)];
+    if (p % 2 == 1) {
       HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
-      HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
-      HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
-      HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
-      HYLA_KERNEL_RETURN_IF_ERROR(kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows,
-                                                      inter, act, inter, stream),
-                                  "SwiGLU");
-      HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
+          kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream),
+          "mixer norm");
+      HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
       HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+      return absl::OkStatus();
+    }
+    HYLA_KERNEL_RETURN_IF_ERROR(
+        kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
+    HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
+    HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
+    HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
+    HYLA_KERNEL_RETURN_IF_ERROR(
+        kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows, inter, act, inter, stream),
+        "SwiGLU");
+    HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    return absl::OkStatus();
+  };
+  for (size_t ri = 0; ri < runs_.size(); ++ri) {
+    const PieceRun& run = runs_[ri];
+    const size_t mark = scratch.Mark();
+    HYLA_RETURN_IF_ERROR(RunSegment(graphs, ri, run.graph_safe, mark, [&]() -> absl::Status {
+      for (int p = run.first; p <= run.last; ++p) {
+        const size_t piece_mark = scratch.Mark();
+        HYLA_RETURN_IF_ERROR(run_piece(p));
+        scratch.RewindTo(piece_mark);
+      }
       return absl::OkStatus();
     }));
     scratch.RewindTo(mark);
+  }
+  if (ctx.graph_decode) {
+    for (Block& b : blocks_) {
+      if (b.mixer->DecodeGraphSafe()) b.mixer->FinishDecode(ctx);
+    }
   }
 
   // LM head over the rows asked for, in pieces of at most LogitsRowsPerPiece rows: first the rows

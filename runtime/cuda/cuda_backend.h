@@ -24,6 +24,7 @@
 #include "runtime/cuda/device_context.h"
 #include "runtime/cuda/device_sampler.h"
 #include "runtime/cuda/gemm.h"
+#include "runtime/cuda/step_uploads.h"
 #include "runtime/engine/backend.h"
 #include "runtime/model/checkpoint.h"
 #include "runtime/state/state_store.h"
@@ -40,11 +41,18 @@ struct CudaBackendOptions {
   int64_t extra_scratch_bytes = 0;
   // Sample on the device the items that carry a SequenceWork::sampler (SamplesOnDevice()).
   bool device_sampling = true;
-  // Decode steps (every sequence one token) replay CUDA graphs captured per batch size for the
-  // graph-safe parts of each block (every MLP; mixers whose DecodeGraphSafe() is true), for at
-  // most `max_graph_batch_sizes` distinct batch sizes.
+  // Decode steps (every sequence one token) replay CUDA graphs captured per batch size, for at
+  // most `max_graph_batch_sizes` distinct batch sizes. The step is cut into pieces (the
+  // embedding, each block's mixer, each block's MLP); every maximal run of graph-safe pieces is
+  // one graph (all of them when every mixer's DecodeGraphSafe() holds, as for GDN, NHA and
+  // attention layers; NAtS-L mixers run eagerly between runs).
   bool cuda_graphs = true;
   int max_graph_batch_sizes = 64;
+  // The longest context (tokens) a sequence may reach in a decode step replayed from a graph:
+  // attention layers keep per-row block tables of that width on the device (max_step_seqs rows;
+  // longer sequences make their steps run eagerly). 0: the store's per-stream cap when set,
+  // else 131072.
+  int64_t max_context = 0;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's
@@ -101,16 +109,26 @@ class CudaBackend : public Backend {
   DeviceMatrix lm_head_;  // [vocab, hidden]
   std::unique_ptr<DeviceSampler> sampler_;
 
-  // CUDA graphs of decode steps: per batch size, two segments per block (mixer, MLP).
+  // CUDA graphs of decode steps: per batch size, one segment per run of graph-safe pieces.
   struct GraphSegment {
     CudaGraphExec exec;
     bool attempted = false;  // capture tried (failed when !exec.valid())
+  };
+  // Pieces of a step: 0 the embedding, 2i + 1 block i's mixer, 2i + 2 block i's MLP. A run is a
+  // maximal range [first, last] of pieces that are all graph-safe, or one piece that is not.
+  struct PieceRun {
+    int first = 0;
+    int last = 0;
+    bool graph_safe = false;
   };
   // Runs `fn` eagerly, or replays / captures it as segment `index` of `graphs` (nullptr: eager).
   // `mark` is the scratch position fn starts from (rewound before an eager retry).
   absl::Status RunSegment(std::vector<GraphSegment>* graphs, size_t index, bool capturable,
                           size_t mark, const std::function<absl::Status()>& fn);
+  std::vector<PieceRun> runs_;
   std::map<int64_t, std::vector<GraphSegment>> graphs_;
+  StepUploads uploads_;        // decode-graph table changes of the step being prepared
+  std::vector<uint8_t> meta_;  // the step's batch arrays, packed for one upload
   int64_t graphs_captured_ = 0;
   int64_t graph_replays_ = 0;
   std::vector<Block> blocks_;

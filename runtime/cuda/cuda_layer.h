@@ -28,6 +28,7 @@
 #include "absl/types/span.h"
 #include "runtime/cuda/device_context.h"
 #include "runtime/cuda/gemm.h"
+#include "runtime/cuda/step_uploads.h"
 #include "runtime/engine/backend.h"
 #include "runtime/model/checkpoint.h"
 #include "runtime/model/config.h"
@@ -57,6 +58,7 @@ struct CudaBatch {
   const int64_t* start_pos = nullptr;   // [num_seqs]
   const int32_t* row_seq = nullptr;     // [total_rows] sequence index of each row
   const int32_t* row_pos = nullptr;     // [total_rows] absolute position of each row
+  const int32_t* kv_len = nullptr;      // [num_seqs] start_pos + num_rows (tokens after the step)
   // Host copies of the same (for kernel plans):
   std::vector<int32_t> host_cu_seqlens;  // [num_seqs + 1]
   std::vector<int64_t> host_start_pos;   // [num_seqs]
@@ -73,6 +75,11 @@ struct CudaContext {
   uint8_t* block_pool = nullptr;  // device, [num_blocks, layout->block_bytes()]
   const CudaBatch* batch = nullptr;
   RoutingCounts* routing = nullptr;
+  // Decode steps from CUDA graphs (see CudaLayer::PrepareDecode): `uploads` is set while layers
+  // prepare; `graph_decode` is true for the whole step, and layers whose DecodeGraphSafe() holds
+  // then read the tables they prepared.
+  StepUploads* uploads = nullptr;
+  bool graph_decode = false;
 
   // Device address of a slot component.
   uint8_t* SlotComponent(int32_t slot, int layer, absl::string_view name) const {
@@ -95,11 +102,19 @@ class CudaLayer {
   // except block tables; CudaBackend advances num_tokens after all layers ran. Scratch comes from
   // ctx.dev->scratch() and is freed after the step.
   virtual absl::Status Forward(const CudaContext& ctx, const float* x, float* out) = 0;
-  // True when, for a batch of one-token rows, Forward only enqueues work whose launch parameters
-  // depend on nothing but the batch size and the device arrays of CudaBatch (no host state
+  // Decode steps from CUDA graphs. DecodeGraphSafe(): for a batch of one-token rows, Forward
+  // with ctx.graph_decode set only enqueues work whose launch parameters depend on nothing but
+  // the batch size, fixed device addresses and the device arrays of CudaBatch (no host state
   // changes, no uploads, no synchronisation), so that CudaBackend may capture it into a CUDA
-  // graph once per batch size and replay it.
+  // graph once per batch size and replay it. For such a step CudaBackend asks every graph-safe
+  // layer CanPrepareDecode (no state change; false makes the whole step run eagerly), then calls
+  // PrepareDecode (host work before the device work: block allocation, table changes staged in
+  // ctx.uploads), applies the uploads, runs the graph, and calls FinishDecode (host bookkeeping
+  // once the step's device work is enqueued, e.g. dropping blocks a window slid past).
   virtual bool DecodeGraphSafe() const { return false; }
+  virtual bool CanPrepareDecode(const CudaContext& ctx) const { return DecodeGraphSafe(); }
+  virtual absl::Status PrepareDecode(const CudaContext& ctx) { return absl::OkStatus(); }
+  virtual void FinishDecode(const CudaContext& ctx) {}
 };
 
 struct CudaLayerArgs {
@@ -110,6 +125,10 @@ struct CudaLayerArgs {
   const StateLayout* layout = nullptr;
   DeviceContext* dev = nullptr;
   DeviceWeights* weights = nullptr;  // uploads; owns the device copies
+  // Decode-graph tables: the most sequences in a step, and the longest context (tokens) whose
+  // tables such a step can hold (0: no decode graphs for layers with KV blocks).
+  int max_step_seqs = 0;
+  int64_t max_context = 0;
 };
 
 absl::StatusOr<std::unique_ptr<CudaLayer>> CreateCudaGdnLayer(const CudaLayerArgs& args);

@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<SequenceState>> StateStore::NewSequence() {
         absl::StrCat("no free state slot (all ", options_.num_slots, " in use)"));
   }
   auto seq = std::make_unique<SequenceState>();
+  seq->uid = ++last_uid_;
   seq->slot = free_slots_.back();
   free_slots_.pop_back();
   seq->streams.resize(layout_.streams().size());

@@ -40,6 +40,9 @@ enum class KvCapPolicy {
 
 // The state of one sequence (a request or a session): its slot, its block tables and length.
 struct SequenceState {
+  // Unique among the sequences a StateStore ever created (NewSequence and Fork number them from
+  // 1; never reused), so that a backend can tell a sequence from a later one in the same slot.
+  uint64_t uid = 0;
   int32_t slot = -1;
   int64_t num_tokens = 0;                      // tokens already folded into the state
   std::vector<std::vector<BlockRef>> streams;  // [num_streams] block tables, oldest first
@@ -110,6 +113,7 @@ class StateStore {
   std::vector<int32_t> free_slots_;
   std::vector<int32_t> free_blocks_;
   std::vector<int32_t> refcount_;
+  uint64_t last_uid_ = 0;
 };
 
 }  // namespace hyla

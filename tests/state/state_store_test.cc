@@ -136,6 +136,29 @@ TEST(StateStoreTest, SlotExhaustion) {
   EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// Every sequence gets a uid of its own, also one that reuses a released sequence's slot, and a
+// fork's differs from its parent's.
+TEST(StateStoreTest, UidsAreNeverReused) {
+  auto store = MakeStore(2, 8);
+  ASSERT_NE(store, nullptr);
+  auto a = store->NewSequence();
+  ASSERT_TRUE(a.ok());
+  const uint64_t a_uid = (*a)->uid;
+  const int32_t a_slot = (*a)->slot;
+  EXPECT_NE(a_uid, 0u);
+  auto child = store->Fork(**a);
+  ASSERT_TRUE(child.ok());
+  EXPECT_NE((*child)->uid, a_uid);
+  EXPECT_NE((*child)->uid, 0u);
+  const uint64_t child_uid = (*child)->uid;
+  store->Release(std::move(a).value());
+  auto b = store->NewSequence();
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->slot, a_slot);
+  EXPECT_NE((*b)->uid, a_uid);
+  EXPECT_NE((*b)->uid, child_uid);
+}
+
 TEST(StateStoreTest, BlockAllocAndFree) {
   auto store = MakeStore(1, 4);
   ASSERT_NE(store, nullptr);
