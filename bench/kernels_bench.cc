@@ -268,8 +268,11 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   }
 }
 
-void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk, int dv,
-                     bool bf16) {
+// bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores) unless
+// fp32_kernel; state_cols: its GdnPrefillParams::mma_state_cols (0: default). A variant's row is
+// the default row's name plus " [<variant>]".
+void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk, int dv, bool bf16,
+                     int state_cols = 0, bool fp32_kernel = false) {
   const size_t es = bf16 ? 2 : 4;
   const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
   const int64_t rows_total = int64_t{num_seqs} * len;
@@ -321,12 +324,16 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
   p.o_stride = int64_t{HV} * dv;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
+  p.tensor_cores = !fp32_kernel;
+  p.mma_state_cols = state_cols;
   const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnPrefill(p, nullptr)); });
   const double bytes = double(rows_total) * row * es + double(rows_total) * HV * dv * es +
                        2.0 * num_seqs * state * 4;
   Report("gdn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs " + std::to_string(num_seqs) +
              " x " + std::to_string(len) + " HV " + std::to_string(HV) + " (" +
-             std::to_string(static_cast<int64_t>(rows_total / (us * 1e-6) / 1e3)) + " ktok/s)",
+             std::to_string(static_cast<int64_t>(rows_total / (us * 1e-6) / 1e3)) + " ktok/s)" +
+             (state_cols != 0 ? " [mma cols" + std::to_string(state_cols) + "]" : std::string()) +
+             (fp32_kernel ? " [fp32 kernel]" : ""),
          us, bytes);
   for (void* ptr :
        {rows, static_cast<void*>(pool), static_cast<void*>(gates), o, static_cast<void*>(d_cu),
@@ -450,6 +457,9 @@ int main(int argc, char** argv) {
   BenchGdnPrefill(&timer, 1, 8192, 8, 16, 128, 128, false);
   // Issue 5's prefill target (peer: fla chunk_gated_delta_rule, bench/peers/peers_bench.py).
   BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true);
+  // Its variants: the tensor-core state pass's column split, and the fp32 kernels.
+  for (const int cols : {16, 64}) BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, cols);
+  if (!quick) BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, 0, true);
 
   // Softmax prefill (peer: PyTorch SDPA flash): Llama3-8B attention, and qwen3next-1b's.
   BenchAttnPrefill(&timer, 4096, 32, 8, 128, true);

@@ -3,6 +3,10 @@
 // reference/models.md §3.3; CPU reference: the per-token recurrence of runtime/cpu/gdn_core.h
 // (and the NAtS-L layer's Decide for commit/decay).
 //
+// bf16 activations without commit and dk, dv in {64, 128} take the tensor-core path of
+// kernels/gdn_prefill_mma.cu instead (GdnPrefillUsesTensorCores; bf16 intermediates). Everything
+// else (fp32 always: the exact path) runs the kernels below.
+//
 // Three launches, all fp32 arithmetic (no tensor cores, so results stay within fp32 rounding of
 // the recurrence):
 //  1. GdnPrefillPieceKernel, one CTA per (piece, value head), all pieces in parallel: gates and
@@ -515,13 +519,38 @@ int LaunchPrefill(const GdnPrefillParams& p, cudaStream_t stream) {
   return LaunchResult();
 }
 
-}  // namespace
-
-size_t GdnPrefillWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv) {
+size_t Fp32WorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv) {
   if (num_pieces <= 0 || num_v_heads <= 0 || dk <= 0 || dv <= 0) return 0;
   const EntryLayout lay(dk, dv);
   return sizeof(float) * static_cast<size_t>(lay.size()) * static_cast<size_t>(num_pieces) *
          static_cast<size_t>(num_v_heads);
+}
+
+}  // namespace
+
+namespace internal {
+// kernels/gdn_prefill_mma.cu: the tensor-core path.
+size_t GdnPrefillMmaWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv);
+int GdnPrefillMma(const GdnPrefillParams& p, void* stream);
+}  // namespace internal
+
+bool GdnPrefillUsesTensorCores(const GdnPrefillParams& p) {
+  auto tc_dim = [](int d) { return d == 64 || d == 128; };
+  return p.tensor_cores && p.dtype == KernelDType::kBf16 && p.commit == nullptr && tc_dim(p.dk) &&
+         tc_dim(p.dv);
+}
+
+size_t GdnPrefillWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv) {
+  if (num_pieces <= 0 || num_v_heads <= 0 || dk <= 0 || dv <= 0) return 0;
+  return std::max(Fp32WorkspaceBytes(num_pieces, num_v_heads, dk, dv),
+                  internal::GdnPrefillMmaWorkspaceBytes(num_pieces, num_v_heads, dk, dv));
+}
+
+size_t GdnPrefillWorkspaceBytesFor(const GdnPrefillParams& p) {
+  if (p.num_pieces <= 0 || p.num_v_heads <= 0 || p.dk <= 0 || p.dv <= 0) return 0;
+  return GdnPrefillUsesTensorCores(p)
+             ? internal::GdnPrefillMmaWorkspaceBytes(p.num_pieces, p.num_v_heads, p.dk, p.dv)
+             : Fp32WorkspaceBytes(p.num_pieces, p.num_v_heads, p.dk, p.dv);
 }
 
 int GdnPrefillPlan(const int32_t* cu_seqlens, const int64_t* start_pos, int num_seqs,
@@ -561,10 +590,14 @@ int GdnPrefill(const GdnPrefillParams& p, void* stream) {
       p.v_stride < int64_t{p.num_v_heads} * p.dv || p.a_stride < p.num_v_heads ||
       p.b_stride < p.num_v_heads || p.state_slot_stride < int64_t{p.num_v_heads} * p.dk * p.dv ||
       p.o_stride < int64_t{p.num_v_heads} * p.dv ||
-      (p.num_pieces > 0 &&
-       (p.workspace == nullptr || !IsAligned(p.workspace, 16) ||
-        p.workspace_bytes < GdnPrefillWorkspaceBytes(p.num_pieces, p.num_v_heads, p.dk, p.dv)))) {
+      (p.num_pieces > 0 && (p.workspace == nullptr || !IsAligned(p.workspace, 16) ||
+                            p.workspace_bytes < GdnPrefillWorkspaceBytesFor(p)))) {
     return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (GdnPrefillUsesTensorCores(p)) {
+    const int c = p.mma_state_cols;
+    if (c != 0 && c != 16 && c != 32 && c != 64) return static_cast<int>(cudaErrorInvalidValue);
+    return internal::GdnPrefillMma(p, stream);
   }
   if (p.dtype == KernelDType::kF32) return LaunchPrefill<float>(p, AsStream(stream));
   if (p.dtype == KernelDType::kBf16) return LaunchPrefill<__nv_bfloat16>(p, AsStream(stream));

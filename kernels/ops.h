@@ -145,7 +145,8 @@ int ShortConvDecode(const ShortConvDecodeParams& params, void* stream);
 // and resets g_sum to 0. Outputs never depend on the decision of their own chunk.
 //
 // Pieces are numbered sequence by sequence (piece_offsets, from GdnPrefillPlan on the host).
-// Scratch: workspace of GdnPrefillWorkspaceBytes(num_pieces, HV, dk, dv) bytes.
+// Scratch: workspace of GdnPrefillWorkspaceBytes(num_pieces, HV, dk, dv) bytes (or the smaller
+// GdnPrefillWorkspaceBytesFor(params)).
 struct GdnPrefillParams {
   int num_seqs = 0;
   int num_heads = 0;                      // H
@@ -184,9 +185,25 @@ struct GdnPrefillParams {
   int64_t o_stride = 0;
   void* workspace = nullptr;  // device scratch, 256-byte aligned
   size_t workspace_bytes = 0;
+  // Tensor-core path (GdnPrefillUsesTensorCores): false forces the fp32 kernels (benchmarks,
+  // tests); mma_state_cols: value columns per CTA of its sequential state pass, 16, 32 or 64
+  // (0: the default; a benchmark knob).
+  bool tensor_cores = true;
+  int mma_state_cols = 0;
 };
 int GdnPrefill(const GdnPrefillParams& params, void* stream);
+// Covers every path of GdnPrefill (the fp32 kernels need the most).
 size_t GdnPrefillWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv);
+// True when GdnPrefill runs `params` on its tensor-core path (kernels/gdn_prefill_mma.cu): bf16
+// activations, no commit (plain GDN), dk and dv in {64, 128}, tensor_cores set. That path keeps
+// the state in fp32 but rounds its operands and intermediates (T, W, U, V_new, the per-piece
+// state) to bf16, as fla's chunk_gated_delta_rule does: outputs and the final state are within
+// bf16 rounding of the recurrence, not fp32 rounding (the fp32 kernels are the exact path).
+bool GdnPrefillUsesTensorCores(const GdnPrefillParams& params);
+// The workspace that `params` needs on the path GdnPrefill takes for it (num_pieces, HV, dk, dv,
+// dtype, commit, tensor_cores are read): <= GdnPrefillWorkspaceBytes; the tensor-core path
+// needs 2·(64·dk + 64·dv + dk·dv) + 512 bytes per (piece, value head).
+size_t GdnPrefillWorkspaceBytesFor(const GdnPrefillParams& params);
 // Host-side plan: from host copies of cu_seqlens [num_seqs + 1] and start_pos [num_seqs]
 // (nullptr: all 0), fills piece_offsets [num_seqs + 1] and returns the number of pieces
 // (-1 on invalid input).

@@ -38,12 +38,13 @@ constexpr int kChunk = 64;
 struct GdnShape {
   int H = 1, HV = 1, dk = 1, dv = 1;
   bool neg_eigval = false;
+  bool aligned = false;  // rows padded to 8 elements (16-byte bf16 rows); otherwise odd strides
   int64_t q_off() const { return 0; }
   int64_t k_off() const { return int64_t{H} * dk; }
   int64_t v_off() const { return 2 * int64_t{H} * dk; }
   int64_t a_off() const { return v_off() + int64_t{HV} * dv; }
   int64_t b_off() const { return a_off() + HV; }
-  int64_t row() const { return b_off() + HV + 3; }
+  int64_t row() const { return aligned ? (b_off() + HV + 7) / 8 * 8 : b_off() + HV + 3; }
   int64_t state() const { return int64_t{HV} * dk * dv; }
   float q_scale() const { return static_cast<float>(std::pow(static_cast<double>(dk), -0.5)); }
 };
@@ -94,7 +95,8 @@ float CpuGate(const GdnShape& s, const GateParams& gp, const float* row, int hv)
 
 std::string ShapeName(const GdnShape& s) {
   return "H" + std::to_string(s.H) + " HV" + std::to_string(s.HV) + " dk" + std::to_string(s.dk) +
-         " dv" + std::to_string(s.dv) + (s.neg_eigval ? " neg" : "");
+         " dv" + std::to_string(s.dv) + (s.neg_eigval ? " neg" : "") +
+         (s.aligned ? " aligned" : "");
 }
 
 // ---- GdnDecode ---------------------------------------------------------------------------
@@ -329,6 +331,7 @@ struct PrefillCase {
   bool bf16 = false;
   bool commit = false;
   bool decay = true;
+  int mma_state_cols = 0;  // GdnPrefillParams::mma_state_cols
 };
 
 // The pieces of a sequence as the API defines them, computed here independently of the kernel:
@@ -373,7 +376,7 @@ void RunPrefillAndCheck(const PrefillCase& c, const GateParams& gp, const std::v
   std::vector<uint8_t> commit(static_cast<size_t>(std::max(num_pieces, 1)) * s.HV);
   for (uint8_t& m : commit) m = static_cast<uint8_t>((*rng)() % 2);
 
-  const int64_t o_stride = int64_t{s.HV} * s.dv + 5;
+  const int64_t o_stride = int64_t{s.HV} * s.dv + (s.aligned ? 8 : 5);
   DeviceBuffer d_rows = c.bf16 ? ToDevice(bits) : ToDevice(rows);
   DeviceBuffer d_cu = ToDevice(cu), d_starts = ToDevice(c.starts), d_offsets = ToDevice(offsets);
   DeviceBuffer d_slots = ToDevice(slots), d_commit = ToDevice(commit);
@@ -422,6 +425,12 @@ void RunPrefillAndCheck(const PrefillCase& c, const GateParams& gp, const std::v
   p.o_stride = o_stride;
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
+  p.mma_state_cols = c.mma_state_cols;
+  // The tensor-core path (bf16 without commit, dk, dv in {64, 128}) rounds its intermediates and
+  // the per-piece state to bf16 (kernels/ops.h GdnPrefillUsesTensorCores): its final state is
+  // held to the bf16 bound, not fp32's.
+  const bool tensor_cores = kernels::GdnPrefillUsesTensorCores(p);
+  EXPECT_LE(kernels::GdnPrefillWorkspaceBytesFor(p), ws_bytes);
   HYLA_ASSERT_LAUNCH_OK(kernels::GdnPrefill(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -466,10 +475,11 @@ void RunPrefillAndCheck(const PrefillCase& c, const GateParams& gp, const std::v
                    raw.begin() + r * o_stride + int64_t{s.HV} * s.dv);
     }
   }
-  const std::string tag =
-      std::string("gdn_prefill ") + (c.bf16 ? "bf16" : "f32") + (c.commit ? " commit" : "");
+  const std::string tag = std::string("gdn_prefill ") + (c.bf16 ? "bf16" : "f32") +
+                          (c.commit ? " commit" : "") + (tensor_cores ? " mma" : "");
   ExpectClose(got_o, want_o, c.bf16 ? 1e-2 : 1e-4, tag + " o");
-  ExpectClose(ToHost<float>(*d_state, pools->state.size()), pools->state, 1e-4, tag + " state");
+  ExpectClose(ToHost<float>(*d_state, pools->state.size()), pools->state,
+              tensor_cores ? 1e-2 : 1e-4, tag + " state");
   if (c.commit) {
     ExpectClose(ToHost<float>(*d_committed, pools->committed.size()), pools->committed, 1e-4,
                 tag + " committed");
@@ -583,6 +593,46 @@ TEST_F(GdnPrefillTest, Bf16MatchesRecurrence) {
   RunPrefillCase(
       {{2, 4, 64, 64, false}, {1, 63, 64, 65, 200, 0, 130}, {0, 0, 5, 64, 3, 7, 127}, true}, 21);
   RunPrefillCase({{2, 2, 128, 128, false}, {190, 3}, {0, 61}, true}, 22);
+}
+
+// The tensor-core path (kernels/gdn_prefill_mma.cu: bf16, no commit, dk, dv in {64, 128}) on
+// 16-byte-aligned rows (cp.async loads, 4-byte o stores) and on odd strides (element loads).
+// Bound 1e-2 of max|ref| for o and the final state, as the other bf16 cases: the path rounds
+// T, W, U, V_new, the per-piece state and the update operands to bf16 (8 significant bits, a
+// relative 2^-9 each) with fp32 accumulation, like fla's chunk_gated_delta_rule.
+TEST_F(GdnPrefillTest, Bf16TensorCoresMatchRecurrence) {
+  // Variable lengths, empty sequences, starts mid-chunk and on chunk boundaries; GVA (HV = 2H).
+  RunPrefillCase(
+      {{2, 4, 64, 64, false, true}, {1, 63, 64, 65, 200, 0, 130}, {0, 0, 5, 64, 3, 7, 127}, true},
+      81);
+  RunPrefillCase({{2, 4, 128, 128, true, true}, {256, 17, 99}, {0, 100, 63}, true}, 82);
+  RunPrefillCase({{1, 3, 64, 128, false, true}, {70, 5, 128}, {60, 0, 1}, true}, 83);
+  RunPrefillCase({{3, 3, 128, 64, false, true}, {1, 2, 3, 64, 66}, {0, 63, 62, 32, 64}, true}, 84);
+  RunPrefillCase({{2, 4, 128, 128, false, false}, {190, 3, 64}, {0, 61, 0}, true}, 85);  // odd
+  RunPrefillCase({{1, 2, 64, 128, true, false}, {130, 7}, {30, 0}, true}, 86);           // odd
+}
+
+// Every value-column split of the sequential state pass (mma_state_cols 16, 32, 64).
+TEST_F(GdnPrefillTest, Bf16TensorCoreStateTilesMatchRecurrence) {
+  for (const int cols : {16, 32, 64}) {
+    SCOPED_TRACE("mma_state_cols " + std::to_string(cols));
+    RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, cols},
+                   87);
+    RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1}, {63, 0}, true, false, true, cols}, 88);
+  }
+}
+
+// Long sequences: 64 pieces in one sequential pass, so state drift from the bf16 operands would
+// accumulate here (the gates decay it; the bound is the same).
+TEST_F(GdnPrefillTest, Bf16TensorCoresLongSequenceMatchesRecurrence) {
+  RunPrefillCase({{1, 2, 128, 128, false, true}, {4096}, {0}, true}, 89);
+  RunPrefillCase({{2, 4, 64, 64, false, true}, {4000, 96}, {30, 64}, true}, 90);
+}
+
+// A small tensor-core case for compute-sanitizer (scripts/device_run.sh, '*Sanitizer*').
+TEST_F(GdnPrefillTest, Bf16TensorCoresSmallForSanitizer) {
+  RunPrefillCase({{1, 2, 64, 64, false, true}, {70, 5, 0}, {60, 0, 3}, true}, 91);
+  RunPrefillCase({{1, 1, 128, 128, false, false}, {65}, {0}, true}, 92);  // element loads
 }
 
 TEST_F(GdnPrefillTest, NatslCommitAndDecayMatchReference) {

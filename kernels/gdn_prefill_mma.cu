@@ -1,0 +1,928 @@
+// Tensor-core path of GdnPrefill (API and semantics: kernels/ops.h) for bf16 activations without
+// the NAtS-L commit (plain GDN), dk and dv in {64, 128}; kernels/gdn_prefill.cu selects it
+// (GdnPrefillUsesTensorCores) and keeps its fp32 kernels for everything else. The structure is
+// the chunked WY/UT algorithm of reference/models.md §3.3 as fla's chunk_gated_delta_rule lays it
+// out (three launches, bf16 intermediates, fp32 accumulation and state):
+//
+//  1. GdnMmaPieceKernel, one CTA (4 warps) per (piece, value head), all pieces in parallel: gates
+//     g, β and the in-piece cumulative gate G (fp32), r_k = 1/‖k‖ per row, A = KKᵀ on mma (raw
+//     bf16 k; the norms are applied in fp32 afterwards), A_ij = β_i r_i r_j e^{G_i−G_j} (KKᵀ)_ij
+//     for i > j, T = (I + A)⁻¹ (unit lower triangular, fp32, by 16×16 blocks: the diagonal
+//     blocks by forward substitution, then block distances 1, 2, 3), and on mma with T rounded
+//     to bf16:  W = T·diag(β e^G r_k)K  [64, dk] and Uᵀ = (diag(β)V)ᵀ·Tᵀ  [dv, 64].
+//     Stored per (piece, head) in the workspace: W, Uᵀ (bf16), G and r_k (fp32).
+//  2. GdnMmaStateKernel, one CTA of kCols/16 warps per (sequence, value head, kCols value
+//     columns), sequential over the sequence's pieces. Sᵀ [kCols, dk] lives in fp32 registers as
+//     mma accumulators (warp w: rows 16w..16w+15, all dk columns), so it is also directly the A
+//     operand (rounded to bf16) of
+//       V_newᵀ = Uᵀ − Sᵀ·Wᵀ                                (stored bf16 over Uᵀ)
+//       Sᵀ    ← e^{G_last}·Sᵀ + (V_new ⊙ e^{G_last−G} r_k)ᵀ·K   (raw k rows, bf16)
+//     and Sᵀ at the piece start is stored (bf16) as h for launch 3. W, the piece's k rows and the
+//     Uᵀ tile are copied with cp.async kStages − 1 pieces ahead of the one computed on.
+//  3. GdnMmaOutputKernel, one CTA (4 warps, 16 rows each) per (piece, value head):
+//       O = diag(r_q e^G)·Q·h + tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ)·V_new,   r_q = q_scale/‖q‖
+//     with Q, K the raw bf16 rows; written as bf16.
+// Γ_ij = e^{G_i − G_j} is evaluated only for i >= j, as in the fp32 kernels. Padding rows of a
+// short piece have k = v = 0, β = g = 0 and r = 0: W, U and V_new rows are zero there.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16; lane = 4·g + t), as in
+// kernels/paged_attention_prefill_mma.cu:
+//   A (16x16, row): reg0 (row g, k 2t..2t+1), reg1 (row g+8, k 2t..), reg2 (row g, k 2t+8..),
+//                   reg3 (row g+8, k 2t+8..); the lower k in the low 16 bits;
+//   B (16x8, col):  reg0 (k 2t..2t+1, n g), reg1 (k 2t+8.., n g);
+//   C (16x8 fp32):  c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1).
+// So C tiles n = 2kk, 2kk + 1 of one product are, packed to bf16, the A fragment of k-step kk of
+// the next (Sᵀ and V_newᵀ never leave registers inside the state pass). Shared rows are padded
+// by 8 bf16 (ldmatrix reads of 8 rows are conflict-free).
+//
+// HYLA_GDN_MMA_EMULATION (never set in the build) compiles only the kernel bodies as host code,
+// for a CPU emulation of the warp primitives that checks the index math.
+#ifndef HYLA_GDN_MMA_EMULATION
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/common.cuh"
+#endif
+
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace hyla::kernels {
+namespace gdn_mma {
+
+constexpr int kChunk = 64;
+constexpr int kPad = 8;                // bf16 elements of padding per shared row
+constexpr int kLdt = kChunk + kPad;    // shared row stride of 64-wide bf16 tiles
+constexpr int kPieceThreads = 128;     // launches 1 and 3: 4 warps of 16 rows
+constexpr float kL2NormEps = 1e-6f;    // cpu::kGdnL2NormEps
+constexpr int kDefaultStateCols = 32;  // launch 2: value columns per CTA
+constexpr int kStages = 2;             // launch 2: pieces in shared memory
+
+#ifdef HYLA_GDN_MMA_EMULATION
+#define HYLA_GDN_DEV inline
+// Provided by the emulator.
+void SyncThreads();
+void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void LdMatrixX4(uint32_t (&r)[4], const uint16_t* row);
+void LdMatrixX4Trans(uint32_t (&r)[4], const uint16_t* row);
+void CpAsync16(void* dst, const void* src, bool fill);
+void CpAsyncCommit();
+void CpAsyncWaitN(int n);
+template <int kN>
+inline void CpAsyncWait() {
+  CpAsyncWaitN(kN);
+}
+uint32_t PackBf16(float lo, float hi);
+uint16_t ToBf16(float v);
+float Bf16ToF(uint16_t v);
+#else
+#define HYLA_GDN_DEV __device__ __forceinline__
+
+HYLA_GDN_DEV void SyncThreads() { __syncthreads(); }
+
+// c += A·B, A 16x16 bf16 (row), B 16x8 bf16 (col), c 16x8 fp32.
+HYLA_GDN_DEV void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+HYLA_GDN_DEV uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 b16 matrices; this lane gives the address of row (lane % 8) of matrix lane / 8.
+HYLA_GDN_DEV void LdMatrixX4(uint32_t (&r)[4], const uint16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(row))
+               : "memory");
+}
+HYLA_GDN_DEV void LdMatrixX4Trans(uint32_t (&r)[4], const uint16_t* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SharedAddress(row))
+               : "memory");
+}
+
+// 16 bytes global → shared, asynchronous; fill == false writes zeros and reads nothing.
+HYLA_GDN_DEV void CpAsync16(void* dst, const void* src, bool fill) {
+  const int src_bytes = fill ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
+               "l"(src), "r"(src_bytes)
+               : "memory");
+}
+HYLA_GDN_DEV void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most kN committed groups of this thread are still in flight.
+template <int kN>
+HYLA_GDN_DEV void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kN) : "memory");
+}
+
+// Two floats → bf16x2 (round to nearest even), lo in the low 16 bits.
+HYLA_GDN_DEV uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+HYLA_GDN_DEV uint16_t ToBf16(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+HYLA_GDN_DEV float Bf16ToF(uint16_t v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
+#endif
+
+HYLA_GDN_DEV float LoBf16(uint32_t v) { return Bf16ToF(static_cast<uint16_t>(v & 0xffffu)); }
+HYLA_GDN_DEV float HiBf16(uint32_t v) { return Bf16ToF(static_cast<uint16_t>(v >> 16)); }
+HYLA_GDN_DEV int MinI(int a, int b) { return a < b ? a : b; }
+HYLA_GDN_DEV float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+HYLA_GDN_DEV float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// Which global accesses may be 16-byte (cp.async) or 4-byte wide; decided on the host.
+struct Access {
+  bool q16 = false;  // q rows: base and stride 16-byte aligned
+  bool k16 = false;
+  bool v16 = false;
+  bool o4 = false;  // o: bf16 pairs as one 4-byte store
+};
+
+// Workspace entry of one (piece, value head), bf16 element offsets (every array 16-byte
+// aligned): W [64, dk], VT [dv, 64] (Uᵀ from launch 1, V_newᵀ after launch 2), H [dv, dk]
+// (Sᵀ at the piece start), then fp32 G [64] and r_k [64].
+template <int kDk, int kDv>
+struct Entry {
+  static constexpr int64_t kW = 0;
+  static constexpr int64_t kVT = int64_t{kChunk} * kDk;
+  static constexpr int64_t kH = kVT + int64_t{kDv} * kChunk;
+  static constexpr int64_t kFloats = kH + int64_t{kDv} * kDk;  // bf16 offset of G
+  static constexpr int64_t kBytes = 2 * kFloats + 2 * kChunk * sizeof(float);
+  static_assert(kBytes % 16 == 0, "entries stay 16-byte aligned");
+};
+
+template <int kDk, int kDv>
+HYLA_GDN_DEV uint16_t* EntryOf(const GdnPrefillParams& p, int piece, int hv) {
+  return reinterpret_cast<uint16_t*>(static_cast<char*>(p.workspace) +
+                                     (static_cast<int64_t>(piece) * p.num_v_heads + hv) *
+                                         Entry<kDk, kDv>::kBytes);
+}
+
+// The sequence of piece `piece`: the last s with piece_offsets[s] <= piece.
+HYLA_GDN_DEV int SeqOfPiece(const GdnPrefillParams& p, int piece) {
+  int lo = 0, hi = p.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.piece_offsets[mid] <= piece) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Rows [begin, end) of the sequence that piece `lp` of a sequence with `sp` tokens already in
+// the state and `len` new tokens covers.
+struct PieceRange {
+  int begin;
+  int end;
+};
+HYLA_GDN_DEV PieceRange PieceOf(int64_t sp, int len, int lp) {
+  const int first = kChunk - static_cast<int>(sp % kChunk);
+  const int begin = lp == 0 ? 0 : first + (lp - 1) * kChunk;
+  const int end = MinI(len, first + lp * kChunk);
+  return {begin, end};
+}
+
+// Copies `rows` rows of `cols` bf16 (cols % 8 == 0) from src (rows `stride` elements apart) to
+// dst (rows `ld` apart): rows >= n are zero. vec: 16-byte cp.async (the caller commits and
+// waits); otherwise element by element (done on return).
+HYLA_GDN_DEV void LoadRows(uint16_t* dst, int ld, const uint16_t* src, int64_t stride, int rows,
+                           int n, int cols, bool vec, int tid, int threads) {
+  const int chunks = cols / 8;
+  for (int i = tid; i < rows * chunks; i += threads) {
+    const int r = i / chunks, c = 8 * (i % chunks);
+    const bool in = r < n;
+    if (vec) {
+      CpAsync16(dst + r * ld + c, in ? src + r * stride + c : src, in);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[r * ld + c + e] = in ? src[r * stride + c + e] : 0;
+    }
+  }
+}
+
+// Σ x² of a row of `cols` bf16 in shared memory, read 16 bytes at a time starting at chunk
+// `rot` (rotating the start by row keeps a quarter-warp's reads on distinct banks).
+HYLA_GDN_DEV float RowSumSq(const uint16_t* row, int cols, int rot) {
+  const int chunks = cols / 8;
+  float ss = 0.0f;
+  for (int j = 0; j < chunks; ++j) {
+    const int c = 8 * ((j + rot) % chunks);
+#ifdef HYLA_GDN_MMA_EMULATION
+    for (int e = 0; e < 8; ++e) {
+      const float x = Bf16ToF(row[c + e]);
+      ss += x * x;
+    }
+#else
+    const uint4 v = *reinterpret_cast<const uint4*>(row + c);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float lo = LoBf16(w[e]), hi = HiBf16(w[e]);
+      ss += lo * lo + hi * hi;
+    }
+#endif
+  }
+  return ss;
+}
+
+// A fragment (16x16 at rows r0.., columns c0..) of a row-major bf16 shared matrix.
+HYLA_GDN_DEV void LoadA(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0, int lane) {
+  LdMatrixX4(a, m + (r0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + c0 + 8 * (lane >> 4));
+}
+// A fragment (16x16, A[m][k] = M[c0 + k][r0 + m]) of the transpose of a row-major shared matrix.
+HYLA_GDN_DEV void LoadATrans(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0,
+                             int lane) {
+  LdMatrixX4Trans(a, m + (c0 + (lane & 7) + 8 * (lane >> 4)) * ld + r0 + 8 * ((lane >> 3) & 1));
+}
+// B fragments of n-tile rows n0..n0+7 of a row-major matrix holding Bᵀ (B[k][n] = M[n0 + n][k]):
+// b[0], b[1] for k-step k0..k0+15, b[2], b[3] for k0+16..k0+31.
+HYLA_GDN_DEV void LoadBRows(uint32_t (&b)[4], const uint16_t* m, int ld, int n0, int k0, int lane) {
+  LdMatrixX4(b, m + (n0 + (lane & 7)) * ld + k0 + 8 * (lane >> 3));
+}
+// B fragments of a row-major matrix holding B (B[k][n] = M[k0 + k][n0 + n]), k-step k0..k0+15:
+// b[0], b[1] for n-tile n0..n0+7, b[2], b[3] for n0+8..n0+15.
+HYLA_GDN_DEV void LoadBCols(uint32_t (&b)[4], const uint16_t* m, int ld, int k0, int n0, int lane) {
+  LdMatrixX4Trans(b, m + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0 + 8 * (lane >> 4));
+}
+// The A fragment of k-step kk from the C tiles 2kk, 2kk + 1 of a product (rounded to bf16).
+HYLA_GDN_DEV void AFromC(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = PackBf16(c0[0], c0[1]);
+  a[1] = PackBf16(c0[2], c0[3]);
+  a[2] = PackBf16(c1[0], c1[1]);
+  a[3] = PackBf16(c1[2], c1[3]);
+}
+
+// ---- launch 1: per (piece, value head) -------------------------------------------------------
+
+template <int kDk, int kDv>
+struct PieceSmem {
+  static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 1;
+  // bf16: K [64, kLdk], V [64, kLdv], Tb [64, kLdt]; fp32: A [64, 65], T [64, 65], G, β, r_k,
+  // and the W row scale β e^G r_k [64 each].
+  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk, kTb = kV + kChunk * kLdv;
+  static constexpr int64_t kF32 = (kTb + kChunk * kLdt) / 2;  // float offset
+  static constexpr int64_t kA = kF32, kT = kA + kChunk * kLdf, kG = kT + kChunk * kLdf;
+  static constexpr int64_t kBeta = kG + kChunk, kRk = kBeta + kChunk, kSk = kRk + kChunk;
+  static constexpr size_t kBytes = sizeof(float) * (kSk + kChunk);
+  static_assert((kTb + kChunk * kLdt) % 8 == 0, "fp32 part 16-byte aligned");
+};
+
+template <int kDk, int kDv>
+HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
+                            uint16_t* smem) {
+  using L = PieceSmem<kDk, kDv>;
+  using E = Entry<kDk, kDv>;
+  constexpr int kLdk = L::kLdk, kLdv = L::kLdv, kLdf = L::kLdf;
+  uint16_t* Ks = smem + L::kK;
+  uint16_t* Vs = smem + L::kV;
+  uint16_t* Tb = smem + L::kTb;
+  float* fs = reinterpret_cast<float*>(smem);
+  float* As = fs + L::kA;
+  float* Ts = fs + L::kT;
+  float* Gs = fs + L::kG;
+  float* Bs = fs + L::kBeta;
+  float* Rk = fs + L::kRk;
+  float* Sk = fs + L::kSk;
+
+  const int HV = p.num_v_heads;
+  const int piece = cta / HV, hv = cta % HV;
+  const int h = hv / (HV / p.num_heads);
+  const int s = SeqOfPiece(p, piece);
+  const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
+  const int row0 = p.cu_seqlens[s];
+  const int len = p.cu_seqlens[s + 1] - row0;
+  const PieceRange range = PieceOf(sp, len, piece - p.piece_offsets[s]);
+  const int n = range.end - range.begin;
+  const int64_t first_row = static_cast<int64_t>(row0) + range.begin;
+  const int warp = tid / 32, lane = tid % 32;
+  const int lg = lane / 4, lt = lane % 4;
+
+  LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
+           p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
+  LoadRows(Vs, kLdv, static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv,
+           p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+  CpAsyncCommit();
+  // Gates of the piece's rows (padding rows: g = 0, β = 0).
+  if (tid < kChunk) {
+    float g = 0.0f, beta = 0.0f;
+    if (tid < n) {
+      const int64_t r = first_row + tid;
+      const float a = Bf16ToF(static_cast<const uint16_t*>(p.a)[r * p.a_stride + hv]);
+      const float b = Bf16ToF(static_cast<const uint16_t*>(p.b)[r * p.b_stride + hv]);
+      g = -expf(p.a_log[hv]) * SoftplusF(a + p.dt_bias[hv]);
+      beta = SigmoidF(b);
+      if (p.allow_neg_eigval) beta *= 2.0f;
+    }
+    Gs[tid] = g;
+    Bs[tid] = beta;
+  }
+  CpAsyncWait<0>();
+  SyncThreads();
+  if (tid == 0) {  // in-piece cumulative gate, in token order
+    float a = 0.0f;
+    for (int t = 0; t < kChunk; ++t) {
+      a += Gs[t];
+      Gs[t] = a;
+    }
+  } else if (tid >= kChunk) {  // r_k of row tid − 64
+    const int r = tid - kChunk;
+    const float ss = RowSumSq(Ks + r * kLdk, kDk, r);
+    Rk[r] = r < n ? 1.0f / sqrtf(ss + kL2NormEps) : 0.0f;
+  }
+  SyncThreads();
+  uint16_t* entry = EntryOf<kDk, kDv>(p, piece, hv);
+  float* entry_g = reinterpret_cast<float*>(entry + E::kFloats);
+  if (tid < kChunk) {
+    Sk[tid] = Bs[tid] * expf(Gs[tid]) * Rk[tid];
+    entry_g[tid] = Gs[tid];
+    entry_g[kChunk + tid] = Rk[tid];
+  }
+
+  // A = StrictLower(diag(β r_k) KKᵀ diag(r_k) ⊙ Γ): warp w rows 16w.., key tiles <= its rows.
+  {
+    float c[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDk / 16; kk += 2) {
+      uint32_t a0[4], a1[4];
+      LoadA(a0, Ks, kLdk, 16 * warp, 16 * kk, lane);
+      LoadA(a1, Ks, kLdk, 16 * warp, 16 * kk + 16, lane);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        if (nt > 2 * warp + 1) continue;  // warp-uniform: keys above the warp's rows
+        uint32_t b[4];
+        LoadBRows(b, Ks, kLdk, 8 * nt, 16 * kk, lane);
+        Mma(c[nt], a0, b[0], b[1]);
+        Mma(c[nt], a1, b[2], b[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 16 * warp + lg + 8 * (e >> 1), j = 8 * nt + 2 * lt + (e & 1);
+        As[i * kLdf + j] = i > j ? Bs[i] * Rk[i] * Rk[j] * expf(Gs[i] - Gs[j]) * c[nt][e] : 0.0f;
+      }
+    }
+  }
+  SyncThreads();
+
+  // T = (I + A)⁻¹. Diagonal 16x16 blocks: one thread per column, forward substitution.
+  if (tid < kChunk) {
+    const int base = 16 * (tid / 16), col = tid % 16;
+    float x[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      float v = 0.0f;
+#pragma unroll
+      for (int k = 0; k < r; ++k) v -= As[(base + r) * kLdf + base + k] * x[k];
+      x[r] = r == col ? 1.0f : (r < col ? 0.0f : v);
+      Ts[(base + r) * kLdf + base + col] = x[r];
+    }
+  }
+  SyncThreads();
+  // Block (i, j), i > j, by distance d = i − j: T_ij = −T_ii · Σ_{k=j}^{i−1} A_ik T_kj.
+  for (int d = 1; d < 4; ++d) {
+    const int blocks = 4 - d;
+    for (int idx = tid; idx < blocks * 256; idx += kPieceThreads) {
+      const int j = idx / 256, i = j + d;
+      const int r = (idx % 256) / 16, c = idx % 16;
+      float m = 0.0f;
+      for (int k = 16 * j; k < 16 * i; ++k)
+        m += As[(16 * i + r) * kLdf + k] * Ts[k * kLdf + 16 * j + c];
+      Ts[(16 * i + r) * kLdf + 16 * j + c] = m;  // M, replaced by T_ij below
+    }
+    SyncThreads();
+    for (int idx = tid; idx < blocks * 16; idx += kPieceThreads) {
+      const int j = idx / 16, i = j + d, c = idx % 16;
+      float m[16];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) m[r] = Ts[(16 * i + r) * kLdf + 16 * j + c];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) {
+        float v = m[r];
+#pragma unroll
+        for (int k = 0; k < r; ++k) v += Ts[(16 * i + r) * kLdf + 16 * i + k] * m[k];
+        Ts[(16 * i + r) * kLdf + 16 * j + c] = -v;
+      }
+    }
+    SyncThreads();
+  }
+
+  // Tb = bf16(T) (zero above the diagonal); K ← diag(β e^G r_k) K, V ← diag(β) V in bf16.
+  for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
+    const int i = idx / kChunk, j = idx % kChunk;
+    Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
+  }
+  for (int idx = tid; idx < kChunk * kDk / 2; idx += kPieceThreads) {
+    const int r = idx / (kDk / 2), c = 2 * (idx % (kDk / 2));
+    uint32_t* x = reinterpret_cast<uint32_t*>(Ks + r * kLdk + c);
+    *x = PackBf16(LoBf16(*x) * Sk[r], HiBf16(*x) * Sk[r]);
+  }
+  for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
+    const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
+    uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
+    *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
+  }
+  SyncThreads();
+
+  // W = Tb·K' [64, dk]: warp w rows 16w.. (T is zero right of the diagonal: k-steps <= w).
+  {
+    float c[kDk / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk > warp) continue;
+      uint32_t a[4];
+      LoadA(a, Tb, kLdt, 16 * warp, 16 * kk, lane);
+#pragma unroll
+      for (int nt = 0; nt < kDk / 8; nt += 2) {
+        uint32_t b[4];
+        LoadBCols(b, Ks, kLdk, 16 * kk, 8 * nt, lane);
+        Mma(c[nt], a, b[0], b[1]);
+        Mma(c[nt + 1], a, b[2], b[3]);
+      }
+    }
+    uint16_t* W = entry + E::kW;
+#pragma unroll
+    for (int nt = 0; nt < kDk / 8; ++nt) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 16 * warp + lg + 8 * hh;
+        *reinterpret_cast<uint32_t*>(W + i * kDk + 8 * nt + 2 * lt) =
+            PackBf16(c[nt][2 * hh], c[nt][2 * hh + 1]);
+      }
+    }
+  }
+  // Uᵀ = V'ᵀ·Tbᵀ [dv, 64]: warp w value rows 16(w + 4m)..
+  {
+    uint16_t* VT = entry + E::kVT;
+#pragma unroll
+    for (int vb = warp; vb < kDv / 16; vb += 4) {
+      float c[8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < 4; kk += 2) {
+        uint32_t a0[4], a1[4];
+        LoadATrans(a0, Vs, kLdv, 16 * vb, 16 * kk, lane);
+        LoadATrans(a1, Vs, kLdv, 16 * vb, 16 * kk + 16, lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          if (16 * kk > 8 * nt + 7) continue;  // T[i][j] = 0 for j > i
+          uint32_t b[4];
+          LoadBRows(b, Tb, kLdt, 8 * nt, 16 * kk, lane);
+          Mma(c[nt], a0, b[0], b[1]);
+          Mma(c[nt], a1, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int v = 16 * vb + lg + 8 * hh;
+          *reinterpret_cast<uint32_t*>(VT + v * kChunk + 8 * nt + 2 * lt) =
+              PackBf16(c[nt][2 * hh], c[nt][2 * hh + 1]);
+        }
+      }
+    }
+  }
+}
+
+// ---- launch 2: per (sequence, value head, kCols value columns), sequential over pieces --------
+
+template <int kDk, int kCols>
+struct StateSmem {
+  static constexpr int kLdk = kDk + kPad;
+  // Per stage: bf16 W [64, kLdk], K [64, kLdk], UT [kCols, kLdt]; fp32 G [64], r_k [64].
+  static constexpr int64_t kW = 0, kK = kW + kChunk * kLdk, kUT = kK + kChunk * kLdk;
+  static constexpr int64_t kG = kUT + kCols * kLdt;  // bf16 offset of the fp32 part
+  static constexpr int64_t kStage = kG + 2 * 2 * kChunk;
+  static constexpr size_t kBytes = 2 * kStage * kStages;
+  static_assert(kG % 8 == 0 && kStage % 8 == 0, "16-byte aligned arrays");
+};
+
+template <int kDk, int kDv, int kCols>
+HYLA_GDN_DEV void StateBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
+                            uint16_t* smem) {
+  using L = StateSmem<kDk, kCols>;
+  using E = Entry<kDk, kDv>;
+  constexpr int kLdk = L::kLdk;
+  constexpr int kThreads = 2 * kCols;  // kCols / 16 warps
+  constexpr int kTiles = kDv / kCols;
+  constexpr int kNt = kDk / 8;  // 8-column tiles of Sᵀ
+
+  const int HV = p.num_v_heads;
+  const int tile = cta % kTiles;
+  const int hv = (cta / kTiles) % HV;
+  const int s = cta / kTiles / HV;
+  const int h = hv / (HV / p.num_heads);
+  const int row0 = p.cu_seqlens[s];
+  const int len = p.cu_seqlens[s + 1] - row0;
+  if (len <= 0) return;
+  const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
+  const int first_piece = p.piece_offsets[s];
+  const int num_pieces = p.piece_offsets[s + 1] - first_piece;
+  const int warp = tid / 32, lane = tid % 32;
+  const int lg = lane / 4, lt = lane % 4;
+  const int v0 = tile * kCols;    // first value column of the CTA
+  const int vw = 16 * warp + lg;  // this lane's rows of Sᵀ (tile-relative): vw, vw + 8
+  float* state = p.state + static_cast<int64_t>(p.slots[s]) * p.state_slot_stride +
+                 static_cast<int64_t>(hv) * kDk * kDv;
+  const uint16_t* kbase = static_cast<const uint16_t*>(p.k) + int64_t{h} * kDk;
+
+  auto load = [&](int lp, int stage) {
+    uint16_t* st = smem + stage * L::kStage;
+    const int piece = first_piece + lp;
+    const PieceRange range = PieceOf(sp, len, lp);
+    const uint16_t* entry = EntryOf<kDk, kDv>(p, piece, hv);
+    LoadRows(st + L::kW, kLdk, entry + E::kW, kDk, kChunk, kChunk, kDk, true, tid, kThreads);
+    LoadRows(st + L::kK, kLdk, kbase + (static_cast<int64_t>(row0) + range.begin) * p.k_stride,
+             p.k_stride, kChunk, range.end - range.begin, kDk, acc.k16, tid, kThreads);
+    LoadRows(st + L::kUT, kLdt, entry + E::kVT + int64_t{v0} * kChunk, kChunk, kCols, kCols, kChunk,
+             true, tid, kThreads);
+    if (tid < 32) {
+      CpAsync16(st + L::kG + 8 * tid, entry + E::kFloats + 8 * tid, true);  // G, r_k
+    }
+  };
+
+  // Sᵀ: element e of tile nt is (row vw + 8(e >> 1), column 8nt + 2lt + (e & 1)).
+  float sacc[kNt][4];
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 8 * nt + 2 * lt + (e & 1);
+      sacc[nt][e] = state[static_cast<int64_t>(c) * kDv + v0 + vw + 8 * (e >> 1)];
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < num_pieces) load(i, i);
+    CpAsyncCommit();
+  }
+  for (int lp = 0; lp < num_pieces; ++lp) {
+    CpAsyncWait<kStages - 2>();  // piece lp's group has landed (kStages − 2 groups follow it)
+    SyncThreads();               // ... for every thread; everyone is done with piece lp − 1
+    const int ahead = lp + kStages - 1;
+    if (ahead < num_pieces) load(ahead, ahead % kStages);
+    CpAsyncCommit();
+
+    const uint16_t* st = smem + (lp % kStages) * L::kStage;
+    const uint16_t* Ws = st + L::kW;
+    const uint16_t* Ksm = st + L::kK;
+    const uint16_t* UT = st + L::kUT;
+    const float* Gs = reinterpret_cast<const float*>(st + L::kG);
+    const float* Rk = Gs + kChunk;
+    uint16_t* entry = EntryOf<kDk, kDv>(p, first_piece + lp, hv);
+
+    // h = Sᵀ at the piece start, for launch 3.
+    {
+      uint16_t* H = entry + E::kH + int64_t{v0} * kDk;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          *reinterpret_cast<uint32_t*>(H + (vw + 8 * hh) * kDk + 8 * nt + 2 * lt) =
+              PackBf16(sacc[nt][2 * hh], sacc[nt][2 * hh + 1]);
+        }
+      }
+    }
+
+    // V_newᵀ = Uᵀ − Sᵀ·Wᵀ [16 rows of the warp, 64 tokens].
+    float vn[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDk / 16; kk += 2) {
+      uint32_t a0[4], a1[4];
+      AFromC(a0, sacc[2 * kk], sacc[2 * kk + 1]);
+      AFromC(a1, sacc[2 * kk + 2], sacc[2 * kk + 3]);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        uint32_t b[4];
+        LoadBRows(b, Ws, kLdk, 8 * nt, 16 * kk, lane);
+        Mma(vn[nt], a0, b[0], b[1]);
+        Mma(vn[nt], a1, b[2], b[3]);
+      }
+    }
+    const float g_last = Gs[kChunk - 1];
+    {
+      uint16_t* VT = entry + E::kVT + int64_t{v0} * kChunk;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int t = 8 * nt + 2 * lt;
+        const float f0 = expf(g_last - Gs[t]) * Rk[t];
+        const float f1 = expf(g_last - Gs[t + 1]) * Rk[t + 1];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int v = vw + 8 * hh;
+          const uint32_t u = *reinterpret_cast<const uint32_t*>(UT + v * kLdt + t);
+          const float x0 = LoBf16(u) - vn[nt][2 * hh];
+          const float x1 = HiBf16(u) - vn[nt][2 * hh + 1];
+          *reinterpret_cast<uint32_t*>(VT + v * kChunk + t) = PackBf16(x0, x1);
+          vn[nt][2 * hh] = x0 * f0;  // the rows of the state update
+          vn[nt][2 * hh + 1] = x1 * f1;
+        }
+      }
+    }
+
+    // Sᵀ ← e^{G_last}·Sᵀ + (V_new ⊙ e^{G_last − G} r_k)ᵀ·K.
+    const float decay = expf(g_last);
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sacc[nt][e] *= decay;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      AFromC(a, vn[2 * kk], vn[2 * kk + 1]);
+#pragma unroll
+      for (int nt = 0; nt < kNt; nt += 2) {
+        uint32_t b[4];
+        LoadBCols(b, Ksm, kLdk, 16 * kk, 8 * nt, lane);
+        Mma(sacc[nt], a, b[0], b[1]);
+        Mma(sacc[nt + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = 8 * nt + 2 * lt + (e & 1);
+      state[static_cast<int64_t>(c) * kDv + v0 + vw + 8 * (e >> 1)] = sacc[nt][e];
+    }
+  }
+}
+
+// ---- launch 3: per (piece, value head) -------------------------------------------------------
+
+template <int kDk, int kDv>
+struct OutputSmem {
+  static constexpr int kLdk = kDk + kPad;
+  // bf16 Q [64, kLdk], K [64, kLdk], VT [kDv, kLdt], HT [kDv, kLdk]; fp32 G, r_k, r_q [64 each].
+  static constexpr int64_t kQ = 0, kK = kQ + kChunk * kLdk, kVT = kK + kChunk * kLdk;
+  static constexpr int64_t kHT = kVT + kDv * kLdt, kF = kHT + kDv * kLdk;
+  static constexpr size_t kBytes = 2 * kF + 3 * kChunk * sizeof(float);
+  static_assert(kF % 8 == 0, "16-byte aligned arrays");
+};
+
+template <int kDk, int kDv>
+HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
+                             uint16_t* smem) {
+  using L = OutputSmem<kDk, kDv>;
+  using E = Entry<kDk, kDv>;
+  constexpr int kLdk = L::kLdk;
+  uint16_t* Qs = smem + L::kQ;
+  uint16_t* Ks = smem + L::kK;
+  uint16_t* VTs = smem + L::kVT;
+  uint16_t* HTs = smem + L::kHT;
+  float* Gs = reinterpret_cast<float*>(smem + L::kF);
+  float* Rk = Gs + kChunk;
+  float* Rq = Rk + kChunk;
+
+  const int HV = p.num_v_heads;
+  const int piece = cta / HV, hv = cta % HV;
+  const int h = hv / (HV / p.num_heads);
+  const int s = SeqOfPiece(p, piece);
+  const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
+  const int row0 = p.cu_seqlens[s];
+  const int len = p.cu_seqlens[s + 1] - row0;
+  const PieceRange range = PieceOf(sp, len, piece - p.piece_offsets[s]);
+  const int n = range.end - range.begin;
+  const int64_t first_row = static_cast<int64_t>(row0) + range.begin;
+  const int warp = tid / 32, lane = tid % 32;
+  const int lg = lane / 4, lt = lane % 4;
+  const uint16_t* entry = EntryOf<kDk, kDv>(p, piece, hv);
+
+  LoadRows(Qs, kLdk, static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
+           p.q_stride, kChunk, n, kDk, acc.q16, tid, kPieceThreads);
+  LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
+           p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
+  LoadRows(VTs, kLdt, entry + E::kVT, kChunk, kDv, kDv, kChunk, true, tid, kPieceThreads);
+  LoadRows(HTs, kLdk, entry + E::kH, kDk, kDv, kDv, kDk, true, tid, kPieceThreads);
+  if (tid < 32) {
+    CpAsync16(smem + L::kF + 8 * tid, entry + E::kFloats + 8 * tid, true);  // G, r_k
+  }
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  SyncThreads();
+  if (tid < kChunk) {
+    const float ss = RowSumSq(Qs + tid * kLdk, kDk, tid);
+    Rq[tid] = tid < n ? p.q_scale / sqrtf(ss + kL2NormEps) : 0.0f;
+  }
+  SyncThreads();
+
+  // This lane's rows i = 16w + lg + 8hh.
+  float row_scale[2], g_row[2], rq_row[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = 16 * warp + lg + 8 * hh;
+    g_row[hh] = Gs[i];
+    rq_row[hh] = Rq[i];
+    row_scale[hh] = Rq[i] * expf(Gs[i]);
+  }
+  uint32_t qf[kDk / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < kDk / 16; ++kk) LoadA(qf[kk], Qs, kLdk, 16 * warp, 16 * kk, lane);
+
+  // P = tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ) [16 rows of the warp, 64 keys].
+  float pc[8][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < kDk / 16; kk += 2) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      if (nt > 2 * warp + 1) continue;  // warp-uniform: keys after the warp's rows
+      uint32_t b[4];
+      LoadBRows(b, Ks, kLdk, 8 * nt, 16 * kk, lane);
+      Mma(pc[nt], qf[kk], b[0], b[1]);
+      Mma(pc[nt], qf[kk + 1], b[2], b[3]);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int hh = e >> 1;
+      const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt + (e & 1);
+      pc[nt][e] = j <= i ? pc[nt][e] * rq_row[hh] * Rk[j] * expf(g_row[hh] - Gs[j]) : 0.0f;
+    }
+  }
+
+  // O = diag(r_q e^G)·Q·h + P·V_new.
+  float o[kDv / 8][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < kDk / 16; kk += 2) {
+#pragma unroll
+    for (int nt = 0; nt < kDv / 8; ++nt) {
+      uint32_t b[4];
+      LoadBRows(b, HTs, kLdk, 8 * nt, 16 * kk, lane);
+      Mma(o[nt], qf[kk], b[0], b[1]);
+      Mma(o[nt], qf[kk + 1], b[2], b[3]);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < kDv / 8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nt][e] *= row_scale[e >> 1];
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; kk += 2) {
+    if (16 * kk > 16 * warp + 15) continue;  // warp-uniform: P is zero there
+    uint32_t a0[4], a1[4];
+    AFromC(a0, pc[2 * kk], pc[2 * kk + 1]);
+    AFromC(a1, pc[2 * kk + 2], pc[2 * kk + 3]);
+#pragma unroll
+    for (int nt = 0; nt < kDv / 8; ++nt) {
+      uint32_t b[4];
+      LoadBRows(b, VTs, kLdt, 8 * nt, 16 * kk, lane);
+      Mma(o[nt], a0, b[0], b[1]);
+      Mma(o[nt], a1, b[2], b[3]);
+    }
+  }
+
+  uint16_t* out = static_cast<uint16_t*>(p.o) + first_row * p.o_stride + int64_t{hv} * kDv;
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int i = 16 * warp + lg + 8 * hh;
+    if (i >= n) continue;
+#pragma unroll
+    for (int nt = 0; nt < kDv / 8; ++nt) {
+      uint16_t* dst = out + i * p.o_stride + 8 * nt + 2 * lt;
+      const uint32_t v = PackBf16(o[nt][2 * hh], o[nt][2 * hh + 1]);
+      if (acc.o4) {
+        *reinterpret_cast<uint32_t*>(dst) = v;
+      } else {
+        dst[0] = static_cast<uint16_t>(v & 0xffffu);
+        dst[1] = static_cast<uint16_t>(v >> 16);
+      }
+    }
+  }
+}
+
+#ifndef HYLA_GDN_MMA_EMULATION
+template <int kDk, int kDv>
+__global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillParams p, Access acc) {
+  extern __shared__ __align__(16) uint16_t gdn_smem[];
+  PieceBody<kDk, kDv>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
+                      gdn_smem);
+}
+template <int kDk, int kDv, int kCols>
+__global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams p, Access acc) {
+  extern __shared__ __align__(16) uint16_t gdn_smem[];
+  StateBody<kDk, kDv, kCols>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
+                             gdn_smem);
+}
+template <int kDk, int kDv>
+__global__ void __launch_bounds__(kPieceThreads)
+    GdnMmaOutputKernel(GdnPrefillParams p, Access acc) {
+  extern __shared__ __align__(16) uint16_t gdn_smem[];
+  OutputBody<kDk, kDv>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
+                       gdn_smem);
+}
+
+template <typename Kernel>
+cudaError_t SetSmem(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
+
+template <int kDk, int kDv, int kCols>
+int LaunchState(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
+  constexpr size_t kSmem = StateSmem<kDk, kCols>::kBytes;
+  const cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols>, kSmem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
+  if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  GdnMmaStateKernel<kDk, kDv, kCols>
+      <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
+  return LaunchResult();
+}
+
+template <int kDk, int kDv>
+int Launch(const GdnPrefillParams& p, cudaStream_t stream) {
+  Access acc;
+  auto rows16 = [](const void* base, int64_t stride) {
+    return IsAligned(base, 16) && stride % 8 == 0;
+  };
+  acc.q16 = rows16(p.q, p.q_stride);
+  acc.k16 = rows16(p.k, p.k_stride);
+  acc.v16 = rows16(p.v, p.v_stride);
+  acc.o4 = IsAligned(p.o, 4) && p.o_stride % 2 == 0;
+  const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
+  if (piece_ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  if (piece_ctas == 0) return static_cast<int>(cudaSuccess);  // every sequence is empty
+  constexpr size_t kPieceSmem = PieceSmem<kDk, kDv>::kBytes;
+  constexpr size_t kOutSmem = OutputSmem<kDk, kDv>::kBytes;
+  cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv>, kPieceSmem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  err = SetSmem(GdnMmaOutputKernel<kDk, kDv>, kOutSmem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  GdnMmaPieceKernel<kDk, kDv>
+      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kPieceSmem, stream>>>(p, acc);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return static_cast<int>(err);
+  int rc = 0;
+  switch (p.mma_state_cols == 0 ? kDefaultStateCols : p.mma_state_cols) {
+    case 16:
+      rc = LaunchState<kDk, kDv, 16>(p, acc, stream);
+      break;
+    case 32:
+      rc = LaunchState<kDk, kDv, 32>(p, acc, stream);
+      break;
+    case 64:
+      rc = LaunchState<kDk, kDv, 64>(p, acc, stream);
+      break;
+    default:
+      return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rc != 0) return rc;
+  GdnMmaOutputKernel<kDk, kDv>
+      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kOutSmem, stream>>>(p, acc);
+  return LaunchResult();
+}
+#endif  // HYLA_GDN_MMA_EMULATION
+
+template <int kDk, int kDv>
+constexpr size_t EntryBytes() {
+  return static_cast<size_t>(Entry<kDk, kDv>::kBytes);
+}
+
+}  // namespace gdn_mma
+
+#ifndef HYLA_GDN_MMA_EMULATION
+namespace internal {
+
+size_t GdnPrefillMmaWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv) {
+  if (num_pieces <= 0 || num_v_heads <= 0) return 0;
+  const size_t entry =
+      2 * (size_t{64} * dk + size_t{64} * dv + size_t{1} * dk * dv) + 2 * 64 * sizeof(float);
+  return entry * static_cast<size_t>(num_pieces) * static_cast<size_t>(num_v_heads);
+}
+
+// Launches the tensor-core path; the caller (GdnPrefill) validated the arguments and checked
+// GdnPrefillUsesTensorCores.
+int GdnPrefillMma(const GdnPrefillParams& p, void* stream) {
+  const cudaStream_t st = AsStream(stream);
+  if (p.dk == 64 && p.dv == 64) return gdn_mma::Launch<64, 64>(p, st);
+  if (p.dk == 64 && p.dv == 128) return gdn_mma::Launch<64, 128>(p, st);
+  if (p.dk == 128 && p.dv == 64) return gdn_mma::Launch<128, 64>(p, st);
+  if (p.dk == 128 && p.dv == 128) return gdn_mma::Launch<128, 128>(p, st);
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace internal
+#endif  // HYLA_GDN_MMA_EMULATION
+
+}  // namespace hyla::kernels
