@@ -250,7 +250,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     {
       absl::MutexLock lock(&mu_);
       if (finished_ || write_in_flight_ || handle_ == nullptr) return;
-      std::optional<StreamEvent> event = handle_->TryNext();
+      // Everything pending goes out in one message (a write that lagged behind a step or more).
+      std::optional<StreamEvent> event = handle_->TryNextMerged();
       if (!event.has_value()) return;
       StreamEventToProto(*event, &response_);
       if (!event->finish.has_value()) {

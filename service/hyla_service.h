@@ -3,9 +3,11 @@
 // back into protobuf messages and gRPC statuses (status_mapping.h), recording metrics at the edge
 // (metrics.h).
 //
-// Generate is a ServerWriteReactor driven by the engine's request stream: the worker's
-// scheduler thread calls on_ready when events wait, the reactor takes one event and starts one
-// write; OnWriteDone takes the next (events merged while the client lags). Reactions never block.
+// Generate is a ServerWriteReactor driven by the engine's request stream: the worker's event
+// notifier thread (not the scheduler thread: the writes overlap the next step) calls on_ready
+// when events wait, the reactor takes every pending event merged into one message and starts one
+// write; OnWriteDone takes the next (so tokens that arrive during a write are coalesced into the
+// next message). Reactions never block.
 // At most one write is outstanding; every call is finished exactly once (the last event carries
 // `finished` and goes out with StartWriteAndFinish; an error, cancellation or deadline ends the
 // call with its status). A write that has not completed within the stall timeout (a client that

@@ -27,6 +27,14 @@ const Histogram::BucketBoundaries kRpcBuckets = {0.0005, 0.001, 0.0025, 0.005, 0
 const Histogram::BucketBoundaries kStepBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                   0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
 const Histogram::BucketBoundaries kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+// Backend::Step alone: finer around a decode step's few milliseconds.
+const Histogram::BucketBoundaries kBackendStepBuckets = {
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.015,
+    0.02,   0.03,  0.05,  0.1,   0.25,  0.5,   1.0,   2.5,   5.0,  10.0};
+// The scheduler thread's host time per step outside Backend::Step.
+const Histogram::BucketBoundaries kHostBuckets = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025,
+                                                  0.0005,  0.001,    0.0025,  0.005,  0.01,
+                                                  0.025,   0.05,     0.1};
 
 // 1, 2, 5, 10, 20, 50, ... while ≤ max (at least up to 1).
 Histogram::BucketBoundaries TokenBuckets(int64_t max) {
@@ -195,6 +203,24 @@ void Metrics::Build(const BuildInfo& build, int64_t max_context) {
     step_duration_[p] =
         &steps.Add({{"phase", StepPhaseName(static_cast<StepPhase>(p))}}, kStepBuckets);
   }
+  auto& backend_steps = prometheus::BuildHistogram()
+                            .Name("hyla_step_backend_seconds")
+                            .Help("Backend::Step alone (the model step on the device), by phase.")
+                            .Register(r);
+  for (int p = 0; p < 3; ++p) {
+    step_backend_[p] = &backend_steps.Add({{"phase", StepPhaseName(static_cast<StepPhase>(p))}},
+                                          kBackendStepBuckets);
+  }
+  auto& host = prometheus::BuildHistogram()
+                   .Name("hyla_step_host_seconds")
+                   .Help(
+                       "The scheduler thread's host time per step outside Backend::Step: "
+                       "part=schedule (inbox, reaping, planning, admission, batch assembly, "
+                       "before the step), part=tokens (sampling on the host, stop checks, "
+                       "detokenisation, stream events, after it).")
+                   .Register(r);
+  step_host_schedule_ = &host.Add({{"part", "schedule"}}, kHostBuckets);
+  step_host_tokens_ = &host.Add({{"part", "tokens"}}, kHostBuckets);
   batch_size_ = &prometheus::BuildHistogram()
                      .Name("hyla_batch_size")
                      .Help("Sequences per scheduler step.")
@@ -339,6 +365,9 @@ void Metrics::OnGenerateFinished(int64_t prompt_tokens, int64_t generated_tokens
 
 void Metrics::OnStep(const StepObservation& step) {
   step_duration_[static_cast<int>(step.phase)]->Observe(absl::ToDoubleSeconds(step.duration));
+  step_backend_[static_cast<int>(step.phase)]->Observe(absl::ToDoubleSeconds(step.backend));
+  step_host_schedule_->Observe(absl::ToDoubleSeconds(step.host_before));
+  step_host_tokens_->Observe(absl::ToDoubleSeconds(step.host_after));
   batch_size_->Observe(static_cast<double>(step.batch_size));
 }
 

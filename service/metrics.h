@@ -8,8 +8,10 @@
 //     by cause (client, deadline, slow_consumer, shutdown: decided once per Generate call), and
 //     per-Generate histograms (end-to-end latency, prompt and generated tokens);
 //   - the engine's observer callbacks (this class is an EngineObserver): step time by phase,
-//     batch size, queue time, time to first token, inter-token latency, session state bytes by
-//     context bucket, engine rejections and evictions by reason;
+//     Backend::Step alone by phase and the scheduler thread's host time around it (the serving
+//     overhead: schedule before the step, tokens after it), batch size, queue time, time to first
+//     token, inter-token latency, session state bytes by context bucket, engine rejections and
+//     evictions by reason;
 //   - the engine's stats snapshot, read at scrape time (Collect): gauges (running, waiting,
 //     sessions, state memory used/capacity by pool, utilisation, softmax-equivalent bytes) and the
 //     monotonic token / routing / session counters, which advance by the snapshot's deltas.
@@ -24,6 +26,10 @@
 //   RPC duration 0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 30 60 120 300
 //         600 1800
 //   step  0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10
+//   backend step 0.0005 0.001 0.002 0.003 0.004 0.005 0.006 0.008 0.01 0.015 0.02 0.03 0.05 0.1
+//         0.25 0.5 1 2.5 5 10
+//   step host time 0.00001 0.000025 0.00005 0.0001 0.00025 0.0005 0.001 0.0025 0.005 0.01 0.025
+//         0.05 0.1
 //   batch size 1 2 4 8 16 32 64 128 256 512
 //   tokens per request: 1 2 5 10 20 50 ... (1-2-5 steps) up to the maximum context
 //   session bytes: 64 KiB × 4^k up to 64 GiB
@@ -146,6 +152,9 @@ class Metrics : public EngineObserver, public prometheus::Collectable {
   prometheus::Histogram* itl_ = nullptr;
   prometheus::Histogram* queue_time_ = nullptr;
   std::array<prometheus::Histogram*, 3> step_duration_{};  // by StepPhase
+  std::array<prometheus::Histogram*, 3> step_backend_{};   // by StepPhase
+  prometheus::Histogram* step_host_schedule_ = nullptr;
+  prometheus::Histogram* step_host_tokens_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
   std::array<prometheus::Counter*, 3> evictions_{};        // by EvictReason
   std::array<prometheus::Histogram*, 7> session_bytes_{};  // by context bucket

@@ -11,11 +11,17 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/server.h"
 #include "service/server_flags.h"
 
 int main(int argc, char** argv) {
+  // absl::Mutex's lock-order (deadlock) detection is on in the distribution's absl build: every
+  // lock then updates a process-wide graph under a global lock, which serialises the engine's,
+  // the notifier's and gRPC's threads on the serving path (docs/performance.md "Serving
+  // overhead"). The tests keep it on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Block the stop signals in every thread (gRPC's, the engine's, the exposer's inherit the mask)
   // and wait for them here: Shutdown is not async-signal-safe.
   sigset_t stop_signals;

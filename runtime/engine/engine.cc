@@ -292,8 +292,9 @@ absl::StatusOr<std::unique_ptr<RequestHandle>> Engine::Submit(Request request,
   if (request.top_logprobs > 0) request.logprobs = true;
   r->request = std::move(request);
   Worker* w = workers_[worker_index].get();
-  r->stream = std::make_shared<RequestStream>(r->id, options_.max_pending_events,
-                                              std::move(on_ready), w->Waker());
+  r->stream = std::make_shared<RequestStream>(
+      r->id, options_.max_pending_events, std::move(on_ready), w->Waker(),
+      options_.notify_on_worker_thread ? nullptr : w->notifier());
   auto handle = std::make_unique<RequestHandle>(r->stream);
   w->EnqueueRequest(std::move(r));
   return handle;

@@ -89,6 +89,10 @@ struct EngineOptions {
   std::shared_ptr<EngineObserver> observer;
   // Seed of generated session ids (0: from std::random_device).
   uint64_t session_id_seed = 0;
+  // Run the streams' on_ready callbacks on the scheduler thread instead of the worker's
+  // EventNotifier thread (the path before issue 5's serving-overhead work; for A/B measurements
+  // in hyla-serving-overhead, not for serving).
+  bool notify_on_worker_thread = false;
 };
 
 // Creates the backend of worker `index` (each worker owns its backend).

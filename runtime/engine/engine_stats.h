@@ -43,6 +43,23 @@ struct StepObservation {
   int64_t decode_tokens = 0;
   int64_t routed_to_softmax = 0;  // NAtS-L decisions (chunk x head) made in the step
   int64_t routed_to_gdn = 0;
+  // Where the scheduler thread's time around this step went (steady-clock wall time, whatever
+  // the engine's clock; the serving overhead of docs/performance.md). One cycle of the worker is
+  // host_before + backend + host_after:
+  //   host_before: from the end of the previous step (or from waking up) to the Backend::Step
+  //                call: inbox commands, reaping, session expiry, publishing the load, planning,
+  //                admissions and batch assembly;
+  //   schedule:    the planning, admission and batch-assembly part of host_before;
+  //   backend:     Backend::Step alone;
+  //   host_after:  from Backend::Step's return to the end of the step: host sampling, stop
+  //                checks, detokenisation, building and queueing the stream events;
+  //   emit:        the part of host_after spent handing events to the streams (their locks and
+  //                the consumers' wake-ups).
+  absl::Duration host_before;
+  absl::Duration schedule;
+  absl::Duration backend;
+  absl::Duration host_after;
+  absl::Duration emit;
 };
 
 // A finished Generate (or session prefill) request.

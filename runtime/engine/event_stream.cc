@@ -13,12 +13,77 @@ void MergeEvent(StreamEvent* into, StreamEvent&& from) {
   if (from.finish.has_value()) into->finish = std::move(from.finish);
 }
 
+EventNotifier::EventNotifier() : thread_([this] { Loop(); }) {}
+
+EventNotifier::~EventNotifier() { Stop(); }
+
+void EventNotifier::Post(std::shared_ptr<RequestStream> stream) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopped_) {
+      queue_.push_back(std::move(stream));
+      if (sleeping_ && holds_ == 0) {
+        sleeping_ = false;
+        cv_.Signal();
+      }
+      return;
+    }
+  }
+  stream->on_ready_();
+}
+
+void EventNotifier::Hold() {
+  absl::MutexLock lock(&mu_);
+  ++holds_;
+}
+
+void EventNotifier::Release() {
+  absl::MutexLock lock(&mu_);
+  HYLA_CHECK(holds_ > 0);
+  --holds_;
+  if (holds_ == 0 && sleeping_ && !queue_.empty()) {
+    sleeping_ = false;
+    cv_.Signal();
+  }
+}
+
+void EventNotifier::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    cv_.Signal();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void EventNotifier::Loop() {
+  std::vector<std::shared_ptr<RequestStream>> batch;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      while (queue_.empty() && !stop_) {
+        sleeping_ = true;
+        cv_.Wait(&mu_);
+      }
+      sleeping_ = false;
+      if (queue_.empty()) {  // stop_, and nothing left
+        stopped_ = true;
+        return;
+      }
+      batch.swap(queue_);
+    }
+    for (std::shared_ptr<RequestStream>& s : batch) s->on_ready_();
+    batch.clear();  // drops the references outside the lock
+  }
+}
+
 RequestStream::RequestStream(uint64_t id, int max_pending, std::function<void()> on_ready,
-                             std::function<void()> wake)
+                             std::function<void()> wake, EventNotifier* notifier)
     : id_(id),
       max_pending_(static_cast<size_t>(max_pending < 1 ? 1 : max_pending)),
       on_ready_(std::move(on_ready)),
-      wake_(std::move(wake)) {}
+      wake_(std::move(wake)),
+      notifier_(notifier) {}
 
 void RequestStream::Push(StreamEvent event) {
   bool notify = false;
@@ -38,7 +103,12 @@ void RequestStream::Push(StreamEvent event) {
     }
     cv_.SignalAll();
   }
-  if (notify) on_ready_();
+  if (!notify) return;
+  if (notifier_ != nullptr) {
+    notifier_->Post(shared_from_this());
+  } else {
+    on_ready_();
+  }
 }
 
 size_t RequestStream::pending() const {
@@ -56,6 +126,25 @@ std::optional<StreamEvent> RequestStream::TryNext() {
   pending_.pop_front();
   if (e.finish.has_value()) finish_taken_ = true;
   taken_.fetch_add(1, std::memory_order_release);
+  return e;
+}
+
+std::optional<StreamEvent> RequestStream::TryNextMerged() {
+  absl::MutexLock lock(&mu_);
+  if (pending_.empty()) {
+    armed_ = true;
+    return std::nullopt;
+  }
+  StreamEvent e = std::move(pending_.front());
+  pending_.pop_front();
+  uint64_t n = 1;
+  while (!pending_.empty()) {
+    MergeEvent(&e, std::move(pending_.front()));
+    pending_.pop_front();
+    ++n;
+  }
+  if (e.finish.has_value()) finish_taken_ = true;
+  taken_.fetch_add(n, std::memory_order_release);
   return e;
 }
 

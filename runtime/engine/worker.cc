@@ -15,6 +15,24 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+using SteadyTime = std::chrono::steady_clock::time_point;
+SteadyTime SteadyNow() { return std::chrono::steady_clock::now(); }
+absl::Duration ToDuration(std::chrono::steady_clock::duration d) { return absl::FromChrono(d); }
+
+// EventNotifier::Hold / Release for a scope (Release may come early).
+class NotifierHold {
+ public:
+  explicit NotifierHold(EventNotifier* n) : n_(n) { n_->Hold(); }
+  ~NotifierHold() { Release(); }
+  void Release() {
+    if (n_ != nullptr) n_->Release();
+    n_ = nullptr;
+  }
+
+ private:
+  EventNotifier* n_;
+};
+
 bool IsSessionRequest(const ActiveRequest& r) {
   return r.create_session || !r.request.session_id.empty();
 }
@@ -25,7 +43,8 @@ Worker::Worker(int index, std::unique_ptr<Backend> backend, EngineShared* shared
     : index_(index),
       backend_(std::move(backend)),
       shared_(shared),
-      inbox_(std::make_shared<Inbox>()) {
+      inbox_(std::make_shared<Inbox>()),
+      notifier_(std::make_unique<EventNotifier>()) {
   empty_seq_.streams.resize(backend_->layout().streams().size());
   scratch_.resize(static_cast<size_t>(backend_->config().vocab_size));
   Publish();
@@ -48,6 +67,7 @@ void Worker::RequestStop() {
 void Worker::Stop() {
   RequestStop();
   if (thread_.joinable()) thread_.join();
+  notifier_->Stop();  // delivers the last notifications (the shutdown's final events)
 }
 
 void Worker::Push(Command c) {
@@ -151,7 +171,9 @@ int64_t Worker::AvailableBlocks() const {
 // The loop
 
 void Worker::Loop() {
+  bool worked = false;
   for (;;) {
+    if (!worked) cycle_start_ = SteadyNow();  // else: since the end of the last step
     std::deque<Command> commands;
     bool stop = false;
     {
@@ -165,7 +187,7 @@ void Worker::Loop() {
     const absl::Time now = shared_->clock->Now();
     ReapEnded(now);
     ExpireSessions(now);
-    const bool worked = Step(now);
+    worked = Step(now);
     Publish();
     if (worked) continue;
     absl::MutexLock lock(&inbox_->mu);
@@ -631,6 +653,7 @@ void Worker::UpdateReservation(ActiveRequest* r) {
 }
 
 bool Worker::Step(absl::Time now) {
+  schedule_start_ = SteadyNow();
   StateStore& store = backend_->store();
   StepPlan plan;
   std::set<uint64_t> pinned;  // sessions found pinned since they were listed as evictable
@@ -781,8 +804,11 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
     (w.decode ? decode_tokens : prefill_tokens) += w.tokens;
   }
   StepOutput out;
+  const SteadyTime step_start = SteadyNow();
   const absl::Status st = backend_->Step(batch, &out);
+  const SteadyTime step_end = SteadyNow();
   const absl::Time after = shared_->clock->Now();
+  emit_time_ = SteadyTime::duration::zero();
   shared_->steps.fetch_add(1, std::memory_order_relaxed);
   StepObservation obs;
   obs.worker = index_;
@@ -791,6 +817,9 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
   obs.batch_size = static_cast<int>(batch.size());
   obs.prefill_tokens = prefill_tokens;
   obs.decode_tokens = decode_tokens;
+  obs.host_before = ToDuration(step_start - cycle_start_);
+  obs.schedule = ToDuration(step_start - schedule_start_);
+  obs.backend = ToDuration(step_end - step_start);
   if (!st.ok()) {
     // The batch's states may be partially updated: end all of its requests.
     obs.duration = after - now;
@@ -807,6 +836,8 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
   shared_->routed_to_gdn.fetch_add(out.routing.to_gdn, std::memory_order_relaxed);
   shared_->prompt_tokens.fetch_add(prefill_tokens, std::memory_order_relaxed);
   const int64_t vocab = shared_->vocab_size;
+  // The batch's streams are handed to the notifier with one wake-up, after the loop.
+  NotifierHold hold(notifier_.get());
   for (size_t b = 0; b < who.size(); ++b) {
     ActiveRequest* r = who[b];
     r->folded += static_cast<int64_t>(batch[b].tokens.size());
@@ -822,7 +853,11 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
       UpdateReservation(r);
     }
   }
+  hold.Release();
   obs.duration = shared_->clock->Now() - now;
+  cycle_start_ = SteadyNow();
+  obs.host_after = ToDuration(cycle_start_ - step_end);
+  obs.emit = ToDuration(emit_time_);
   shared_->observer->OnStep(obs);
 }
 
@@ -877,7 +912,9 @@ void Worker::Accept(ActiveRequest* r, const SampledToken& tok, absl::Time now) {
       r->stall_taken = r->stream->taken();
       r->stall_since = now;
     }
+    const SteadyTime t0 = SteadyNow();
     r->stream->Push(std::move(event));
+    emit_time_ += SteadyNow() - t0;
   }
 }
 

@@ -16,6 +16,7 @@
 #define HYLA_RUNTIME_ENGINE_WORKER_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -162,6 +163,9 @@ class Worker {
   void Wake();
   // A wake-up callable that stays valid after the worker is gone (for request streams).
   std::function<void()> Waker() const;
+  // Runs the on_ready callbacks of this worker's request streams (off the scheduler thread);
+  // lives as long as the worker.
+  EventNotifier* notifier() { return notifier_.get(); }
   const WorkerLoad& load() const { return load_; }
   int index() const { return index_; }
   // Slots / blocks a new one-off request could use now (free, minus reservations, plus what
@@ -226,6 +230,7 @@ class Worker {
   std::unique_ptr<Backend> backend_;
   EngineShared* const shared_;
   std::shared_ptr<Inbox> inbox_;
+  std::unique_ptr<EventNotifier> notifier_;
   std::thread thread_;
   bool started_ = false;
   WorkerLoad load_;
@@ -237,6 +242,10 @@ class Worker {
   uint64_t next_session_key_ = 1;
   SequenceState empty_seq_;     // a fresh sequence's shape, for WorstCaseNewBlocks
   std::vector<float> scratch_;  // [vocab] logits with suppressed ids
+  // Host-time accounting of the step cycle (StepObservation::host_before ...).
+  std::chrono::steady_clock::time_point cycle_start_;     // end of the last step, or wake-up
+  std::chrono::steady_clock::time_point schedule_start_;  // Step() entry
+  std::chrono::steady_clock::duration emit_time_{};       // RequestStream::Push in this step
 };
 
 }  // namespace hyla

@@ -2,12 +2,15 @@
 // batching invariance, admission (queue and memory), cancellation, deadlines, slow consumers,
 // sessions (continuation, fork, busy, TTL, LRU), routing over workers, shutdown, validation.
 // Synchronisation is by condition variables (the backend's gate, stream waits, the observer) and
-// the injected ManualClock; no test sleeps.
+// the injected ManualClock; no test sleeps to synchronise (one sleeps to measure host time).
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/engine/clock.h"
@@ -800,6 +803,57 @@ TEST(EngineTest, RequestsSpreadOverWorkersAndSessionsStayOnTheirWorker) {
   EXPECT_EQ(f->worker, w);
   EXPECT_EQ(h->backends[w]->steps().size(), steps_before + 3);
   EXPECT_EQ(h->backends[1 - w]->steps().size(), other_before);
+}
+
+// StepObservation's host-time split (the serving overhead's metrics): the parts are ordered and
+// non-negative, and the time a step spends inside Backend::Step counts as `backend`, not as host
+// time. The gate holds the first step for a measured 30 ms of real time (host times are wall
+// time on the steady clock, whatever the engine's clock).
+TEST(EngineTest, StepObservationsSplitHostAndBackendTime) {
+  auto h = MakeHarness(SmallOptions(), FakeBackendOptions(), /*gated=*/true);
+  const auto start = std::chrono::steady_clock::now();
+  auto a = h->engine->Submit(Greedy(Ids("abc"), 4));
+  ASSERT_TRUE(a.ok());
+  h->backends[0]->AwaitEntered(1);
+  absl::SleepFor(absl::Milliseconds(30));  // measured, not a synchronisation
+  h->backends[0]->SetGated(false);
+  const Collected c = Collect(**a);
+  EXPECT_EQ(c.tokens.size(), 4u);
+  const absl::Duration wall = absl::FromChrono(std::chrono::steady_clock::now() - start);
+  const std::vector<StepObservation> steps = h->observer->steps();
+  ASSERT_EQ(steps.size(), 4u);  // one prefill step, then a decode step per further token
+  EXPECT_GE(steps[0].backend, absl::Milliseconds(30));
+  absl::Duration total;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const StepObservation& s = steps[i];
+    SCOPED_TRACE(::testing::Message()
+                 << "step " << i << ": before " << s.host_before << " schedule " << s.schedule
+                 << " backend " << s.backend << " after " << s.host_after << " emit " << s.emit);
+    EXPECT_GE(s.schedule, absl::ZeroDuration());
+    EXPECT_GE(s.host_before, s.schedule);
+    EXPECT_GE(s.backend, absl::ZeroDuration());
+    EXPECT_GE(s.emit, absl::ZeroDuration());
+    EXPECT_GE(s.host_after, s.emit);
+    EXPECT_LT(s.host_before + s.host_after, absl::Milliseconds(30));  // the gate is not host time
+    total += s.host_before + s.backend + s.host_after;
+  }
+  EXPECT_LE(total, wall);
+  ExpectNoStateHeld(*h->engine);
+}
+
+// The old notification path (on_ready on the scheduler thread) still delivers every token.
+TEST(EngineTest, NotifyOnWorkerThreadDeliversEveryToken) {
+  EngineOptions o = SmallOptions();
+  o.notify_on_worker_thread = true;
+  auto h = MakeHarness(o);
+  std::atomic<int> ready{0};
+  auto a = h->engine->Submit(Greedy(Ids("a"), 6), [&ready] { ++ready; });
+  ASSERT_TRUE(a.ok());
+  const Collected c = Collect(**a);
+  EXPECT_THAT(c.tokens, ElementsAreArray(FakeBackend::Greedy(h->backend_options, Ids("a"), 6)));
+  EXPECT_EQ(c.finish.reason, FinishReason::kLength);
+  EXPECT_GE(ready.load(), 1);
+  ExpectNoStateHeld(*h->engine);
 }
 
 TEST(EngineTest, ShutdownEndsQueuedAndRunningRequests) {

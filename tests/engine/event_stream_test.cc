@@ -1,12 +1,17 @@
-// RequestStream (merging for slow readers, readiness notification, cancellation), ManualClock
+// RequestStream (merging for slow readers, readiness notification, cancellation), EventNotifier
+// (on_ready off the pushing thread, in order; Hold / Release; Stop), ManualClock
 // and SessionManager (ids, pinning, LRU capacity eviction) in isolation.
 #include "runtime/engine/event_stream.h"
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/engine/clock.h"
@@ -87,6 +92,121 @@ TEST(RequestStreamTest, NextBlocksUntilAnEventArrives) {
   producer.join();
   EXPECT_THAT(e.token_ids, ::testing::ElementsAre(7));
   EXPECT_TRUE(e.finish.has_value());
+}
+
+TEST(RequestStreamTest, TryNextMergedTakesEveryPendingEvent) {
+  RequestStream s(1, 8, nullptr, nullptr);
+  s.Push(Token(1, "a"));
+  s.Push(Token(2, "b"));
+  StreamEvent last = Token(3, "c");
+  last.finish = Finish();
+  s.Push(std::move(last));
+  auto e = s.TryNextMerged();
+  ASSERT_TRUE(e.has_value());
+  EXPECT_THAT(e->token_ids, ::testing::ElementsAre(1, 2, 3));
+  EXPECT_EQ(e->text, "abc");
+  ASSERT_EQ(e->logprobs.size(), 3u);
+  EXPECT_EQ(e->logprobs[1].id, 2);
+  EXPECT_TRUE(e->finish.has_value());
+  EXPECT_TRUE(s.done());
+  EXPECT_EQ(s.taken(), 3u);  // every event counts as taken (the slow-consumer check)
+  EXPECT_EQ(s.pending(), 0u);
+  EXPECT_FALSE(s.TryNextMerged().has_value());
+}
+
+TEST(RequestStreamTest, TryNextMergedReArmsOnReadyWhenEmpty) {
+  std::atomic<int> ready{0};
+  RequestStream s(
+      1, 8, [&ready] { ++ready; }, nullptr);
+  EXPECT_FALSE(s.TryNextMerged().has_value());
+  s.Push(Token(1, "a"));
+  EXPECT_EQ(ready.load(), 1);
+  ASSERT_TRUE(s.TryNextMerged().has_value());
+  s.Push(Token(2, "b"));
+  EXPECT_EQ(ready.load(), 1);  // not drained to empty yet: not re-armed
+  ASSERT_TRUE(s.TryNextMerged().has_value());
+  EXPECT_FALSE(s.TryNextMerged().has_value());  // re-arms
+  s.Push(Token(3, "c"));
+  EXPECT_EQ(ready.load(), 2);
+}
+
+// Records the threads and order in which on_ready callbacks ran.
+struct ReadyLog {
+  absl::Mutex mu;
+  std::vector<std::pair<uint64_t, std::thread::id>> calls ABSL_GUARDED_BY(mu);
+  void Add(uint64_t id) {
+    absl::MutexLock lock(&mu);
+    calls.emplace_back(id, std::this_thread::get_id());
+  }
+  bool AwaitCount(size_t n) {
+    absl::MutexLock lock(&mu);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return calls.size() >= n; };
+    return mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  }
+  size_t size() {
+    absl::MutexLock lock(&mu);
+    return calls.size();
+  }
+};
+
+TEST(EventNotifierTest, RunsOnReadyOffThePushingThreadInPostingOrder) {
+  EventNotifier notifier;
+  ReadyLog log;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (uint64_t id = 1; id <= 5; ++id) {
+    streams.push_back(std::make_shared<RequestStream>(
+        id, 8, [&log, id] { log.Add(id); }, nullptr, &notifier));
+  }
+  for (auto& s : streams) s->Push(Token(1, "a"));
+  ASSERT_TRUE(log.AwaitCount(5));
+  absl::MutexLock lock(&log.mu);
+  ASSERT_EQ(log.calls.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(log.calls[i].first, i + 1);
+    EXPECT_NE(log.calls[i].second, std::this_thread::get_id());
+  }
+}
+
+TEST(EventNotifierTest, HoldDefersTheWakeUpUntilRelease) {
+  EventNotifier notifier;
+  ReadyLog log;
+  auto s = std::make_shared<RequestStream>(
+      1, 8, [&log] { log.Add(1); }, nullptr, &notifier);
+  auto t = std::make_shared<RequestStream>(
+      2, 8, [&log] { log.Add(2); }, nullptr, &notifier);
+  // Let the notifier go to sleep first: a hold only defers waking a sleeping thread.
+  s->Push(Token(1, "a"));
+  ASSERT_TRUE(log.AwaitCount(1));
+  ASSERT_TRUE(s->TryNext().has_value());
+  EXPECT_FALSE(s->TryNext().has_value());  // re-arms
+  absl::SleepFor(absl::Milliseconds(20));
+  notifier.Hold();
+  s->Push(Token(2, "b"));
+  t->Push(Token(1, "x"));
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(log.size(), 1u);  // queued, not delivered while held
+  notifier.Release();
+  ASSERT_TRUE(log.AwaitCount(3));
+  absl::MutexLock lock(&log.mu);
+  EXPECT_EQ(log.calls[1].first, 1u);
+  EXPECT_EQ(log.calls[2].first, 2u);
+}
+
+TEST(EventNotifierTest, StopDeliversWhatIsQueuedAndLaterPostsRunInline) {
+  ReadyLog log;
+  auto notifier = std::make_unique<EventNotifier>();
+  auto s = std::make_shared<RequestStream>(
+      1, 8, [&log] { log.Add(1); }, nullptr, notifier.get());
+  notifier->Hold();  // keep it queued until Stop
+  s->Push(Token(1, "a"));
+  notifier->Stop();
+  EXPECT_EQ(log.size(), 1u);
+  ASSERT_TRUE(s->TryNext().has_value());
+  EXPECT_FALSE(s->TryNext().has_value());
+  s->Push(Token(2, "b"));  // after Stop: on the pushing thread, at once
+  absl::MutexLock lock(&log.mu);
+  ASSERT_EQ(log.calls.size(), 2u);
+  EXPECT_EQ(log.calls[1].second, std::this_thread::get_id());
 }
 
 TEST(RequestHandleTest, DestroyingAnUnfinishedHandleCancels) {

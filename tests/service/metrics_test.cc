@@ -66,6 +66,8 @@ TEST(MetricsTest, ContractFamiliesExistFromStart) {
       {"hyla_request_prompt_tokens", T::Histogram, {}, 1},
       {"hyla_request_generated_tokens", T::Histogram, {}, 1},
       {"hyla_step_duration_seconds", T::Histogram, {"phase"}, 3},
+      {"hyla_step_backend_seconds", T::Histogram, {"phase"}, 3},
+      {"hyla_step_host_seconds", T::Histogram, {"part"}, 2},
       {"hyla_batch_size", T::Histogram, {}, 1},
       {"hyla_prompt_tokens_total", T::Counter, {}, 1},
       {"hyla_generated_tokens_total", T::Counter, {}, 1},
@@ -176,6 +178,9 @@ TEST(MetricsTest, EdgeAndObserverEventsAreCounted) {
   step.phase = StepPhase::kMixed;
   step.batch_size = 3;
   step.duration = absl::Milliseconds(7);
+  step.backend = absl::Milliseconds(6);
+  step.host_before = absl::Microseconds(30);
+  step.host_after = absl::Microseconds(120);
   m->OnStep(step);
   RequestObservation req;
   req.usage.state.slot_bytes = 100000;
@@ -216,6 +221,17 @@ TEST(MetricsTest, EdgeAndObserverEventsAreCounted) {
   EXPECT_EQ(count("hyla_request_queue_time_seconds", {}), 1);
   EXPECT_EQ(count("hyla_step_duration_seconds", {{"phase", "mixed"}}), 1);
   EXPECT_EQ(count("hyla_step_duration_seconds", {{"phase", "decode"}}), 0);
+  EXPECT_EQ(count("hyla_step_backend_seconds", {{"phase", "mixed"}}), 1);
+  EXPECT_DOUBLE_EQ(FindMetric(*FindFamily(fams, "hyla_step_backend_seconds"), {{"phase", "mixed"}})
+                       ->histogram.sample_sum,
+                   0.006);
+  EXPECT_EQ(count("hyla_step_backend_seconds", {{"phase", "decode"}}), 0);
+  EXPECT_DOUBLE_EQ(FindMetric(*FindFamily(fams, "hyla_step_host_seconds"), {{"part", "schedule"}})
+                       ->histogram.sample_sum,
+                   0.00003);
+  EXPECT_DOUBLE_EQ(FindMetric(*FindFamily(fams, "hyla_step_host_seconds"), {{"part", "tokens"}})
+                       ->histogram.sample_sum,
+                   0.00012);
   EXPECT_EQ(count("hyla_batch_size", {}), 1);
   EXPECT_EQ(count("hyla_session_state_bytes", {{"context_bucket", "le_4k"}}), 1);
   EXPECT_EQ(FindMetric(*FindFamily(fams, "hyla_session_state_bytes"), {{"context_bucket", "le_4k"}})
@@ -358,8 +374,8 @@ TEST(MetricsTest, DocsListTheBucketBoundaries) {
     }
     EXPECT_EQ(exported, want) << f.name;
   }
-  EXPECT_EQ(histograms, 11);
-  EXPECT_EQ(documented.size(), 11u);
+  EXPECT_EQ(histograms, 13);  // 11 + hyla_step_backend_seconds, hyla_step_host_seconds
+  EXPECT_EQ(documented.size(), 13u);
 }
 
 }  // namespace
