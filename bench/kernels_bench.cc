@@ -155,7 +155,24 @@ double CopyBandwidth(Timer* timer) {
   return gbs;
 }
 
-void BenchGdnDecode(Timer* timer, int num_seqs, int H, int HV, int dk, int dv, bool bf16) {
+// GdnDecode's kernel variants (kernels/ops.h GdnDecodeVariant) timed by BenchGdnDecode with
+// all_variants; a variant's row is the default row's name plus " [<name>]".
+struct GdnDecodeVariantName {
+  hyla::kernels::GdnDecodeVariant variant;
+  const char* name;
+};
+constexpr GdnDecodeVariantName kGdnDecodeVariants[] = {
+    {hyla::kernels::GdnDecodeVariant::kTile32, "tile32"},
+    {hyla::kernels::GdnDecodeVariant::kTile32Stream, "tile32-cs"},
+    {hyla::kernels::GdnDecodeVariant::kTile64Stream, "tile64-cs"},
+    {hyla::kernels::GdnDecodeVariant::kTile128Stream, "tile128-cs"},
+    {hyla::kernels::GdnDecodeVariant::kPersistent32, "persistent32-cs"},
+};
+
+// Times GdnDecode (the default kernel; with all_variants also every GdnDecodeVariant, on the same
+// buffers).
+void BenchGdnDecode(Timer* timer, int num_seqs, int H, int HV, int dk, int dv, bool bf16,
+                    bool all_variants = false) {
   const size_t es = bf16 ? 2 : 4;
   const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
   const int64_t state = int64_t{HV} * dk * dv;
@@ -194,13 +211,19 @@ void BenchGdnDecode(Timer* timer, int num_seqs, int H, int HV, int dk, int dv, b
   p.state_slot_stride = state;
   p.o = o;
   p.o_stride = int64_t{HV} * dv;
-  const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnDecode(p, nullptr)); });
   const double bytes =
       2.0 * num_seqs * state * 4 + double(num_seqs) * row * es + double(num_seqs) * HV * dv * es;
-  Report("gdn_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " + std::to_string(num_seqs) +
-             " HV " + std::to_string(HV) + " (" + std::to_string(num_seqs * HV) + " head-states " +
-             std::to_string(dk) + "x" + std::to_string(dv) + ")",
-         us, bytes);
+  const std::string name = "gdn_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
+                           std::to_string(num_seqs) + " HV " + std::to_string(HV) + " (" +
+                           std::to_string(num_seqs * HV) + " head-states " + std::to_string(dk) +
+                           "x" + std::to_string(dv) + ")";
+  Report(name, timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnDecode(p, nullptr)); }), bytes);
+  for (const GdnDecodeVariantName& v : kGdnDecodeVariants) {
+    if (!all_variants) break;
+    p.variant = v.variant;
+    Report(name + " [" + v.name + "]",
+           timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnDecode(p, nullptr)); }), bytes);
+  }
   for (void* ptr : {rows, static_cast<void*>(pool), static_cast<void*>(gates), o,
                     static_cast<void*>(d_slots)}) {
     BENCH_CHECK(cudaFree(ptr));
@@ -432,15 +455,16 @@ int main(int argc, char** argv) {
   Timer timer;
   g_copy_gbs = CopyBandwidth(&timer);
 
-  // GDN decode: 2048, 4096, 8192 head-states of 128x128 fp32 (64 KiB each).
+  // GDN decode: 2048, 4096, 8192 head-states of 128x128 fp32 (64 KiB each), every kernel variant.
   for (const bool bf16 : {true, false}) {
     for (const int seqs : {128, 256, 512}) {
       if (quick && seqs != 128) continue;
-      BenchGdnDecode(&timer, seqs, 8, 16, 128, 128, bf16);
+      BenchGdnDecode(&timer, seqs, 8, 16, 128, 128, bf16, /*all_variants=*/true);
     }
   }
-  BenchGdnDecode(&timer, 64, 16, 32, 128, 128, true);  // Qwen3-Next shape, 2048 head-states
-  BenchGdnDecode(&timer, 128, 4, 8, 256, 128, true);   // dk 256
+  // Qwen3-Next shape (qwen3next-1b decode batch), 2048 head-states.
+  BenchGdnDecode(&timer, 64, 16, 32, 128, 128, true, /*all_variants=*/true);
+  BenchGdnDecode(&timer, 128, 4, 8, 256, 128, true);  // dk 256
 
   // Paged decode at long context.
   BenchPagedDecode(&timer, 8, 32768, 32, 8, 128, true, 0);

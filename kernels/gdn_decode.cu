@@ -4,13 +4,31 @@
 // ShortConv).
 //
 // GdnDecode is bound by the state traffic (dk·dv·4 bytes read and written per (sequence, value
-// head); everything else is a few hundred bytes). Each CTA owns one (sequence, value head, 32
-// value columns) tile of S, [dk, 32] fp32, held in registers: it is read once and written once.
-// Thread layout (128 threads): lane % 8 picks 4 adjacent columns (one 16-byte access), lane / 8
-// plus 4·warp picks a row phase 0..15, and a thread holds rows phase + 16·r (r < kRows), so one
-// load instruction of a warp covers 4 full 128-byte row segments. All state loads are issued
-// before the q/k norms and the gates are computed, so their latency overlaps that work.
-// The two reductions over dk (Sᵀk and Sᵀq) go through lane shuffles and a [4 warps, 32] buffer.
+// head); everything else is a few hundred bytes). A tile is one (sequence, value head, kCols value
+// columns) piece of S, [dk, kCols] fp32, held in registers: it is read once and written once.
+// Thread layout (kCols · 4 threads): lane % (kCols / 4) picks 4 adjacent columns (one 16-byte
+// access), lane / (kCols / 4) plus (32 / (kCols / 4))·warp picks a row phase 0..15, and a thread
+// holds rows phase + 16·r (r < kRows), so one load instruction of a warp covers full row segments
+// of kCols · 4 bytes and every thread holds kRows · 4 state values whatever kCols is. All state
+// loads of a tile are issued before the q/k norms and the gates are computed, so their latency
+// overlaps that work. The two reductions over dk (Sᵀk and Sᵀq) go through lane shuffles and a
+// [warps, kCols] shared buffer.
+//
+// Variants (GdnDecodeVariant; kernels_bench times them all, the default is the best measured):
+//   kTile32         one 32-column tile per CTA of 128 threads, plain loads/stores (the run-2
+//                   kernel: 8192 CTAs at 2048 head-states of 128x128).
+//   kTile32Stream   the same with evict-first state accesses (ld/st.global.cs): the state is
+//                   touched once, so it should not displace anything in L1/L2.
+//   kTile64Stream   64-column tiles, 256 threads: half the CTAs, 256-byte row segments (better
+//                   DRAM locality), the q/k norms computed half as often.
+//   kTile128Stream  whole 128-column heads, 512 threads: one contiguous 64 KiB state per CTA.
+//   kPersistent32   32-column tiles, one CTA per resident slot (occupancy × SMs, rounded so every
+//                   CTA gets the same number of tiles) looping over tiles t, t + grid, ...; the
+//                   next tile's state loads are issued (into a second register set) and its
+//                   activations prefetched into L2 before the current tile is finished, so a CTA
+//                   never waits for a fresh CTA's first loads. dk > 128 falls back to
+//                   kTile32Stream (two register sets of [dk, 32] would spill).
+// Registers (nvcc -Xptxas -v, sm_90): see the comment at LaunchDecode.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -24,9 +42,6 @@
 namespace hyla::kernels {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-constexpr int kTileCols = 32;
 constexpr int kRowPhases = 16;  // rows covered by one register row of the CTA
 constexpr int kMaxDk = 256;
 constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
@@ -34,6 +49,34 @@ constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
 // PyTorch softplus (beta 1, threshold 20) and the sigmoid, as runtime/cpu/ops.h computes them.
 __device__ __forceinline__ float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// State accesses: evict-first (cache-streaming) when kStream.
+template <bool kStream>
+__device__ __forceinline__ float4 LoadState4(const float* p) {
+  if (kStream) return __ldcs(reinterpret_cast<const float4*>(p));
+  return *reinterpret_cast<const float4*>(p);
+}
+template <bool kStream>
+__device__ __forceinline__ float LoadState1(const float* p) {
+  if (kStream) return __ldcs(p);
+  return *p;
+}
+template <bool kStream>
+__device__ __forceinline__ void StoreState4(float* p, float4 v) {
+  if (kStream) {
+    __stcs(reinterpret_cast<float4*>(p), v);
+  } else {
+    *reinterpret_cast<float4*>(p) = v;
+  }
+}
+template <bool kStream>
+__device__ __forceinline__ void StoreState1(float* p, float v) {
+  if (kStream) {
+    __stcs(p, v);
+  } else {
+    *p = v;
+  }
+}
 
 // x ← x / sqrt(Σx² + eps) · scale over n values of one head, by one warp, into dst [n]; entries
 // n..padded-1 of dst are zeroed.
@@ -51,78 +94,117 @@ __device__ __forceinline__ void NormalizeHeadWarp(const T* x, int n, int padded,
   for (int i = lane; i < padded; i += 32) dst[i] = i < n ? (ToFloat(x[i]) * inv) * scale : 0.0f;
 }
 
-// Sum over the kRowPhases row phases of the CTA for each of the thread's 4 columns: lanes with the
-// same lane % 8 are combined by shuffles, then the 4 warps through `buf` (read in warp order).
-// Every thread gets the totals of its columns. Ends with the buffer still in use: callers use a
-// different buffer for the next reduction.
-__device__ __forceinline__ void ReduceColumns(float (&v)[4], float (*buf)[kTileCols]) {
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    v[c] += __shfl_xor_sync(0xffffffffu, v[c], 8);
-    v[c] += __shfl_xor_sync(0xffffffffu, v[c], 16);
-  }
-  if (lane < 8) {
-#pragma unroll
-    for (int c = 0; c < 4; ++c) buf[warp][lane * 4 + c] = v[c];
-  }
-  __syncthreads();
-  const int cg = lane % 8;
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += buf[w][cg * 4 + c];
-    v[c] = total;
-  }
+// The thread layout of a kCols-column tile (top of file).
+template <int kCols>
+struct TileLayout {
+  static_assert(kCols == 32 || kCols == 64 || kCols == 128, "tile width");
+  static constexpr int kThreads = kCols * 4;
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kLanesPerRow = kCols / 4;
+  static constexpr int kRowsPerWarp = 32 / kLanesPerRow;
+  static_assert(kRowsPerWarp * kWarps == kRowPhases, "16 row phases");
+};
+
+// CTAs per SM asked of ptxas (__launch_bounds__): dk <= 128 with kCap: 64 registers a thread
+// (the 32 state values and their addresses fit without spills), so that an SM holds 2048 threads'
+// worth of tiles, 128 KiB of state loads in flight; otherwise 1 (no cap beyond the block size).
+template <int kRows, int kCols, bool kCap>
+constexpr int MinBlocks() {
+  return kCap && kRows <= 8 ? 65536 / (64 * TileLayout<kCols>::kThreads) : 1;
 }
 
-// grid: num_seqs · HV · ceil(dv / 32) CTAs of kThreads; kRows · 16 >= dk. kVec: 16-byte state
-// accesses (dv % 4 == 0, state and slot stride 16-byte aligned).
-template <typename T, int kRows, bool kVec>
-__global__ void __launch_bounds__(kThreads) GdnDecodeKernel(GdnDecodeParams p, int tiles) {
-  __shared__ float qs[kRows * kRowPhases];
-  __shared__ float ks[kRows * kRowPhases];
-  __shared__ float red_u[kWarps][kTileCols];
-  __shared__ float red_o[kWarps][kTileCols];
-  __shared__ float gate[2];  // decay factor exp(g), β
+template <int kRows, int kCols>
+struct DecodeSmem {
+  float qs[kRows * kRowPhases];
+  float ks[kRows * kRowPhases];
+  alignas(16) float red_u[TileLayout<kCols>::kWarps][kCols];
+  alignas(16) float red_o[TileLayout<kCols>::kWarps][kCols];
+  float gate[2];  // decay factor exp(g), β
+};
 
-  const int64_t bid = blockIdx.x;
-  const int tile = static_cast<int>(bid % tiles);
-  const int64_t rest = bid / tiles;
-  const int hv = static_cast<int>(rest % p.num_v_heads);
-  const int64_t s = rest / p.num_v_heads;
+// Sum over the kRowPhases row phases of the CTA for each of the thread's 4 columns: lanes with the
+// same lane % kLanesPerRow are combined by shuffles, then the warps through `buf` (read in warp
+// order). Every thread gets the totals of its columns. Ends with the buffer still in use: callers
+// use a different buffer for the next reduction.
+template <int kCols>
+__device__ __forceinline__ void ReduceColumns(float (&v)[4], float (*buf)[kCols]) {
+  using L = TileLayout<kCols>;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int cg = lane % 8;
-  const int phase = lane / 8 + 4 * warp;
-  const int col0 = tile * kTileCols + cg * 4;
-  const int dk = p.dk, dv = p.dv;
-  T* o = static_cast<T*>(p.o) + s * p.o_stride + static_cast<int64_t>(hv) * dv;
-
-  const int32_t slot = p.slots[s];
-  if (slot < 0) {  // padding row: zero its output, touch no state
-    if (phase == 0) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        if (col0 + c < dv) o[col0 + c] = FromFloat<T>(0.0f);
-      }
-    }
-    return;
+  for (int off = L::kLanesPerRow; off < 32; off *= 2) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) v[c] += __shfl_xor_sync(0xffffffffu, v[c], off);
   }
-  float* S = p.state + static_cast<int64_t>(slot) * p.state_slot_stride +
-             static_cast<int64_t>(hv) * dk * dv;
+  const int cg = lane % L::kLanesPerRow;
+  if (lane < L::kLanesPerRow) {
+    *reinterpret_cast<float4*>(&buf[warp][cg * 4]) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  __syncthreads();
+  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int w = 0; w < L::kWarps; ++w) {
+    const float4 t = *reinterpret_cast<const float4*>(&buf[w][cg * 4]);
+    total[0] += t.x;
+    total[1] += t.y;
+    total[2] += t.z;
+    total[3] += t.w;
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = total[c];
+}
 
-  // 1. Issue the state loads.
-  float reg[kRows][4];
+// Where tile `t` (tile fastest, then value head, then sequence) lives. state is nullptr for a
+// padding row (slot < 0).
+struct TileRef {
+  int64_t s;
+  int hv;
+  int col_base;  // first column of the tile
+  float* state;  // S of (slots[s], hv), or nullptr
+};
+
+__device__ __forceinline__ TileRef Locate(const GdnDecodeParams& p, int64_t t, int tiles,
+                                          int cols) {
+  TileRef r;
+  const int tile = static_cast<int>(t % tiles);
+  const int64_t rest = t / tiles;
+  r.hv = static_cast<int>(rest % p.num_v_heads);
+  r.s = rest / p.num_v_heads;
+  r.col_base = tile * cols;
+  const int32_t slot = p.slots[r.s];
+  r.state = slot < 0 ? nullptr
+                     : p.state + static_cast<int64_t>(slot) * p.state_slot_stride +
+                           static_cast<int64_t>(r.hv) * p.dk * p.dv;
+  return r;
+}
+
+// The thread's row phase and first column inside a tile.
+template <int kCols>
+__device__ __forceinline__ int RowPhase() {
+  using L = TileLayout<kCols>;
+  const int lane = threadIdx.x % 32;
+  return lane / L::kLanesPerRow + L::kRowsPerWarp * static_cast<int>(threadIdx.x / 32);
+}
+template <int kCols>
+__device__ __forceinline__ int ColOffset() {
+  return static_cast<int>(threadIdx.x % 32) % TileLayout<kCols>::kLanesPerRow * 4;
+}
+
+// Issues the loads of the thread's part of the tile's state (zeros outside [dk, dv] and for a
+// padding row).
+template <int kRows, int kCols, bool kVec, bool kStream>
+__device__ __forceinline__ void LoadTile(const GdnDecodeParams& p, const TileRef& ref,
+                                         float (&reg)[kRows][4]) {
+  const int phase = RowPhase<kCols>();
+  const int col0 = ref.col_base + ColOffset<kCols>();
+  const int dk = p.dk, dv = p.dv;
+  const float* S = ref.state;
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int row = phase + kRowPhases * r;
     if (kVec) {
-      if (row < dk && col0 < dv) {
-        const float4 t =
-            *reinterpret_cast<const float4*>(S + static_cast<int64_t>(row) * dv + col0);
+      if (S != nullptr && row < dk && col0 < dv) {
+        const float4 t = LoadState4<kStream>(S + static_cast<int64_t>(row) * dv + col0);
         reg[r][0] = t.x;
         reg[r][1] = t.y;
         reg[r][2] = t.z;
@@ -134,58 +216,135 @@ __global__ void __launch_bounds__(kThreads) GdnDecodeKernel(GdnDecodeParams p, i
     } else {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        reg[r][c] =
-            (row < dk && col0 + c < dv) ? S[static_cast<int64_t>(row) * dv + col0 + c] : 0.0f;
+        reg[r][c] = (S != nullptr && row < dk && col0 + c < dv)
+                        ? LoadState1<kStream>(S + static_cast<int64_t>(row) * dv + col0 + c)
+                        : 0.0f;
       }
     }
+  }
+}
+
+// Pulls the tile's activations (q and k head rows, its v columns, a, b) into L2, one line per
+// thread, so the next ProcessTile does not wait on DRAM for them.
+template <typename T, int kCols>
+__device__ __forceinline__ void PrefetchActivations(const GdnDecodeParams& p, const TileRef& ref) {
+  if (ref.state == nullptr) return;
+  const int h = ref.hv / (p.num_v_heads / p.num_heads);
+  const int qk_lines = (p.dk * static_cast<int>(sizeof(T)) + 127) / 128 + 1;
+  const int v_lines = (kCols * static_cast<int>(sizeof(T)) + 127) / 128 + 1;
+  int i = static_cast<int>(threadIdx.x);
+  const char* addr = nullptr;
+  int64_t bytes = 0;
+  if (i < qk_lines) {
+    addr = reinterpret_cast<const char*>(static_cast<const T*>(p.q) + ref.s * p.q_stride +
+                                         static_cast<int64_t>(h) * p.dk);
+    bytes = int64_t{p.dk} * sizeof(T);
+  } else if ((i -= qk_lines) < qk_lines) {
+    addr = reinterpret_cast<const char*>(static_cast<const T*>(p.k) + ref.s * p.k_stride +
+                                         static_cast<int64_t>(h) * p.dk);
+    bytes = int64_t{p.dk} * sizeof(T);
+  } else if ((i -= qk_lines) < v_lines) {
+    const int cols = min(kCols, p.dv - ref.col_base);
+    addr = reinterpret_cast<const char*>(static_cast<const T*>(p.v) + ref.s * p.v_stride +
+                                         static_cast<int64_t>(ref.hv) * p.dv + ref.col_base);
+    bytes = int64_t{cols} * sizeof(T);
+  } else if ((i -= v_lines) == 0) {
+    addr = reinterpret_cast<const char*>(static_cast<const T*>(p.a) + ref.s * p.a_stride + ref.hv);
+    bytes = sizeof(T);
+  } else if (i == 1) {
+    addr = reinterpret_cast<const char*>(static_cast<const T*>(p.b) + ref.s * p.b_stride + ref.hv);
+    bytes = sizeof(T);
+  } else {
+    return;
+  }
+  // Line i of the range (the range may start mid-line, hence the + 1 lines above); clamped to its
+  // last byte so nothing outside it is touched.
+  const int64_t off = min(static_cast<int64_t>(i) * 128, bytes - 1);
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(addr + off));
+}
+
+// A padding row's tile: zeroes its o columns.
+template <typename T, int kCols>
+__device__ __forceinline__ void ZeroOutput(const GdnDecodeParams& p, const TileRef& ref) {
+  const int col0 = ref.col_base + ColOffset<kCols>();
+  T* o = static_cast<T*>(p.o) + ref.s * p.o_stride + static_cast<int64_t>(ref.hv) * p.dv;
+  if (RowPhase<kCols>() == 0) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (col0 + c < p.dv) o[col0 + c] = FromFloat<T>(0.0f);
+    }
+  }
+}
+
+// Finishes one tile whose state is in `reg` (LoadTile): gates and q/k norms, decay, u = β·(v −
+// Sᵀk), the rank-1 write and its store, o = Sᵀq. A padding row only zeroes its o columns. Every
+// thread of the CTA calls it with the same tile (it has barriers). The shared memory it writes
+// first (qs, ks, gate) is last read before the barrier of the second reduction, and each
+// reduction buffer is rewritten only after a barrier that follows its last read, so calls may
+// follow each other without another barrier.
+template <typename T, int kRows, int kCols, bool kVec, bool kStream>
+__device__ __forceinline__ void ProcessTile(const GdnDecodeParams& p, const TileRef& ref,
+                                            float (&reg)[kRows][4], DecodeSmem<kRows, kCols>& sm) {
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int phase = RowPhase<kCols>();
+  const int col0 = ref.col_base + ColOffset<kCols>();
+  const int dk = p.dk, dv = p.dv;
+  const int64_t s = ref.s;
+  const int hv = ref.hv;
+  T* o = static_cast<T*>(p.o) + s * p.o_stride + static_cast<int64_t>(hv) * dv;
+  float* S = ref.state;
+  if (S == nullptr) {  // padding row: zero its output, touch no state
+    ZeroOutput<T, kCols>(p, ref);
+    return;
   }
   const T* vrow = static_cast<const T*>(p.v) + s * p.v_stride + static_cast<int64_t>(hv) * dv;
   float vv[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) vv[c] = col0 + c < dv ? ToFloat(vrow[col0 + c]) : 0.0f;
 
-  // 2. q/k norms (warps 0 and 1) and gates (warp 2) into shared memory.
+  // 1. q/k norms (warps 0 and 1) and gates (warp 2) into shared memory.
   const int h = hv / (p.num_v_heads / p.num_heads);
   if (warp == 0) {
     NormalizeHeadWarp(static_cast<const T*>(p.q) + s * p.q_stride + static_cast<int64_t>(h) * dk,
-                      dk, kRows * kRowPhases, p.q_scale, qs);
+                      dk, kRows * kRowPhases, p.q_scale, sm.qs);
   } else if (warp == 1) {
     NormalizeHeadWarp(static_cast<const T*>(p.k) + s * p.k_stride + static_cast<int64_t>(h) * dk,
-                      dk, kRows * kRowPhases, 1.0f, ks);
+                      dk, kRows * kRowPhases, 1.0f, sm.ks);
   } else if (warp == 2 && lane == 0) {
     const float a = ToFloat(static_cast<const T*>(p.a)[s * p.a_stride + hv]);
     const float b = ToFloat(static_cast<const T*>(p.b)[s * p.b_stride + hv]);
     const float g = -expf(p.a_log[hv]) * SoftplusF(a + p.dt_bias[hv]);
     const float beta = SigmoidF(b);
-    gate[0] = expf(g);
-    gate[1] = p.allow_neg_eigval ? beta * 2.0f : beta;
+    sm.gate[0] = expf(g);
+    sm.gate[1] = p.allow_neg_eigval ? beta * 2.0f : beta;
   }
   __syncthreads();
 
-  // 3. Decay, then u = β·(v − Sᵀk).
-  const float decay = gate[0];
-  const float beta = gate[1];
+  // 2. Decay, then u = β·(v − Sᵀk).
+  const float decay = sm.gate[0];
+  const float beta = sm.gate[1];
   float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const float kr = ks[phase + kRowPhases * r];
+    const float kr = sm.ks[phase + kRowPhases * r];
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       reg[r][c] *= decay;
       u[c] += reg[r][c] * kr;
     }
   }
-  ReduceColumns(u, red_u);
+  ReduceColumns<kCols>(u, sm.red_u);
 #pragma unroll
   for (int c = 0; c < 4; ++c) u[c] = beta * (vv[c] - u[c]);
 
-  // 4. Rank-1 write, store, and o = Sᵀq of the new state.
+  // 3. Rank-1 write, store, and o = Sᵀq of the new state.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int row = phase + kRowPhases * r;
-    const float kr = ks[row];
-    const float qr = qs[row];
+    const float kr = sm.ks[row];
+    const float qr = sm.qs[row];
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       reg[r][c] += kr * u[c];
@@ -193,17 +352,19 @@ __global__ void __launch_bounds__(kThreads) GdnDecodeKernel(GdnDecodeParams p, i
     }
     if (kVec) {
       if (row < dk && col0 < dv) {
-        *reinterpret_cast<float4*>(S + static_cast<int64_t>(row) * dv + col0) =
-            make_float4(reg[r][0], reg[r][1], reg[r][2], reg[r][3]);
+        StoreState4<kStream>(S + static_cast<int64_t>(row) * dv + col0,
+                             make_float4(reg[r][0], reg[r][1], reg[r][2], reg[r][3]));
       }
     } else {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        if (row < dk && col0 + c < dv) S[static_cast<int64_t>(row) * dv + col0 + c] = reg[r][c];
+        if (row < dk && col0 + c < dv) {
+          StoreState1<kStream>(S + static_cast<int64_t>(row) * dv + col0 + c, reg[r][c]);
+        }
       }
     }
   }
-  ReduceColumns(acc, red_o);
+  ReduceColumns<kCols>(acc, sm.red_o);
   if (phase == 0) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
@@ -212,28 +373,126 @@ __global__ void __launch_bounds__(kThreads) GdnDecodeKernel(GdnDecodeParams p, i
   }
 }
 
-template <typename T, int kRows>
-int LaunchDecodeRows(const GdnDecodeParams& p, bool vec, cudaStream_t stream) {
-  const int tiles = (p.dv + kTileCols - 1) / kTileCols;
-  const int64_t blocks = static_cast<int64_t>(p.num_seqs) * p.num_v_heads * tiles;
-  if (blocks > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
-  if (vec) {
-    GdnDecodeKernel<T, kRows, true>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, tiles);
+// One tile per CTA: grid = num_seqs · HV · ceil(dv / kCols) CTAs of kCols · 4 threads;
+// kRows · 16 >= dk. kVec: 16-byte state accesses (dv % 4 == 0, state and slot stride 16-byte
+// aligned).
+template <typename T, int kRows, int kCols, bool kVec, bool kStream>
+__global__ void __launch_bounds__(TileLayout<kCols>::kThreads, (MinBlocks<kRows, kCols, kStream>()))
+    GdnDecodeKernel(GdnDecodeParams p, int tiles) {
+  __shared__ DecodeSmem<kRows, kCols> sm;
+  const TileRef ref = Locate(p, blockIdx.x, tiles, kCols);
+  if (ref.state == nullptr) {  // padding row
+    ZeroOutput<T, kCols>(p, ref);
+    return;
+  }
+  float reg[kRows][4];
+  LoadTile<kRows, kCols, kVec, kStream>(p, ref, reg);
+  ProcessTile<T, kRows, kCols, kVec, kStream>(p, ref, reg, sm);
+}
+
+// Persistent: CTA b handles tiles b, b + gridDim.x, ... (num_tiles in all), two register sets
+// alternating so that the next tile's loads are in flight while the current one is finished.
+// dk <= 128: at most 128 registers (two sets of 32 state values), 4 CTAs of 128 threads per SM.
+template <typename T, int kRows, int kCols, bool kVec, bool kStream>
+__global__ void __launch_bounds__(TileLayout<kCols>::kThreads,
+                                  kRows <= 8 ? 65536 / (128 * TileLayout<kCols>::kThreads) : 1)
+    GdnDecodePersistentKernel(GdnDecodeParams p, int tiles, int64_t num_tiles) {
+  __shared__ DecodeSmem<kRows, kCols> sm;
+  const int64_t stride = gridDim.x;
+  int64_t t = blockIdx.x;
+  if (t >= num_tiles) return;
+  float ra[kRows][4], rb[kRows][4];
+  TileRef a = Locate(p, t, tiles, kCols);
+  LoadTile<kRows, kCols, kVec, kStream>(p, a, ra);
+  for (;;) {
+    int64_t tn = t + stride;
+    TileRef b{};
+    if (tn < num_tiles) {
+      b = Locate(p, tn, tiles, kCols);
+      LoadTile<kRows, kCols, kVec, kStream>(p, b, rb);
+      PrefetchActivations<T, kCols>(p, b);
+    }
+    ProcessTile<T, kRows, kCols, kVec, kStream>(p, a, ra, sm);
+    if (tn >= num_tiles) break;
+    t = tn + stride;
+    if (t < num_tiles) {
+      a = Locate(p, t, tiles, kCols);
+      LoadTile<kRows, kCols, kVec, kStream>(p, a, ra);
+      PrefetchActivations<T, kCols>(p, a);
+    }
+    ProcessTile<T, kRows, kCols, kVec, kStream>(p, b, rb, sm);
+    if (t >= num_tiles) break;
+  }
+}
+
+template <typename T, int kRows, int kCols, bool kVec, bool kStream, bool kPersistent>
+int LaunchTiles(const GdnDecodeParams& p, cudaStream_t stream) {
+  constexpr int kThreads = TileLayout<kCols>::kThreads;
+  const int tiles = (p.dv + kCols - 1) / kCols;
+  const int64_t num_tiles = static_cast<int64_t>(p.num_seqs) * p.num_v_heads * tiles;
+  if constexpr (!kPersistent) {
+    if (num_tiles > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
+    GdnDecodeKernel<T, kRows, kCols, kVec, kStream>
+        <<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(p, tiles);
   } else {
-    GdnDecodeKernel<T, kRows, false>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, tiles);
+    // One CTA per resident slot, then as few CTAs as give every CTA the same number of tiles.
+    int device = 0, sms = 0, per_sm = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    if (err == cudaSuccess) {
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, GdnDecodePersistentKernel<T, kRows, kCols, kVec, kStream>, kThreads, 0);
+    }
+    if (err != cudaSuccess) return static_cast<int>(err);
+    const int64_t slots = std::max<int64_t>(int64_t{sms} * std::max(per_sm, 1), 1);
+    const int64_t per_cta = (num_tiles + slots - 1) / slots;
+    const int64_t grid = (num_tiles + per_cta - 1) / per_cta;
+    GdnDecodePersistentKernel<T, kRows, kCols, kVec, kStream>
+        <<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(p, tiles, num_tiles);
   }
   return LaunchResult();
 }
 
+template <typename T, int kRows, int kCols, bool kStream, bool kPersistent = false>
+int LaunchVec(const GdnDecodeParams& p, cudaStream_t stream) {
+  const bool vec = p.dv % 4 == 0 && p.state_slot_stride % 4 == 0 && IsAligned(p.state, 16);
+  if (vec) return LaunchTiles<T, kRows, kCols, true, kStream, kPersistent>(p, stream);
+  return LaunchTiles<T, kRows, kCols, false, kStream, kPersistent>(p, stream);
+}
+
+// dk > 128 (kRows 16): 512 threads cannot hold [256, 128] without spilling (128 registers at
+// most), and two register sets of [256, 32] spill too, so kTile128Stream takes 64-column tiles
+// and kPersistent32 the one-tile kernel there.
+template <typename T, int kRows>
+int LaunchVariant(const GdnDecodeParams& p, GdnDecodeVariant variant, cudaStream_t stream) {
+  constexpr bool kSmallDk = kRows <= 8;
+  switch (variant) {
+    case GdnDecodeVariant::kTile32:
+      return LaunchVec<T, kRows, 32, false>(p, stream);
+    case GdnDecodeVariant::kTile64Stream:
+      return LaunchVec<T, kRows, 64, true>(p, stream);
+    case GdnDecodeVariant::kTile128Stream:
+      return LaunchVec < T, kRows, kSmallDk ? 128 : 64, true > (p, stream);
+    case GdnDecodeVariant::kPersistent32:
+      return LaunchVec<T, kRows, 32, true, kSmallDk>(p, stream);
+    case GdnDecodeVariant::kTile32Stream:
+    default:
+      return LaunchVec<T, kRows, 32, true>(p, stream);
+  }
+}
+
+// The kernel of kDefault.
+constexpr GdnDecodeVariant kDefaultVariant = GdnDecodeVariant::kTile64Stream;
+
 template <typename T>
 int LaunchDecode(const GdnDecodeParams& p, cudaStream_t stream) {
-  const bool vec = p.dv % 4 == 0 && p.state_slot_stride % 4 == 0 && IsAligned(p.state, 16);
-  if (p.dk <= 32) return LaunchDecodeRows<T, 2>(p, vec, stream);
-  if (p.dk <= 64) return LaunchDecodeRows<T, 4>(p, vec, stream);
-  if (p.dk <= 128) return LaunchDecodeRows<T, 8>(p, vec, stream);
-  return LaunchDecodeRows<T, 16>(p, vec, stream);
+  const GdnDecodeVariant v = p.variant == GdnDecodeVariant::kDefault ? kDefaultVariant : p.variant;
+  if (p.dk <= 32) return LaunchVariant<T, 2>(p, v, stream);
+  if (p.dk <= 64) return LaunchVariant<T, 4>(p, v, stream);
+  if (p.dk <= 128) return LaunchVariant<T, 8>(p, v, stream);
+  return LaunchVariant<T, 16>(p, v, stream);
 }
 
 // ---- short conv decode ----------------------------------------------------------------------
@@ -284,7 +543,9 @@ int GdnDecode(const GdnDecodeParams& p, void* stream) {
       p.v_stride < static_cast<int64_t>(p.num_v_heads) * p.dv || p.a_stride < p.num_v_heads ||
       p.b_stride < p.num_v_heads ||
       p.state_slot_stride < static_cast<int64_t>(p.num_v_heads) * p.dk * p.dv ||
-      p.o_stride < static_cast<int64_t>(p.num_v_heads) * p.dv) {
+      p.o_stride < static_cast<int64_t>(p.num_v_heads) * p.dv ||
+      static_cast<int>(p.variant) < static_cast<int>(GdnDecodeVariant::kDefault) ||
+      static_cast<int>(p.variant) > static_cast<int>(GdnDecodeVariant::kPersistent32)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (p.dtype == KernelDType::kF32) return LaunchDecode<float>(p, AsStream(stream));

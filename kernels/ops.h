@@ -67,6 +67,16 @@ enum class KernelDType : int { kF32 = 0, kBf16 = 1 };
 // hv · dk · dv (the CPU layout [HV, dk, dv] per slot). A row with slots[s] < 0 is padding: its
 // state is not touched and its o row is zeroed. Distinct rows must name distinct slots.
 // Activations (q, k, v, a, b, o) are all fp32 or all bf16 (`dtype`); gate math is fp32.
+// `variant` picks the kernel (all compute the same; kernels/gdn_decode.cu describes them, and
+// kernels_bench times each); kDefault is the one to use.
+enum class GdnDecodeVariant : int {
+  kDefault = 0,
+  kTile32 = 1,         // 32 value columns per CTA of 128 threads, plain state loads/stores
+  kTile32Stream = 2,   // as kTile32, state loads/stores evict-first (ld/st.global.cs)
+  kTile64Stream = 3,   // 64 columns per CTA of 256 threads, evict-first
+  kTile128Stream = 4,  // 128 columns per CTA of 512 threads, evict-first
+  kPersistent32 = 5,   // persistent CTAs over 32-column tiles, next tile's state prefetched
+};
 struct GdnDecodeParams {
   int num_seqs = 0;     // rows (may be 0: nothing is launched)
   int num_heads = 0;    // H, q/k heads
@@ -93,6 +103,7 @@ struct GdnDecodeParams {
   int64_t state_slot_stride = 0;   // elements between slots, >= HV·dk·dv
   void* o = nullptr;               // [num_seqs, HV, dv]
   int64_t o_stride = 0;
+  GdnDecodeVariant variant = GdnDecodeVariant::kDefault;
 };
 int GdnDecode(const GdnDecodeParams& params, void* stream);
 

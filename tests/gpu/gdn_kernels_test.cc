@@ -704,5 +704,179 @@ TEST(GdnPrefillPlan, CountsPiecesAndRejectsBadInput) {
   EXPECT_EQ(kernels::GdnPrefillPlan(cu.data(), bad_start.data(), 2, offsets.data()), -1);
 }
 
+// ---- GdnDecode kernel variants -----------------------------------------------------------
+// Every GdnDecodeVariant (kernels/gdn_decode.cu) against the CPU recurrence: the decode cases
+// above plus a batch large enough that each persistent CTA loops over many tiles (8320 tiles of
+// 32 columns). Same bounds as MatchesCpuRecurrenceOverSteps.
+
+// RunDecodeCase with p.variant = variant (two steps).
+void RunDecodeVariantCase(const DecodeCase& c, bool bf16, kernels::GdnDecodeVariant variant,
+                          std::mt19937* rng_ptr) {
+  std::mt19937& rng = *rng_ptr;
+  const GdnShape& s = c.shape;
+  SCOPED_TRACE(ShapeName(s) + " seqs " + std::to_string(c.num_seqs) + " variant " +
+               std::to_string(static_cast<int>(variant)));
+  const GateParams gp = RandomGates(s, &rng);
+  const int64_t slot_stride = s.state() + c.slot_pad;
+  std::vector<float> pool =
+      Normal(static_cast<size_t>(c.num_slots * slot_stride), &rng, 0.0f, 0.5f);
+  DeviceBuffer d_pool = ToDevice(pool);
+  DeviceBuffer d_alog = ToDevice(gp.a_log), d_dt = ToDevice(gp.dt_bias);
+  ASSERT_TRUE(d_pool.ok() && d_alog.ok() && d_dt.ok());
+  for (int step = 0; step < 2; ++step) {
+    std::vector<int32_t> all(c.num_slots);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
+    for (int i = 0; i < c.padding_rows && i < c.num_seqs; ++i) slots[i] = -1;
+    std::shuffle(slots.begin(), slots.end(), rng);
+    std::vector<uint16_t> bits;
+    const std::vector<float> rows = RandomRows(s, c.num_seqs, &rng, bf16, &bits);
+    const int64_t o_stride = int64_t{s.HV} * s.dv + 5;
+    DeviceBuffer d_rows = bf16 ? ToDevice(bits) : ToDevice(rows);
+    DeviceBuffer d_slots = ToDevice(slots);
+    DeviceBuffer d_o(static_cast<size_t>(c.num_seqs * o_stride) * (bf16 ? 2 : 4));
+    ASSERT_TRUE(d_rows.ok() && d_slots.ok() && d_o.ok());
+    // NaN bit patterns in o: every output element must be written.
+    ASSERT_EQ(
+        cudaMemset(d_o.get(), 0xFF, static_cast<size_t>(c.num_seqs * o_stride) * (bf16 ? 2 : 4)),
+        cudaSuccess);
+
+    kernels::GdnDecodeParams p;
+    p.num_seqs = c.num_seqs;
+    p.num_heads = s.H;
+    p.num_v_heads = s.HV;
+    p.dk = s.dk;
+    p.dv = s.dv;
+    p.dtype = bf16 ? kernels::KernelDType::kBf16 : kernels::KernelDType::kF32;
+    const size_t es = bf16 ? 2 : 4;
+    const char* base = static_cast<const char*>(d_rows.get());
+    p.q = base + s.q_off() * es;
+    p.k = base + s.k_off() * es;
+    p.v = base + s.v_off() * es;
+    p.a = base + s.a_off() * es;
+    p.b = base + s.b_off() * es;
+    p.q_stride = p.k_stride = p.v_stride = p.a_stride = p.b_stride = s.row();
+    p.a_log = d_alog.as<float>();
+    p.dt_bias = d_dt.as<float>();
+    p.allow_neg_eigval = s.neg_eigval;
+    p.q_scale = s.q_scale();
+    p.slots = d_slots.as<int32_t>();
+    p.state = d_pool.as<float>();
+    p.state_slot_stride = slot_stride;
+    p.o = d_o.get();
+    p.o_stride = o_stride;
+    p.variant = variant;
+    HYLA_ASSERT_LAUNCH_OK(kernels::GdnDecode(p, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+    std::vector<float> want_o(static_cast<size_t>(c.num_seqs) * s.HV * s.dv, 0.0f);
+    for (int r = 0; r < c.num_seqs; ++r) {
+      if (slots[r] < 0) continue;
+      CpuStep(s, gp, rows.data() + r * s.row(), pool.data() + slots[r] * slot_stride,
+              want_o.data() + int64_t{r} * s.HV * s.dv);
+    }
+    std::vector<float> got_o;
+    if (bf16) {
+      const std::vector<uint16_t> raw = ToHost<uint16_t>(d_o, c.num_seqs * o_stride);
+      for (int r = 0; r < c.num_seqs; ++r) {
+        for (int64_t i = 0; i < int64_t{s.HV} * s.dv; ++i) {
+          got_o.push_back(Bf16ToFloat(raw[r * o_stride + i]));
+        }
+      }
+    } else {
+      const std::vector<float> raw = ToHost<float>(d_o, c.num_seqs * o_stride);
+      for (int r = 0; r < c.num_seqs; ++r) {
+        got_o.insert(got_o.end(), raw.begin() + r * o_stride,
+                     raw.begin() + r * o_stride + int64_t{s.HV} * s.dv);
+      }
+    }
+    ExpectClose(got_o, want_o, bf16 ? 1e-2 : 1e-4,
+                bf16 ? "gdn_decode variant bf16 o" : "gdn_decode variant f32 o");
+  }
+  ExpectClose(ToHost<float>(d_pool, pool.size()), pool, 1e-4,
+              bf16 ? "gdn_decode variant bf16 (fp32 state)" : "gdn_decode variant f32 state");
+}
+
+class GdnDecodeVariantTest
+    : public GpuTest,
+      public ::testing::WithParamInterface<std::tuple<kernels::GdnDecodeVariant, bool>> {};
+
+TEST_P(GdnDecodeVariantTest, MatchesCpuRecurrence) {
+  const kernels::GdnDecodeVariant variant = std::get<0>(GetParam());
+  const bool bf16 = std::get<1>(GetParam());
+  const std::vector<DecodeCase> cases = {
+      {{2, 4, 128, 128, false}, 7, 12, 0, 1},
+      {{1, 3, 64, 96, true}, 5, 9, 4, 2},
+      {{3, 3, 100, 33, false}, 4, 6, 0, 0},
+      {{2, 2, 256, 256, false}, 3, 5, 8, 1},
+      {{1, 1, 17, 5, true}, 1, 2, 1, 0},
+      {{4, 8, 128, 128, false}, 33, 40, 0, 3},
+      {{2, 6, 128, 64, false}, 9, 11, 3, 0},
+      {{1, 2, 32, 36, true}, 6, 6, 0, 0},
+      {{6, 6, 192, 384, false}, 5, 8, 0, 1},
+      {{2, 4, 192, 320, true}, 4, 6, 4, 0},
+      {{1, 1, 256, 512, false}, 2, 3, 0, 0},
+      {{1, 2, 64, 385, false}, 3, 4, 1, 1},
+      {{1, 2, 128, 200, false}, 5, 6, 0, 1},  // dv not a multiple of 64 or 128
+      // 8320 tiles of [128, 32]: every persistent CTA loops over ~16 of them.
+      {{4, 16, 128, 128, false}, 130, 136, 0, 5},
+  };
+  std::mt19937 rng(bf16 ? 777 : 778);
+  for (const DecodeCase& c : cases) {
+    RunDecodeVariantCase(c, bf16, variant, &rng);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, GdnDecodeVariantTest,
+    ::testing::Combine(::testing::Values(kernels::GdnDecodeVariant::kDefault,
+                                         kernels::GdnDecodeVariant::kTile32,
+                                         kernels::GdnDecodeVariant::kTile32Stream,
+                                         kernels::GdnDecodeVariant::kTile64Stream,
+                                         kernels::GdnDecodeVariant::kTile128Stream,
+                                         kernels::GdnDecodeVariant::kPersistent32),
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<kernels::GdnDecodeVariant, bool>>& i) {
+      return "V" + std::to_string(static_cast<int>(std::get<0>(i.param))) +
+             (std::get<1>(i.param) ? "Bf16" : "F32");
+    });
+
+TEST_F(GpuTest, GdnDecodeRejectsUnknownVariant) {
+  DeviceBuffer d(1 << 20);
+  ASSERT_TRUE(d.ok());
+  kernels::GdnDecodeParams p;
+  p.num_seqs = 1;
+  p.num_heads = p.num_v_heads = 1;
+  p.dk = p.dv = 16;
+  p.q = p.k = p.v = p.a = p.b = d.get();
+  p.a_log = p.dt_bias = p.state = d.as<float>();
+  p.slots = d.as<int32_t>();
+  p.o = d.get();
+  p.q_stride = p.k_stride = p.v_stride = p.o_stride = 16;
+  p.a_stride = p.b_stride = 1;
+  p.state_slot_stride = 16 * 16;
+  p.variant = static_cast<kernels::GdnDecodeVariant>(99);
+  EXPECT_EQ(kernels::GdnDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  p.variant = static_cast<kernels::GdnDecodeVariant>(-1);
+  EXPECT_EQ(kernels::GdnDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+}
+
+// Small instances of every variant for compute-sanitizer (--gtest_filter='*Sanitizer*'): the
+// 16-byte and scalar state paths, padding rows, and a persistent CTA that loops over tiles.
+TEST_F(GpuTest, SmallGdnDecodeVariantsForSanitizers) {
+  std::mt19937 rng(97);
+  for (const kernels::GdnDecodeVariant v :
+       {kernels::GdnDecodeVariant::kTile32, kernels::GdnDecodeVariant::kTile32Stream,
+        kernels::GdnDecodeVariant::kTile64Stream, kernels::GdnDecodeVariant::kTile128Stream,
+        kernels::GdnDecodeVariant::kPersistent32}) {
+    RunDecodeVariantCase({{2, 4, 64, 64, false}, 3, 4, 0, 1}, false, v, &rng);
+    RunDecodeVariantCase({{1, 2, 33, 7, true}, 2, 3, 1, 0}, true, v, &rng);
+  }
+  // 70 seqs × 8 HV × 2 tiles = 1120 small tiles: more than one per persistent CTA.
+  RunDecodeVariantCase({{1, 8, 32, 36, false}, 70, 72, 0, 2}, false,
+                       kernels::GdnDecodeVariant::kPersistent32, &rng);
+}
+
 }  // namespace
 }  // namespace hyla
