@@ -122,26 +122,13 @@ int64_t TokenHistory::Insert(int32_t token) {
 }
 
 Sampler::Sampler(const SamplingParams& params, int vocab_size)
-    : params_(params),
-      vocab_size_(vocab_size),
-      uniforms_(params.seed),
-      history_(vocab_size),
-      in_prompt_(static_cast<size_t>(vocab_size), 0),
-      output_counts_(static_cast<size_t>(vocab_size), 0) {
+    : params_(params), vocab_size_(vocab_size), uniforms_(params.seed), history_(vocab_size) {
   HYLA_CHECK(vocab_size > 0);
 }
 
-void Sampler::AddPrompt(absl::Span<const int32_t> tokens) {
-  for (int32_t t : tokens) {
-    if (t >= 0 && t < vocab_size_) in_prompt_[t] = 1;
-  }
-  history_.AddPrompt(tokens);
-}
+void Sampler::AddPrompt(absl::Span<const int32_t> tokens) { history_.AddPrompt(tokens); }
 
-void Sampler::RecordOutput(int32_t id) {
-  ++output_counts_[id];
-  history_.AddOutput(id);
-}
+void Sampler::RecordOutput(int32_t id) { history_.AddOutput(id); }
 
 void Sampler::RecordExternal(const SampledToken& token, bool used_uniform,
                              std::vector<SampledToken> top) {
@@ -165,17 +152,20 @@ SampledToken Sampler::Sample(absl::Span<const float> logits) {
   }
 
   // 1. Penalties (vLLM order: repetition, then frequency and presence on output counts).
+  // Over the sparse history: every token of the prompt or the output once (count = times
+  // generated), not over the vocabulary.
   if (params_.repetition_penalty != 1.0f) {
     const float r = params_.repetition_penalty;
-    for (int i = 0; i < vocab_size_; ++i) {
-      if (in_prompt_[i] || output_counts_[i] > 0) x[i] = x[i] > 0.0f ? x[i] / r : x[i] * r;
+    for (const TokenCount& e : history_.entries()) {
+      float& v = x[static_cast<size_t>(e.token)];
+      v = v > 0.0f ? v / r : v * r;
     }
   }
   if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
-    for (int i = 0; i < vocab_size_; ++i) {
-      const int32_t c = output_counts_[i];
-      if (c > 0) {
-        x[i] -= params_.frequency_penalty * static_cast<float>(c) + params_.presence_penalty;
+    for (const TokenCount& e : history_.entries()) {
+      if (e.count > 0) {
+        x[static_cast<size_t>(e.token)] -=
+            params_.frequency_penalty * static_cast<float>(e.count) + params_.presence_penalty;
       }
     }
   }

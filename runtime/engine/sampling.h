@@ -110,9 +110,7 @@ class Sampler {
   SamplingParams params_;
   int vocab_size_;
   UniformStream uniforms_;
-  TokenHistory history_;
-  std::vector<uint8_t> in_prompt_;      // [vocab]
-  std::vector<int32_t> output_counts_;  // [vocab]
+  TokenHistory history_;  // prompt and output tokens, sparse (no per-request [vocab] arrays)
   std::vector<float> last_logprobs_;    // [vocab] of the last CPU step
   bool last_external_ = false;          // the last token came from RecordExternal
   std::vector<SampledToken> last_top_;  // its alternatives

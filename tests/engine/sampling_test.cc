@@ -84,6 +84,54 @@ INSTANTIATE_TEST_SUITE_P(
             "negative_presence", With(1.0f, -0.5f, 0), {}, {{1.0f, 0.8f}, {0.6f, 0.8f}}, {0, 0}}),
     [](const auto& info) { return info.param.name; });
 
+// All three penalties together over a larger vocabulary with repeated prompt and output tokens,
+// against a dense reference computed here: the penalised logits' argmax and log-softmax at
+// every greedy step (the sampler applies them over its sparse history).
+TEST(SamplerTest, PenaltiesOverAVocabularyMatchADenseReference) {
+  constexpr int kVocab = 1000;
+  SamplingParams p = With(1.3f, 0.4f, 0.25f);
+  Sampler s(p, kVocab);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back((i * 37) % 101);  // repeats
+  s.AddPrompt(prompt);
+  std::vector<uint8_t> in_prompt(kVocab, 0);
+  for (int32_t t : prompt) in_prompt[static_cast<size_t>(t)] = 1;
+  std::vector<int> counts(kVocab, 0);
+  uint64_t h = 12345;
+  for (int step = 0; step < 30; ++step) {
+    std::vector<float> logits(kVocab);
+    for (int v = 0; v < kVocab; ++v) {
+      h = h * 6364136223846793005ull + 1442695040888963407ull;
+      logits[static_cast<size_t>(v)] = static_cast<float>((h >> 40) % 2000) / 1000.0f - 1.0f;
+    }
+    // Make a few recent choices and prompt tokens attractive so that penalties decide.
+    for (int v = 0; v < 101; v += 7) logits[static_cast<size_t>(v)] += 1.5f;
+    std::vector<float> x = logits;
+    for (int v = 0; v < kVocab; ++v) {
+      float& y = x[static_cast<size_t>(v)];
+      if (in_prompt[static_cast<size_t>(v)] || counts[static_cast<size_t>(v)] > 0) {
+        y = y > 0.0f ? y / p.repetition_penalty : y * p.repetition_penalty;
+      }
+      const int c = counts[static_cast<size_t>(v)];
+      if (c > 0) y -= p.frequency_penalty * static_cast<float>(c) + p.presence_penalty;
+    }
+    int best = 0;
+    for (int v = 1; v < kVocab; ++v) {
+      if (x[static_cast<size_t>(v)] > x[static_cast<size_t>(best)]) best = v;
+    }
+    double norm = 0;
+    for (float y : x) norm += std::exp(static_cast<double>(y) - x[static_cast<size_t>(best)]);
+    const double want_logprob = -std::log(norm);
+    const SampledToken t = s.Sample(logits);
+    ASSERT_EQ(t.id, best) << "step " << step;
+    EXPECT_NEAR(t.logprob, want_logprob, 1e-5) << "step " << step;
+    ++counts[static_cast<size_t>(best)];
+  }
+  int distinct = 0;
+  for (int c : counts) distinct += c > 0 ? 1 : 0;
+  EXPECT_GT(distinct, 1);  // the penalties moved the choice around
+}
+
 // Logprobs after the filters, checked with TopAlternatives (every token that survived).
 struct FilterCase {
   std::string name;
