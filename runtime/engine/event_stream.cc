@@ -96,6 +96,7 @@ void RequestStream::Push(StreamEvent event) {
       merged_.fetch_add(1, std::memory_order_relaxed);
     } else {
       pending_.push_back(std::move(event));
+      pending_count_.store(pending_.size(), std::memory_order_release);
     }
     if (armed_ && on_ready_) {
       armed_ = false;
@@ -111,10 +112,7 @@ void RequestStream::Push(StreamEvent event) {
   }
 }
 
-size_t RequestStream::pending() const {
-  absl::MutexLock lock(&mu_);
-  return pending_.size();
-}
+size_t RequestStream::pending() const { return pending_count_.load(std::memory_order_acquire); }
 
 std::optional<StreamEvent> RequestStream::TryNext() {
   absl::MutexLock lock(&mu_);
@@ -124,6 +122,7 @@ std::optional<StreamEvent> RequestStream::TryNext() {
   }
   StreamEvent e = std::move(pending_.front());
   pending_.pop_front();
+  pending_count_.store(pending_.size(), std::memory_order_release);
   if (e.finish.has_value()) finish_taken_ = true;
   taken_.fetch_add(1, std::memory_order_release);
   return e;
@@ -143,6 +142,7 @@ std::optional<StreamEvent> RequestStream::TryNextMerged() {
     pending_.pop_front();
     ++n;
   }
+  pending_count_.store(0, std::memory_order_release);
   if (e.finish.has_value()) finish_taken_ = true;
   taken_.fetch_add(n, std::memory_order_release);
   return e;
@@ -154,6 +154,7 @@ StreamEvent RequestStream::Next() {
   while (pending_.empty()) cv_.Wait(&mu_);
   StreamEvent e = std::move(pending_.front());
   pending_.pop_front();
+  pending_count_.store(pending_.size(), std::memory_order_release);
   if (e.finish.has_value()) finish_taken_ = true;
   taken_.fetch_add(1, std::memory_order_release);
   return e;

@@ -88,7 +88,7 @@ class RequestStream : public std::enable_shared_from_this<RequestStream> {
 
   // ---- producer (the worker's scheduler thread) ----
   void Push(StreamEvent event);
-  // Events waiting to be taken.
+  // Events waiting to be taken (lock-free: the producer asks for every stream at every step).
   size_t pending() const;
   // Events taken by the consumer so far.
   uint64_t taken() const { return taken_.load(std::memory_order_acquire); }
@@ -120,6 +120,7 @@ class RequestStream : public std::enable_shared_from_this<RequestStream> {
   std::atomic<uint64_t> taken_{0};
   std::atomic<uint64_t> merged_{0};
   std::atomic<bool> cancelled_{false};
+  std::atomic<size_t> pending_count_{0};  // pending_.size(), written under mu_
 
   mutable absl::Mutex mu_;
   absl::CondVar cv_;

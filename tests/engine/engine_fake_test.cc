@@ -819,6 +819,7 @@ TEST(EngineTest, StepObservationsSplitHostAndBackendTime) {
   h->backends[0]->SetGated(false);
   const Collected c = Collect(**a);
   EXPECT_EQ(c.tokens.size(), 4u);
+  h->observer->AwaitSteps(4);
   const absl::Duration wall = absl::FromChrono(std::chrono::steady_clock::now() - start);
   const std::vector<StepObservation> steps = h->observer->steps();
   ASSERT_EQ(steps.size(), 4u);  // one prefill step, then a decode step per further token

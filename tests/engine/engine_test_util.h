@@ -71,6 +71,12 @@ class RecordingObserver : public EngineObserver {
   void OnStep(const StepObservation& s) override {
     absl::MutexLock lock(&mu_);
     steps_.push_back(s);
+    cv_.SignalAll();
+  }
+  // Blocks until `n` steps were observed (a step is observed after its events were pushed).
+  void AwaitSteps(size_t n) {
+    absl::MutexLock lock(&mu_);
+    while (steps_.size() < n) cv_.Wait(&mu_);
   }
   void OnFirstToken(absl::Duration) override {
     absl::MutexLock lock(&mu_);
