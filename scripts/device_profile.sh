@@ -59,9 +59,10 @@ for c in ${CONTEXTS//,/ }; do
     --precision bf16 --memory-budget-gib 20 --contexts "${c}" --max-batch "${BATCH}" \
     --fixed-batch "${BATCH}" --fixed-batch-logits sample --no-batch --no-synthetic-check \
     --prefill-max 0 --decode-steps 2 --warmup-steps 3 --batch-steps "${STEPS}" \
-    >"${RAW}/ncu_${c}.csv" 2>>"${RAW}/ncu_${c}.err"
+    >"${RAW}/ncu_${c}.out" 2>>"${RAW}/ncu_${c}.err"
   echo "ncu rc=$?" >>"${LOG}"
-  python3 - "${RAW}/ncu_${c}.csv" "${STEPS}" <<'EOF' 2>&1 | tee -a "${LOG}"
+  # --log-file receives ncu's CSV (the program's own output goes to ncu_<c>.out).
+  python3 - "${RAW}/ncu_${c}.log" "${STEPS}" <<'EOF' 2>&1 | tee -a "${LOG}"
 import csv, sys, re, collections
 path, steps = sys.argv[1], int(sys.argv[2])
 rows = []
@@ -78,8 +79,8 @@ if not rows:
     print("no kernels profiled"); sys.exit(0)
 def kind(n):
     l = n.lower()
-    for k, pat in [("gemm (cuBLAS)", r"gemm|cutlass|sm90|xmma|gemv|splitk"),
-                   ("attention decode", r"pagedattention(split|combine)|paged_attention"),
+    for k, pat in [("attention decode", r"pagedattention(split|combine|decode)"),
+                   ("gemm (cuBLAS)", r"gemm|cutlass|nvjet|sm90|xmma|gemv|splitkreduce"),
                    ("gdn decode", r"gdndecode"), ("short conv", r"shortconv"),
                    ("norm", r"rmsnorm|gatedrms"), ("rope/kv", r"rope|kvappend"),
                    ("sampling", r"sampl|topk|radix|penalt|softmax"),
