@@ -164,6 +164,7 @@ struct GdnDecodeVariantName {
 constexpr GdnDecodeVariantName kGdnDecodeVariants[] = {
     {hyla::kernels::GdnDecodeVariant::kTile32, "tile32"},
     {hyla::kernels::GdnDecodeVariant::kTile32Stream, "tile32-cs"},
+    {hyla::kernels::GdnDecodeVariant::kTile64, "tile64"},
     {hyla::kernels::GdnDecodeVariant::kTile64Stream, "tile64-cs"},
     {hyla::kernels::GdnDecodeVariant::kTile128Stream, "tile128-cs"},
     {hyla::kernels::GdnDecodeVariant::kPersistent32, "persistent32-cs"},
@@ -464,7 +465,7 @@ int main(int argc, char** argv) {
   }
   // Qwen3-Next shape (qwen3next-1b decode batch), 2048 head-states.
   BenchGdnDecode(&timer, 64, 16, 32, 128, 128, true, /*all_variants=*/true);
-  BenchGdnDecode(&timer, 128, 4, 8, 256, 128, true);  // dk 256
+  BenchGdnDecode(&timer, 128, 4, 8, 256, 128, true, /*all_variants=*/true);  // dk 256
 
   // Paged decode at long context.
   BenchPagedDecode(&timer, 8, 32768, 32, 8, 128, true, 0);

@@ -18,17 +18,23 @@
 //   kTile32         one 32-column tile per CTA of 128 threads, plain loads/stores (the run-2
 //                   kernel: 8192 CTAs at 2048 head-states of 128x128).
 //   kTile32Stream   the same with evict-first state accesses (ld/st.global.cs): the state is
-//                   touched once, so it should not displace anything in L1/L2.
-//   kTile64Stream   64-column tiles, 256 threads: half the CTAs, 256-byte row segments (better
-//                   DRAM locality), the q/k norms computed half as often.
-//   kTile128Stream  whole 128-column heads, 512 threads: one contiguous 64 KiB state per CTA.
-//   kPersistent32   32-column tiles, one CTA per resident slot (occupancy × SMs, rounded so every
-//                   CTA gets the same number of tiles) looping over tiles t, t + grid, ...; the
-//                   next tile's state loads are issued (into a second register set) and its
-//                   activations prefetched into L2 before the current tile is finished, so a CTA
-//                   never waits for a fresh CTA's first loads. dk > 128 falls back to
-//                   kTile32Stream (two register sets of [dk, 32] would spill).
-// Registers (nvcc -Xptxas -v, sm_90): see the comment at LaunchDecode.
+//                   touched once, so it should not displace anything in L1/L2; and registers
+//                   capped at 64 (MinBlocks): 8 CTAs per SM instead of 5 (89 registers).
+//   kTile64Stream   64-column tiles, 256 threads, evict-first, 64 registers: half the CTAs,
+//                   256-byte row segments (better DRAM locality), the q/k norms computed half as
+//                   often.
+//   kTile64         kTile64Stream with plain loads/stores (isolates the cache hints).
+//   kTile128Stream  whole 128-column heads, 512 threads, evict-first, 64 registers (2 CTAs per
+//                   SM): one contiguous 64 KiB state per CTA. dk > 128: 64-column tiles.
+//   kPersistent32   32-column tiles, evict-first, one CTA per resident slot (occupancy × SMs,
+//                   rounded so every CTA gets the same number of tiles) looping over tiles t,
+//                   t + grid, ...; the next tile's state loads are issued (into a second register
+//                   set, 128 registers: 4 CTAs per SM) and its activations prefetched into L2
+//                   before the current tile is finished, so a CTA never waits for a fresh CTA's
+//                   first loads. dk > 128: one tile per CTA (two register sets of [256, 32] spill).
+// Registers (nvcc 13 -Xptxas -v, sm_90, dk <= 128, 16-byte path, f32/bf16): kTile32 95/82 (5 and
+// 6 CTAs per SM; the run-2 kernel had 89/86), every capped variant 64 (4-8 bytes of spills),
+// kPersistent32 128 (8 bytes of spills).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -376,8 +382,8 @@ __device__ __forceinline__ void ProcessTile(const GdnDecodeParams& p, const Tile
 // One tile per CTA: grid = num_seqs · HV · ceil(dv / kCols) CTAs of kCols · 4 threads;
 // kRows · 16 >= dk. kVec: 16-byte state accesses (dv % 4 == 0, state and slot stride 16-byte
 // aligned).
-template <typename T, int kRows, int kCols, bool kVec, bool kStream>
-__global__ void __launch_bounds__(TileLayout<kCols>::kThreads, (MinBlocks<kRows, kCols, kStream>()))
+template <typename T, int kRows, int kCols, bool kVec, bool kStream, bool kCap>
+__global__ void __launch_bounds__(TileLayout<kCols>::kThreads, (MinBlocks<kRows, kCols, kCap>()))
     GdnDecodeKernel(GdnDecodeParams p, int tiles) {
   __shared__ DecodeSmem<kRows, kCols> sm;
   const TileRef ref = Locate(p, blockIdx.x, tiles, kCols);
@@ -425,14 +431,14 @@ __global__ void __launch_bounds__(TileLayout<kCols>::kThreads,
   }
 }
 
-template <typename T, int kRows, int kCols, bool kVec, bool kStream, bool kPersistent>
+template <typename T, int kRows, int kCols, bool kVec, bool kStream, bool kCap, bool kPersistent>
 int LaunchTiles(const GdnDecodeParams& p, cudaStream_t stream) {
   constexpr int kThreads = TileLayout<kCols>::kThreads;
   const int tiles = (p.dv + kCols - 1) / kCols;
   const int64_t num_tiles = static_cast<int64_t>(p.num_seqs) * p.num_v_heads * tiles;
   if constexpr (!kPersistent) {
     if (num_tiles > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
-    GdnDecodeKernel<T, kRows, kCols, kVec, kStream>
+    GdnDecodeKernel<T, kRows, kCols, kVec, kStream, kCap>
         <<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(p, tiles);
   } else {
     // One CTA per resident slot, then as few CTAs as give every CTA the same number of tiles.
@@ -455,11 +461,11 @@ int LaunchTiles(const GdnDecodeParams& p, cudaStream_t stream) {
   return LaunchResult();
 }
 
-template <typename T, int kRows, int kCols, bool kStream, bool kPersistent = false>
+template <typename T, int kRows, int kCols, bool kStream, bool kCap, bool kPersistent = false>
 int LaunchVec(const GdnDecodeParams& p, cudaStream_t stream) {
   const bool vec = p.dv % 4 == 0 && p.state_slot_stride % 4 == 0 && IsAligned(p.state, 16);
-  if (vec) return LaunchTiles<T, kRows, kCols, true, kStream, kPersistent>(p, stream);
-  return LaunchTiles<T, kRows, kCols, false, kStream, kPersistent>(p, stream);
+  if (vec) return LaunchTiles<T, kRows, kCols, true, kStream, kCap, kPersistent>(p, stream);
+  return LaunchTiles<T, kRows, kCols, false, kStream, kCap, kPersistent>(p, stream);
 }
 
 // dk > 128 (kRows 16): 512 threads cannot hold [256, 128] without spilling (128 registers at
@@ -468,27 +474,34 @@ int LaunchVec(const GdnDecodeParams& p, cudaStream_t stream) {
 template <typename T, int kRows>
 int LaunchVariant(const GdnDecodeParams& p, GdnDecodeVariant variant, cudaStream_t stream) {
   constexpr bool kSmallDk = kRows <= 8;
+  constexpr int kWideCols = kSmallDk ? 128 : 64;
   switch (variant) {
     case GdnDecodeVariant::kTile32:
-      return LaunchVec<T, kRows, 32, false>(p, stream);
+      return LaunchVec<T, kRows, 32, false, false>(p, stream);
+    case GdnDecodeVariant::kTile64:
+      return LaunchVec<T, kRows, 64, false, true>(p, stream);
     case GdnDecodeVariant::kTile64Stream:
-      return LaunchVec<T, kRows, 64, true>(p, stream);
+      return LaunchVec<T, kRows, 64, true, true>(p, stream);
     case GdnDecodeVariant::kTile128Stream:
-      return LaunchVec < T, kRows, kSmallDk ? 128 : 64, true > (p, stream);
+      return LaunchVec<T, kRows, kWideCols, true, true>(p, stream);
     case GdnDecodeVariant::kPersistent32:
-      return LaunchVec<T, kRows, 32, true, kSmallDk>(p, stream);
+      return LaunchVec<T, kRows, 32, true, false, kSmallDk>(p, stream);
     case GdnDecodeVariant::kTile32Stream:
     default:
-      return LaunchVec<T, kRows, 32, true>(p, stream);
+      return LaunchVec<T, kRows, 32, true, true>(p, stream);
   }
 }
 
-// The kernel of kDefault.
-constexpr GdnDecodeVariant kDefaultVariant = GdnDecodeVariant::kTile64Stream;
+// The kernel of kDefault. dk > 128: 64-column tiles need 138 registers (one CTA of 256 threads
+// per SM), 32-column ones 127 (four of 128).
+GdnDecodeVariant DefaultVariant(int dk) {
+  return dk <= 128 ? GdnDecodeVariant::kTile64Stream : GdnDecodeVariant::kTile32Stream;
+}
 
 template <typename T>
 int LaunchDecode(const GdnDecodeParams& p, cudaStream_t stream) {
-  const GdnDecodeVariant v = p.variant == GdnDecodeVariant::kDefault ? kDefaultVariant : p.variant;
+  const GdnDecodeVariant v =
+      p.variant == GdnDecodeVariant::kDefault ? DefaultVariant(p.dk) : p.variant;
   if (p.dk <= 32) return LaunchVariant<T, 2>(p, v, stream);
   if (p.dk <= 64) return LaunchVariant<T, 4>(p, v, stream);
   if (p.dk <= 128) return LaunchVariant<T, 8>(p, v, stream);
@@ -545,7 +558,7 @@ int GdnDecode(const GdnDecodeParams& p, void* stream) {
       p.state_slot_stride < static_cast<int64_t>(p.num_v_heads) * p.dk * p.dv ||
       p.o_stride < static_cast<int64_t>(p.num_v_heads) * p.dv ||
       static_cast<int>(p.variant) < static_cast<int>(GdnDecodeVariant::kDefault) ||
-      static_cast<int>(p.variant) > static_cast<int>(GdnDecodeVariant::kPersistent32)) {
+      static_cast<int>(p.variant) > static_cast<int>(GdnDecodeVariant::kTile64)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (p.dtype == KernelDType::kF32) return LaunchDecode<float>(p, AsStream(stream));

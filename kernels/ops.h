@@ -76,6 +76,7 @@ enum class GdnDecodeVariant : int {
   kTile64Stream = 3,   // 64 columns per CTA of 256 threads, evict-first
   kTile128Stream = 4,  // 128 columns per CTA of 512 threads, evict-first
   kPersistent32 = 5,   // persistent CTAs over 32-column tiles, next tile's state prefetched
+  kTile64 = 6,         // kTile64Stream with plain loads/stores
 };
 struct GdnDecodeParams {
   int num_seqs = 0;     // rows (may be 0: nothing is launched)

@@ -835,7 +835,8 @@ INSTANTIATE_TEST_SUITE_P(
                                          kernels::GdnDecodeVariant::kTile32Stream,
                                          kernels::GdnDecodeVariant::kTile64Stream,
                                          kernels::GdnDecodeVariant::kTile128Stream,
-                                         kernels::GdnDecodeVariant::kPersistent32),
+                                         kernels::GdnDecodeVariant::kPersistent32,
+                                         kernels::GdnDecodeVariant::kTile64),
                        ::testing::Bool()),
     [](const ::testing::TestParamInfo<std::tuple<kernels::GdnDecodeVariant, bool>>& i) {
       return "V" + std::to_string(static_cast<int>(std::get<0>(i.param))) +
@@ -869,7 +870,7 @@ TEST_F(GpuTest, SmallGdnDecodeVariantsForSanitizers) {
   for (const kernels::GdnDecodeVariant v :
        {kernels::GdnDecodeVariant::kTile32, kernels::GdnDecodeVariant::kTile32Stream,
         kernels::GdnDecodeVariant::kTile64Stream, kernels::GdnDecodeVariant::kTile128Stream,
-        kernels::GdnDecodeVariant::kPersistent32}) {
+        kernels::GdnDecodeVariant::kPersistent32, kernels::GdnDecodeVariant::kTile64}) {
     RunDecodeVariantCase({{2, 4, 64, 64, false}, 3, 4, 0, 1}, false, v, &rng);
     RunDecodeVariantCase({{1, 2, 33, 7, true}, 2, 3, 1, 0}, true, v, &rng);
   }
