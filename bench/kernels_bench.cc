@@ -231,6 +231,32 @@ void BenchGdnDecode(Timer* timer, int num_seqs, int H, int HV, int dk, int dv, b
   }
 }
 
+// The PagedAttentionDecode variants (PagedAttentionDecodeParams::variant) that BenchPagedDecode
+// times besides the default: all of them, or those listed (comma-separated indices, "none") in
+// the environment variable HYLA_PAGED_DECODE_VARIANTS. A variant's row is the default row's name
+// plus " [<name>]".
+std::vector<int> PagedDecodeVariants() {
+  std::vector<int> all;
+  for (int v = 1; hyla::kernels::PagedAttentionDecodeVariantName(v) != nullptr; ++v) {
+    all.push_back(v);
+  }
+  const char* env = std::getenv("HYLA_PAGED_DECODE_VARIANTS");
+  if (env == nullptr || std::strcmp(env, "all") == 0) return all;
+  std::vector<int> picked;
+  for (const char* c = env; *c != '\0';) {
+    char* end = nullptr;
+    const long v = std::strtol(c, &end, 10);
+    if (end == c) break;
+    if (v >= 1 && hyla::kernels::PagedAttentionDecodeVariantName(static_cast<int>(v)) != nullptr) {
+      picked.push_back(static_cast<int>(v));
+    }
+    c = *end == ',' ? end + 1 : end;
+  }
+  return picked;
+}
+
+// Times PagedAttentionDecode (default, then every PagedDecodeVariants() variant on the same
+// buffers); prints each one's max |out − out of the CUDA-core kernel| / max |that| as a check.
 void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, int d, bool bf16,
                       int window) {
   const size_t es = bf16 ? 2 : 4;
@@ -277,15 +303,56 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   p.out_stride = int64_t{Hq} * d;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
-  const double us =
-      timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr)); });
   const int visible = window > 0 ? std::min(window, context) : context;
   const double bytes = double(num_seqs) * visible * Hkv * 2 * d * es + 2.0 * num_seqs * Hq * d * es;
-  Report("paged_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
-             std::to_string(num_seqs) + " ctx " + std::to_string(context) +
-             (window > 0 ? " win " + std::to_string(window) : std::string()) + " Hq " +
-             std::to_string(Hq) + " Hkv " + std::to_string(Hkv) + " d " + std::to_string(d),
-         us, bytes);
+  const std::string name = "paged_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
+                           std::to_string(num_seqs) + " ctx " + std::to_string(context) +
+                           (window > 0 ? " win " + std::to_string(window) : std::string()) +
+                           " Hq " + std::to_string(Hq) + " Hkv " + std::to_string(Hkv) + " d " +
+                           std::to_string(d);
+  const size_t out_count = static_cast<size_t>(num_seqs) * Hq * d;
+  auto output = [&](int variant) {
+    p.variant = variant;
+    LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr));
+    BENCH_CHECK(cudaDeviceSynchronize());
+    std::vector<float> host(out_count);
+    if (bf16) {
+      std::vector<uint16_t> bits(out_count);
+      BENCH_CHECK(cudaMemcpy(bits.data(), out, out_count * 2, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < out_count; ++i) {
+        const uint32_t w = uint32_t{bits[i]} << 16;
+        std::memcpy(&host[i], &w, 4);
+      }
+    } else {
+      BENCH_CHECK(cudaMemcpy(host.data(), out, out_count * 4, cudaMemcpyDeviceToHost));
+    }
+    return host;
+  };
+  const std::vector<float> ref = output(1);  // the CUDA-core kernel
+  auto check = [&](int variant) {
+    const std::vector<float> got = output(variant);
+    double diff = 0.0, mag = 0.0;
+    for (size_t i = 0; i < out_count; ++i) {
+      diff = std::max(diff, static_cast<double>(std::fabs(got[i] - ref[i])));
+      mag = std::max(mag, static_cast<double>(std::fabs(ref[i])));
+    }
+    std::printf("check %s [%s]: max|diff| / max|cuda_cores| = %.2e\n", name.c_str(),
+                hyla::kernels::PagedAttentionDecodeVariantName(variant),
+                mag > 0.0 ? diff / mag : diff);
+  };
+  const std::vector<int> variants = PagedDecodeVariants();
+  check(0);
+  for (const int v : variants) check(v);
+  p.variant = 0;
+  Report(name,
+         timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr)); }),
+         bytes);
+  for (const int v : variants) {
+    p.variant = v;
+    Report(name + " [" + hyla::kernels::PagedAttentionDecodeVariantName(v) + "]",
+           timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr)); }),
+           bytes);
+  }
   for (void* ptr : {kv, static_cast<void*>(d_table), static_cast<void*>(d_n),
                     static_cast<void*>(d_len), q, out, ws}) {
     BENCH_CHECK(cudaFree(ptr));
@@ -476,6 +543,8 @@ int main(int argc, char** argv) {
     BenchPagedDecode(&timer, 4, 32768, 16, 2, 256, true, 0);
     BenchPagedDecode(&timer, 16, 32768, 32, 8, 128, true, 4096);
   }
+  // The Qwen3-Next-style hybrid's attention (the end-to-end benchmark's decode batch).
+  for (const int ctx : {1024, 8192, 32768}) BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0);
 
   // GDN prefill (compute-bound; for reference).
   BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);

@@ -269,9 +269,14 @@ struct PagedAttentionDecodeParams {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   const int32_t* table_rows = nullptr;  // [num_seqs] device or nullptr (row s)
+  // Kernel variant (benchmarks): 0 = chosen per shape, 1 = the CUDA-core kernel, others name a
+  // tensor-core tiling (PagedAttentionDecodeVariantName). All compute the same.
+  int variant = 0;
 };
 int PagedAttentionDecode(const PagedAttentionDecodeParams& params, void* stream);
 size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, int num_splits);
+// Name of PagedAttentionDecodeParams::variant `variant`; nullptr past the last one.
+const char* PagedAttentionDecodeVariantName(int variant);
 
 }  // namespace hyla::kernels
 

@@ -2,16 +2,45 @@
 // kernel). API and semantics: kernels/ops.h. CPU reference: the attention layer's AttendOne
 // (runtime/cpu/attention_layer.cc).
 //
-// Bound by the KV traffic. One CTA (128 threads) handles one (sequence, KV head, up to 8 of the
-// head's query heads, split of the block table): every K/V row it reads serves all those query
-// heads. Per table entry it copies the visible K and V rows of its head into shared memory with
-// cp.async (16-byte copies, all in flight at once), then
+// Bound by the KV traffic. Grid (both kernels): one CTA per (sequence, KV head, up to 8 of the
+// head's query heads, split): every K/V row it reads serves all those query heads. The launch
+// configuration depends only on num_seqs, the head counts and dims, max_blocks, window,
+// num_splits and the workspace (CUDA-graph friendly): each CTA finds its sequence's table row
+// (table_rows), the visible table entries [v0, v1) (VisibleEntries: binary searches over the
+// ascending chunks, so with a window the entries before kv_len − window are never visited), and
+// takes the split-th of `splits` equal pieces of them; pieces that get no entry write m = −inf,
+// l = 0, and the combine kernel merges (m, l, unnormalised acc) of the splits (zeros when no
+// split saw a position).
+//
+// Tensor-core kernel (PagedAttentionMmaKernel; bf16 blocks, dk and dv multiples of 16):
+//   * the split's entries are cut into tiles of kTile (32 or 64) tokens; the K and V rows of the
+//     tile are copied to shared memory with cp.async into a ring of kStages stages (rows outside
+//     the visible range zero-filled, reading nothing), so the copies of the next kStages − 1
+//     tiles are in flight while one tile is computed; one barrier per tile; the table entry of
+//     the next tile to copy is fetched one iteration ahead;
+//   * kTile / 16 warps; warp w owns tokens 16w .. 16w + 15 of every tile with its own online
+//     softmax (m, l) and fp32 O accumulators; the warps merge through shared memory at the end;
+//   * S = Q·Kᵀ and O += P·V with mma.sync.m16n8k16 bf16 → fp32 (K by ldmatrix, V by
+//     ldmatrix.trans). The 16 MMA rows are the ≤ 8 query heads twice: rows g hold bf16(x), rows
+//     g + 8 hold bf16(x − bf16(x)) for x = q·scale·log2(e) (A of S) and x = p (A of P·V), and
+//     the two halves of each result are summed: 16 significant bits of q and p at no extra MMA,
+//     so fp32 queries keep fp32-level accuracy (~1e-5) over bf16 blocks;
+//   * variants (tile, stages, target waves of the automatic split count) are selectable through
+//     PagedAttentionDecodeParams::variant for the benchmark; automatic splits aim at
+//     waves · (resident CTAs per SM) · SMs CTAs, capped by the entries a window can cover.
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16; lane = 4·g + t): A reg0 (row g, k 2t..2t+1),
+// reg1 (row g+8, k 2t..), reg2 (row g, k 2t+8..), reg3 (row g+8, k 2t+8..); B reg0 (k 2t..,
+// n g), reg1 (k 2t+8.., n g); C c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1).
+// Shared K/V rows are padded to an odd number of 16-byte units (conflict-free ldmatrix).
+//
+// CUDA-core kernel (PagedAttentionSplitKernel; fp32 blocks, other head dims, variant 1), 128
+// threads: per table entry it copies the visible K and V rows of its head into shared memory
+// with cp.async (16-byte copies, all in flight at once), then
 //   scores  [heads, 64]: thread (token, head) dot products over dk from shared memory,
 //   softmax: online (running max m, sum l, rescale factor α) per head, one warp per head,
 //   P·V:     thread d owns output dims d and d + 128 of every head.
 // K rows in shared memory are padded so that their stride is an odd number of 16-byte units
-// (conflict-free 16-byte reads by 8 consecutive rows). With more than one split every CTA writes
-// (m, l, unnormalised acc) to the workspace and PagedAttentionCombineKernel merges them.
+// (conflict-free 16-byte reads by 8 consecutive rows).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -339,6 +368,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename Tq>
+int LaunchCombine(const PagedAttentionDecodeParams& p, const SplitPlan& plan, const float* ws_acc,
+                  const float* ws_ml, cudaStream_t stream) {
+  PagedAttentionCombineKernel<Tq>
+      <<<static_cast<unsigned>(static_cast<int64_t>(p.num_seqs) * p.num_heads), kThreads, 0,
+         stream>>>(p, plan.splits, ws_acc, ws_ml);
+  return LaunchResult();
+}
+
 int SmCount() {
   int device = 0;
   int sms = 0;
@@ -367,10 +405,7 @@ int LaunchTyped(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cuda
       <<<static_cast<unsigned>(ctas), kThreads, smem, stream>>>(p, plan, ws_acc, ws_ml);
   err = cudaGetLastError();
   if (err != cudaSuccess || plan.splits == 1) return static_cast<int>(err);
-  PagedAttentionCombineKernel<Tq>
-      <<<static_cast<unsigned>(static_cast<int64_t>(p.num_seqs) * p.num_heads), kThreads, 0,
-         stream>>>(p, plan.splits, ws_acc, ws_ml);
-  return LaunchResult();
+  return LaunchCombine<Tq>(p, plan, ws_acc, ws_ml, stream);
 }
 
 template <typename Tq, typename Tkv, bool kAsync>
@@ -393,6 +428,387 @@ int LaunchKv(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cudaStr
                : LaunchHeads<Tq, Tkv, false>(p, plan, stream);
 }
 
+// ---- Tensor-core path (bf16 KV, dk and dv multiples of 16) ----------------------------------
+
+// The variants of PagedAttentionDecodeParams::variant: 0 picks per shape (MmaDefaultVariant);
+// 1 forces the CUDA-core kernel above; the rest fix the tensor-core kernel's tile tokens (warps =
+// tile / 16), pipeline stages and the target waves of the automatic split count.
+struct DecodeVariant {
+  const char* name;
+  int tile;    // tokens per pipeline stage (0: default / CUDA-core kernel)
+  int stages;  // cp.async stages
+  int waves;   // automatic splits aim at waves x resident CTAs
+};
+constexpr DecodeVariant kVariants[] = {
+    {"default", 0, 0, 0},  {"cuda_cores", 0, 0, 0}, {"t64s2", 64, 2, 2},   {"t64s3", 64, 3, 2},
+    {"t64s4", 64, 4, 2},   {"t32s3", 32, 3, 2},     {"t32s4", 32, 4, 2},   {"t32s6", 32, 6, 2},
+    {"t64s3w1", 64, 3, 1}, {"t64s3w4", 64, 3, 4},   {"t32s4w1", 32, 4, 1}, {"t32s4w4", 32, 4, 4},
+};
+constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
+
+// Best guess before measurement: 3 stages of 64 tokens (4 warps, 2 CTAs per SM) up to head dim
+// 128; 3 stages of 32 tokens (2 warps, 2 CTAs per SM) at 256.
+DecodeVariant MmaDefaultVariant(int d) {
+  return d <= 128 ? DecodeVariant{"t64s3", 64, 3, 2} : DecodeVariant{"t32s3", 32, 3, 2};
+}
+
+// Shared row stride in bf16 elements: an odd number of 16-byte units (ldmatrix reads of 8 rows
+// are conflict-free).
+__host__ __device__ __forceinline__ int MmaRowStride(int d) {
+  const int units = d / 8;
+  return (units % 2 == 1 ? units : units + 1) * 8;
+}
+// Words per row of the split query in shared memory (kD / 2 pairs + 4: the 8 rows of one
+// fragment read fall in distinct banks).
+__host__ __device__ constexpr int MmaQWords(int kd) { return kd / 2 + 4; }
+
+size_t MmaSmemBytes(int kd, int tile, int stages, int dk, int dv) {
+  return sizeof(__nv_bfloat16) * static_cast<size_t>(stages) * tile *
+             (MmaRowStride(dk) + MmaRowStride(dv)) +
+         sizeof(uint32_t) * 2 * kMaxHeadsPerCta * static_cast<size_t>(MmaQWords(kd));
+}
+
+__device__ __forceinline__ void CpAsync16Fill(void* smem, const void* gmem, bool fill) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = fill ? 16 : 0;  // 0: writes 16 zero bytes, reads nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWaitPending() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// c += A·B, A 16x16 bf16 (row), B 16x8 bf16 (col), c 16x8 fp32.
+__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four 8x8 b16 matrices; lanes 8j..8j+7 give the row addresses of matrix j.
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* row) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+__device__ __forceinline__ uint32_t Bf16Bits(__nv_bfloat162 v) {
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// (x, y) ≈ hi + lo with hi, lo bf16 pairs (x in the low halves): 16 significant bits.
+__device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32_t* lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const float2 hf = __bfloat1622float2(h);
+  *hi = Bf16Bits(h);
+  *lo = Bf16Bits(__floats2bfloat162_rn(x - hf.x, y - hf.y));
+}
+
+// grid: num_seqs · Hkv · head_chunks · splits (as the CUDA-core kernel); 2·kTile threads =
+// kTile / 16 warps. kD >= dk, dv (64, 128 or 256; both multiples of 16).
+//
+// Per CTA: the split's visible table entries are cut into tiles of kTile tokens (64 / kTile per
+// entry), copied K and V rows of head kvh to a kStages-deep cp.async ring (rows outside the
+// visible range zero-filled); warp w takes tokens 16w .. 16w + 15 of every tile and keeps its own
+// online softmax (m, l) and O accumulators; the warps merge through shared memory at the end.
+// Query rows: the M = 16 rows of the MMAs are the ≤ 8 query heads twice, rows g = bf16(q), rows
+// g + 8 = bf16(q − bf16(q)) (q·scale·log2 e), so S = hi + lo carries 16 bits of q; likewise the P
+// fragments hold bf16(p) in rows g and bf16(p − bf16(p)) in rows g + 8, and O = rows g + g + 8.
+template <typename Tq, int kD, int kTile, int kStages>
+__global__ void __launch_bounds__(2 * kTile)
+    PagedAttentionMmaKernel(PagedAttentionDecodeParams p, SplitPlan plan, float* ws_acc,
+                            float* ws_ml) {
+  constexpr int kNumThreads = 2 * kTile;
+  constexpr int kNumWarps = kTile / 16;
+  constexpr int kTilesPerEntry = kBlockTokens / kTile;
+  constexpr int kQw = MmaQWords(kD);
+  static_assert(kStages >= 2 && kBlockTokens % kTile == 0 && kTile % 16 == 0, "tiles");
+  extern __shared__ float4 smem4[];
+  __shared__ float Mw[kNumWarps][kMaxHeadsPerCta];
+  __shared__ float Lw[kNumWarps][kMaxHeadsPerCta];
+  __shared__ int tile_range[kStages][2];  // visible rows [lo, hi) of the tile in each stage
+
+  const int dk = p.dk, dv = p.dv, Hkv = p.num_kv_heads;
+  const int sk = MmaRowStride(dk), sv = MmaRowStride(dv);
+  const int stage_elems = kTile * (sk + sv);
+  __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(smem4);
+  uint32_t* Qs = reinterpret_cast<uint32_t*>(ring + kStages * stage_elems);  // [2][8][kQw]
+
+  int64_t bid = blockIdx.x;
+  const int split = static_cast<int>(bid % plan.splits);
+  bid /= plan.splits;
+  const int chunk_of_heads = static_cast<int>(bid % plan.head_chunks);
+  bid /= plan.head_chunks;
+  const int kvh = static_cast<int>(bid % Hkv);
+  const int s = static_cast<int>(bid / Hkv);
+  const int group = p.num_heads / Hkv;
+  const int h0 = kvh * group + chunk_of_heads * kMaxHeadsPerCta;
+  const int nh = min(kMaxHeadsPerCta, group - chunk_of_heads * kMaxHeadsPerCta);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int g = lane / 4, t4 = lane % 4;
+
+  // The query heads, scaled by scale·log2(e), as bf16 hi (rows 0..7) and lo (rows 8..15) pairs.
+  {
+    const Tq* q = static_cast<const Tq*>(p.q) + static_cast<int64_t>(s) * p.q_stride;
+    const float qscale = p.scale * 1.4426950408889634f;
+    for (int i = tid; i < kMaxHeadsPerCta * (kD / 2); i += kNumThreads) {
+      const int gg = i / (kD / 2), w = i % (kD / 2);
+      float x = 0.0f, y = 0.0f;
+      if (gg < nh && 2 * w < dk) {  // dk even: 2w + 1 < dk too
+        const Tq* qr = q + static_cast<int64_t>(h0 + gg) * dk + 2 * w;
+        x = ToFloat(qr[0]) * qscale;
+        y = ToFloat(qr[1]) * qscale;
+      }
+      uint32_t hi, lo;
+      SplitBf16(x, y, &hi, &lo);
+      Qs[gg * kQw + w] = hi;
+      Qs[(kMaxHeadsPerCta + gg) * kQw + w] = lo;
+    }
+  }
+
+  const int kv_len = p.kv_len[s];
+  const int first_visible = p.window > 0 ? max(0, kv_len - p.window) : 0;
+  const int row = p.table_rows != nullptr ? p.table_rows[s] : s;
+  int v0, v1;
+  VisibleEntries(p, row, first_visible, kv_len, &v0, &v1);
+  const int64_t n_visible = v1 - v0;
+  const int e_begin = v0 + static_cast<int>(n_visible * split / plan.splits);
+  const int e_end = v0 + static_cast<int>(n_visible * (split + 1) / plan.splits);
+  const int n_tiles = (e_end - e_begin) * kTilesPerEntry;
+  const __nv_bfloat16* pool = static_cast<const __nv_bfloat16*>(p.kv);
+  const int64_t v_off = static_cast<int64_t>(kBlockTokens) * Hkv * dk;
+  const int64_t row_base = static_cast<int64_t>(row) * p.max_blocks;
+
+  // Table entry of the next tile to load, fetched one iteration ahead (its latency overlaps).
+  int next_block = 0, next_chunk = 0;
+  auto fetch = [&](int i) {
+    if (i < n_tiles) {
+      const int e = e_begin + i / kTilesPerEntry;
+      next_block = p.block_table[row_base + e];
+      next_chunk = p.block_chunks != nullptr ? p.block_chunks[row_base + e] : e;
+    }
+  };
+  auto load = [&](int i) {  // tile i into stage i % kStages, with the fetched entry
+    if (i >= n_tiles) return;
+    const int sub = i % kTilesPerEntry;
+    const int pos0 = next_chunk * kBlockTokens + sub * kTile;
+    const int lo = min(max(first_visible - pos0, 0), kTile);
+    const int hi = max(min(kv_len - pos0, kTile), 0);
+    __nv_bfloat16* ks = ring + (i % kStages) * stage_elems;
+    __nv_bfloat16* vs = ks + kTile * sk;
+    const __nv_bfloat16* block = pool + static_cast<int64_t>(next_block) * p.block_stride;
+    const int uk = dk / 8, uv = dv / 8;
+    for (int j = tid; j < kTile * uk; j += kNumThreads) {
+      const int r = j / uk, c = (j % uk) * 8;
+      const bool vis = r >= lo && r < hi;
+      const __nv_bfloat16* src =
+          block + (static_cast<int64_t>(sub * kTile + r) * Hkv + kvh) * dk + c;
+      CpAsync16Fill(ks + r * sk + c, vis ? src : block, vis);
+    }
+    for (int j = tid; j < kTile * uv; j += kNumThreads) {
+      const int r = j / uv, c = (j % uv) * 8;
+      const bool vis = r >= lo && r < hi;
+      const __nv_bfloat16* src =
+          block + v_off + (static_cast<int64_t>(sub * kTile + r) * Hkv + kvh) * dv + c;
+      CpAsync16Fill(vs + r * sv + c, vis ? src : block, vis);
+    }
+    if (tid == 0) {
+      tile_range[i % kStages][0] = lo;
+      tile_range[i % kStages][1] = hi;
+    }
+  };
+
+  float m_run = -INFINITY, l_run = 0.0f;  // of query head g, over this warp's tokens
+  float acc[kD / 8][4];                   // O: [n][0..1] rows g (p hi), [n][2..3] rows g + 8
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
+  }
+
+  fetch(0);
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    load(st);
+    fetch(st + 1);
+    CpAsyncCommit();
+  }
+  const int mat = lane / 8, mrow = lane % 8;  // ldmatrix: this lane's matrix and row
+  const int r0 = warp * 16;                   // this warp's first token of each tile
+  for (int i = 0; i < n_tiles; ++i) {
+    CpAsyncWaitPending<kStages - 2>();  // this thread's copies of tile i have landed
+    __syncthreads();                    // everyone's; and stage (i − 1) % kStages is free
+    load(i + kStages - 1);
+    fetch(i + kStages);
+    CpAsyncCommit();
+
+    const int stage = i % kStages;
+    const int lo = tile_range[stage][0], hi = tile_range[stage][1];
+    if (lo >= hi || hi <= r0 || lo >= r0 + 16) continue;  // warp-uniform: nothing visible
+    const __nv_bfloat16* ks = ring + stage * stage_elems;
+    const __nv_bfloat16* vs = ks + kTile * sk;
+
+    // S (rows: heads hi/lo, cols: tokens r0 .. r0 + 15 as two n-tiles of 8).
+    float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    const __nv_bfloat16* krow = ks + (r0 + mrow + (mat / 2) * 8) * sk + (mat % 2) * 8;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      if (kk * 16 < dk) {
+        uint32_t a[4];
+        a[0] = Qs[g * kQw + 8 * kk + t4];
+        a[1] = Qs[(kMaxHeadsPerCta + g) * kQw + 8 * kk + t4];
+        a[2] = Qs[g * kQw + 8 * kk + 4 + t4];
+        a[3] = Qs[(kMaxHeadsPerCta + g) * kQw + 8 * kk + 4 + t4];
+        uint32_t b[4];
+        LdMatrixX4(b, krow + kk * 16);
+        MmaBf16(sc[0], a, b[0], b[1]);
+        MmaBf16(sc[1], a, b[2], b[3]);
+      }
+    }
+
+    // Online softmax of head g over tokens r0 + 8j + 2·t4 + c (4 lanes of a quad share a head).
+    float sv_[2][2];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int tok = r0 + 8 * j + 2 * t4 + c;
+        const float x = (tok >= lo && tok < hi) ? sc[j][c] + sc[j][c + 2] : -INFINITY;
+        sv_[j][c] = x;
+        mx = fmaxf(mx, x);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run, mx);
+    const float m_base = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = exp2f(m_run - m_base);  // 0 while nothing was visible
+    m_run = m_new;
+    float pr[2][2];
+    float psum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        pr[j][c] = exp2f(sv_[j][c] - m_base);
+        psum += pr[j][c];
+      }
+    }
+    l_run = l_run * alpha + psum;
+    uint32_t pa[4];
+    SplitBf16(pr[0][0], pr[0][1], &pa[0], &pa[1]);
+    SplitBf16(pr[1][0], pr[1][1], &pa[2], &pa[3]);
+
+    // O = α·O + P·V (V fragments by ldmatrix.trans: rows = tokens, 8 dims each).
+    const __nv_bfloat16* vrow = vs + (r0 + mrow + (mat % 2) * 8) * sv + (mat / 2) * 8;
+#pragma unroll
+    for (int dn = 0; dn < kD / 16; ++dn) {
+      if (dn * 16 < dv) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          acc[2 * dn][c] *= alpha;
+          acc[2 * dn + 1][c] *= alpha;
+        }
+        uint32_t b[4];
+        LdMatrixX4Trans(b, vrow + dn * 16);
+        MmaBf16(acc[2 * dn], pa, b[0], b[1]);
+        MmaBf16(acc[2 * dn + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+
+  // Merge the warps: the ring becomes Ob [warps][8][dv] (fp32, scaled to the common max).
+  CpAsyncWaitPending<0>();
+  __syncthreads();
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (t4 == 0) {
+    Mw[warp][g] = m_run;
+    Lw[warp][g] = l_run;
+  }
+  __syncthreads();
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kNumWarps; ++w) m_all = fmaxf(m_all, Mw[w][g]);
+  const float f = m_run == -INFINITY ? 0.0f : exp2f(m_run - m_all);
+  float* Ob = reinterpret_cast<float*>(smem4);
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    if (n * 8 < dv) {
+      float* o = Ob + (warp * kMaxHeadsPerCta + g) * dv + 8 * n + 2 * t4;
+      o[0] = (acc[n][0] + acc[n][2]) * f;
+      o[1] = (acc[n][1] + acc[n][3]) * f;
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < nh * dv; i += kNumThreads) {
+    const int gg = i / dv, d = i % dv;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kNumWarps; ++w) m = fmaxf(m, Mw[w][gg]);
+    float l = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kNumWarps; ++w) {
+      const float mw = Mw[w][gg];
+      l += mw == -INFINITY ? 0.0f : Lw[w][gg] * exp2f(mw - m);
+      o += Ob[(w * kMaxHeadsPerCta + gg) * dv + d];
+    }
+    const int h = h0 + gg;
+    if (plan.splits == 1) {
+      Tq* out = static_cast<Tq*>(p.out) + static_cast<int64_t>(s) * p.out_stride +
+                static_cast<int64_t>(h) * dv;
+      out[d] = FromFloat<Tq>(l > 0.0f ? o / l : 0.0f);
+    } else {
+      const int64_t part = (static_cast<int64_t>(s) * p.num_heads + h) * plan.splits + split;
+      ws_acc[part * dv + d] = o;
+      if (d == 0) {  // the combine kernel works in natural-log units
+        ws_ml[part * 2] = m == -INFINITY ? -INFINITY : m * 0.6931471805599453f;
+        ws_ml[part * 2 + 1] = l;
+      }
+    }
+  }
+}
+
+using DecodeKernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, float*);
+
+template <typename Tq, int kD>
+DecodeKernel PickMmaKernel(int tile, int stages) {
+  if (tile == 64) {
+    if (stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2>;
+    if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3>;
+    if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4>;
+  } else if (tile == 32) {
+    if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3>;
+    if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 32, 4>;
+    if (stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6>;
+  }
+  return nullptr;
+}
+
+int DeviceAttribute(cudaDeviceAttr attr, int fallback) {
+  int device = 0;
+  int value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
+    return fallback;
+  }
+  return value;
+}
+
 }  // namespace
 
 size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, int num_splits) {
@@ -401,31 +817,19 @@ size_t PagedAttentionDecodeWorkspaceBytes(int num_seqs, int num_heads, int dv, i
          static_cast<size_t>(num_splits) * static_cast<size_t>(dv + 2);
 }
 
-int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
-  if (p.num_seqs < 0) return static_cast<int>(cudaErrorInvalidValue);
-  if (p.num_seqs == 0) return static_cast<int>(cudaSuccess);
-  if (p.num_heads < 1 || p.num_kv_heads < 1 || p.num_heads % p.num_kv_heads != 0 || p.dk < 1 ||
-      p.dk > kMaxDim || p.dv < 1 || p.dv > kMaxDim || p.q == nullptr || p.kv == nullptr ||
-      p.block_table == nullptr || p.num_blocks == nullptr || p.kv_len == nullptr ||
-      p.out == nullptr || p.max_blocks < 0 || p.window < 0 || p.num_splits < 0 ||
-      p.q_stride < int64_t{p.num_heads} * p.dk || p.out_stride < int64_t{p.num_heads} * p.dv ||
-      p.block_stride < int64_t{kBlockTokens} * p.num_kv_heads * (p.dk + p.dv) ||
-      (p.q_dtype != KernelDType::kF32 && p.q_dtype != KernelDType::kBf16) ||
-      (p.kv_dtype != KernelDType::kF32 && p.kv_dtype != KernelDType::kBf16)) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  SplitPlan plan;
-  const int group = p.num_heads / p.num_kv_heads;
-  plan.head_chunks = (group + kMaxHeadsPerCta - 1) / kMaxHeadsPerCta;
+namespace {
+
+// Splits for `p` given the CTAs per split (base) and, for automatic splits, the CTAs wanted in
+// all; clamped to [1, max_blocks] and to what the workspace holds.
+int ChooseSplits(const PagedAttentionDecodeParams& p, int64_t base, int64_t want_ctas) {
   const int max_blocks = std::max(1, p.max_blocks);
   int splits = p.num_splits;
   if (splits == 0) {
     // At most the entries one sequence can have visible (a window covers window / 64 + 2).
     const int64_t visible_max =
         p.window > 0 ? std::min<int64_t>(max_blocks, p.window / kBlockTokens + 2) : max_blocks;
-    const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
-    const int64_t want = (4 * int64_t{SmCount()} + base - 1) / base;
-    splits = static_cast<int>(std::min<int64_t>(want, visible_max));
+    splits =
+        static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, want_ctas / base), visible_max));
   }
   splits = std::max(1, std::min(splits, max_blocks));
   // Fewer splits when the workspace is too small (none without one).
@@ -434,9 +838,92 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
                             p.workspace_bytes)) {
     --splits;
   }
-  plan.splits = splits;
+  return splits;
+}
 
+// The tensor-core kernel of `v` for `p` (nullptr when it does not apply or does not fit).
+DecodeKernel MmaKernelFor(const PagedAttentionDecodeParams& p, const DecodeVariant& v,
+                          size_t* smem) {
+  const int d = std::max(p.dk, p.dv);
+  const int kd = d <= 128 ? 128 : 256;
+  const bool q32 = p.q_dtype == KernelDType::kF32;
+  DecodeKernel k = kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages)
+                                    : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages))
+                             : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages)
+                                    : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages));
+  *smem = MmaSmemBytes(kd, v.tile, v.stages, p.dk, p.dv);
+  const int optin = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 227 * 1024);
+  return *smem + 2 * 1024 <= static_cast<size_t>(optin) ? k : nullptr;
+}
+
+int LaunchMma(const PagedAttentionDecodeParams& p, SplitPlan plan, const DecodeVariant& v,
+              DecodeKernel kernel, size_t smem, cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int threads = 2 * v.tile;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
+  plan.splits = ChooseSplits(p, base, int64_t{v.waves} * std::max(1, per_sm) * SmCount());
+  const int64_t ctas = base * plan.splits;
+  if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
+  float* ws_acc = static_cast<float*>(p.workspace);
+  float* ws_ml = plan.splits > 1
+                     ? ws_acc + static_cast<int64_t>(p.num_seqs) * p.num_heads * plan.splits * p.dv
+                     : nullptr;
+  kernel<<<static_cast<unsigned>(ctas), threads, smem, stream>>>(p, plan, ws_acc, ws_ml);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || plan.splits == 1) return static_cast<int>(err);
+  return p.q_dtype == KernelDType::kF32
+             ? LaunchCombine<float>(p, plan, ws_acc, ws_ml, stream)
+             : LaunchCombine<__nv_bfloat16>(p, plan, ws_acc, ws_ml, stream);
+}
+
+}  // namespace
+
+const char* PagedAttentionDecodeVariantName(int variant) {
+  return variant >= 0 && variant < kNumVariants ? kVariants[variant].name : nullptr;
+}
+
+int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
+  if (p.num_seqs < 0) return static_cast<int>(cudaErrorInvalidValue);
+  if (p.num_seqs == 0) return static_cast<int>(cudaSuccess);
+  if (p.num_heads < 1 || p.num_kv_heads < 1 || p.num_heads % p.num_kv_heads != 0 || p.dk < 1 ||
+      p.dk > kMaxDim || p.dv < 1 || p.dv > kMaxDim || p.q == nullptr || p.kv == nullptr ||
+      p.block_table == nullptr || p.num_blocks == nullptr || p.kv_len == nullptr ||
+      p.out == nullptr || p.max_blocks < 0 || p.window < 0 || p.num_splits < 0 || p.variant < 0 ||
+      p.variant >= kNumVariants || p.q_stride < int64_t{p.num_heads} * p.dk ||
+      p.out_stride < int64_t{p.num_heads} * p.dv ||
+      p.block_stride < int64_t{kBlockTokens} * p.num_kv_heads * (p.dk + p.dv) ||
+      (p.q_dtype != KernelDType::kF32 && p.q_dtype != KernelDType::kBf16) ||
+      (p.kv_dtype != KernelDType::kF32 && p.kv_dtype != KernelDType::kBf16)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  SplitPlan plan;
+  const int group = p.num_heads / p.num_kv_heads;
+  plan.head_chunks = (group + kMaxHeadsPerCta - 1) / kMaxHeadsPerCta;
+  const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
   const cudaStream_t st = AsStream(stream);
+
+  // Tensor cores: bf16 blocks, head dims multiples of 16, 16-byte aligned rows.
+  const bool mma_ok = p.kv_dtype == KernelDType::kBf16 && p.dk % 16 == 0 && p.dv % 16 == 0 &&
+                      (p.block_stride * 2) % 16 == 0 && IsAligned(p.kv, 16);
+  if (mma_ok && p.variant != 1) {
+    DecodeVariant v =
+        p.variant == 0 ? MmaDefaultVariant(std::max(p.dk, p.dv)) : kVariants[p.variant];
+    size_t smem = 0;
+    DecodeKernel k = MmaKernelFor(p, v, &smem);
+    if (k == nullptr) {  // the variant's ring does not fit: the default
+      v = MmaDefaultVariant(std::max(p.dk, p.dv));
+      k = MmaKernelFor(p, v, &smem);
+    }
+    if (k != nullptr) return LaunchMma(p, plan, v, k, smem, st);
+  }
+
+  // CUDA cores.
+  plan.splits = ChooseSplits(p, base, 4 * int64_t{SmCount()} + base - 1);
   const bool q32 = p.q_dtype == KernelDType::kF32;
   const bool kv32 = p.kv_dtype == KernelDType::kF32;
   if (q32 && kv32) return LaunchKv<float, float>(p, plan, st);

@@ -58,6 +58,7 @@ struct AttnCase {
   int extra_rows = 0;
   int pad_blocks = 0;
   bool null_chunks = false;
+  int variant = 0;  // PagedAttentionDecodeParams::variant
 };
 
 std::string CaseName(const AttnCase& c) {
@@ -66,7 +67,9 @@ std::string CaseName(const AttnCase& c) {
          std::to_string(c.window) + " splits " + std::to_string(c.num_splits) +
          (c.q_bf16 ? " q bf16" : " q f32") + (c.kv_bf16 ? " kv bf16" : " kv f32") +
          (c.shuffle_rows ? " table_rows" : "") + " extra_rows " + std::to_string(c.extra_rows) +
-         " pad_blocks " + std::to_string(c.pad_blocks) + (c.null_chunks ? " no chunks" : "");
+         " pad_blocks " + std::to_string(c.pad_blocks) + (c.null_chunks ? " no chunks" : "") +
+         " variant " + std::to_string(c.variant) + " (" +
+         kernels::PagedAttentionDecodeVariantName(c.variant) + ")";
 }
 
 void RunCase(const AttnCase& c, uint32_t seed) {
@@ -217,6 +220,7 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
   p.table_rows = c.shuffle_rows || c.extra_rows > 0 ? d_rows.as<int32_t>() : nullptr;
+  p.variant = c.variant;
   HYLA_ASSERT_LAUNCH_OK(kernels::PagedAttentionDecode(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -303,7 +307,12 @@ TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
   rows.shuffle_rows = true;
   rows.extra_rows = 2;
   rows.pad_blocks = 3;
-  RunCase(rows, 5);  // table_rows, untrimmed window, empty splits
+  RunCase(rows, 5);                // table_rows, untrimmed window, empty splits
+  for (const int v : {1, 3, 6}) {  // CUDA cores; tensor cores t64s3, t32s4
+    AttnCase c{{16, 2, 128, 128}, seqs, 100, 2, false, true};
+    c.variant = v;
+    RunCase(c, 6 + v);
+  }
 }
 
 // table_rows: shuffled rows, and tables with more rows than sequences (decoy rows), with
@@ -396,6 +405,43 @@ TEST_F(GpuTest, PagedAttentionWindowSkipsUntrimmedEntries) {
   }
 }
 
+// Every kernel variant (CUDA cores; tensor-core tilings, with their own split choices) on the
+// shapes that take the tensor-core path (bf16 blocks, head dims multiples of 16) and one that
+// does not, with windows, sparse tables, table_rows and forced splits.
+TEST_F(GpuTest, PagedAttentionEveryVariant) {
+  const std::vector<AttnShape> shapes = {
+      {8, 2, 128, 128},   // GQA 4
+      {16, 2, 128, 128},  // GQA 8 (the hybrid's shape)
+      {4, 4, 64, 64},     // MHA
+      {12, 1, 96, 96},    // 12 heads per KV head: two CTAs of heads, dims < kD
+      {16, 2, 256, 256},  // largest head dim
+      {6, 3, 48, 32},     // dk != dv
+      {3, 1, 36, 20},     // not multiples of 16: CUDA cores whatever the variant
+  };
+  const std::vector<SeqSpec> mixed = {
+      {1, SeqSpec::kAll},       {63, SeqSpec::kAll},  {64, SeqSpec::kAll}, {65, SeqSpec::kSparse},
+      {1000, SeqSpec::kSparse}, {0, SeqSpec::kEmpty}, {777, SeqSpec::kAll}};
+  uint32_t seed = 900;
+  for (int v = 0; kernels::PagedAttentionDecodeVariantName(v) != nullptr; ++v) {
+    for (const AttnShape& s : shapes) {
+      for (const bool q_bf16 : {false, true}) {
+        AttnCase c{s, mixed, 0, 0, q_bf16, true};
+        c.variant = v;
+        RunCase(c, ++seed);
+        c.num_splits = 1;
+        c.shuffle_rows = true;
+        RunCase(c, ++seed);
+        AttnCase w{s,      {{3000, SeqSpec::kAll}, {100, SeqSpec::kSparse}, {700, SeqSpec::kAll}},
+                   200,    0,
+                   q_bf16, true};
+        w.variant = v;
+        w.num_splits = 5;
+        RunCase(w, ++seed);
+      }
+    }
+  }
+}
+
 TEST_F(GpuTest, PagedAttentionRejectsBadArguments) {
   kernels::PagedAttentionDecodeParams p;
   EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), 0);  // no sequences
@@ -413,6 +459,9 @@ TEST_F(GpuTest, PagedAttentionRejectsBadArguments) {
   EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
   p.num_kv_heads = 3;
   p.block_stride = 64 * 3 * 128 - 1;  // too small
+  EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  p.block_stride = 64 * 3 * 128;
+  p.variant = -1;  // no such variant
   EXPECT_EQ(kernels::PagedAttentionDecode(p, nullptr), static_cast<int>(cudaErrorInvalidValue));
 }
 
