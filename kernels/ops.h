@@ -288,6 +288,7 @@ const char* PagedAttentionDecodeVariantName(int variant);
 #include "kernels/natsl.h"
 #include "kernels/nha.h"
 #include "kernels/paged_attention_prefill.h"
+#include "kernels/residual.h"
 #include "kernels/rope.h"
 #include "kernels/sampling.h"
 #include "kernels/short_conv_prefill.h"

@@ -28,6 +28,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -63,6 +64,7 @@ class CudaAttentionLayer : public CudaLayer {
     hd_ = cfg_.head_dim;
     q_width_ = int64_t{cfg_.num_heads} * hd_;
     kv_width_ = int64_t{cfg_.num_kv_heads} * hd_;
+    qkv_stride_ = q_width_ + 2 * kv_width_;
     // transformers: scaling = head_dim ** -0.5 (a Python float), applied to q·k in float32.
     scale_ = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
     tile_rows_ = kernels::PagedAttentionPrefillTileRows(
@@ -108,15 +110,14 @@ class CudaAttentionLayer : public CudaLayer {
   const kernels::KernelDType kv_dtype_;
   const int64_t block_stride_;  // elements of kv_dtype between blocks
   int64_t hd_ = 0;
-  int64_t q_width_ = 0;   // H · hd
-  int64_t kv_width_ = 0;  // Hkv · hd
+  int64_t q_width_ = 0;     // H · hd
+  int64_t kv_width_ = 0;    // Hkv · hd
+  int64_t qkv_stride_ = 0;  // columns of one row of the fused q | k | v projection
   float scale_ = 1.0f;
   int tile_rows_ = 0;
-  DeviceMatrix w_q_, w_k_, w_v_;     // [H·hd, hidden], [Hkv·hd, hidden], [Hkv·hd, hidden]
+  DeviceMatrix w_qkv_;               // [(H + 2·Hkv)·hd, hidden]: q_proj, k_proj, v_proj rows
   DeviceMatrix w_o_;                 // [hidden, H·hd]
-  const float* b_q_ = nullptr;       // [H·hd] (qkv_bias)
-  const float* b_k_ = nullptr;       // [Hkv·hd]
-  const float* b_v_ = nullptr;       // [Hkv·hd]
+  const float* b_qkv_ = nullptr;     // [(H + 2·Hkv)·hd] (qkv_bias)
   const float* b_o_ = nullptr;       // [hidden] (o_bias)
   const float* q_norm_ = nullptr;    // [hd] (qk_norm)
   const float* k_norm_ = nullptr;    // [hd]
@@ -158,15 +159,29 @@ absl::Status CudaAttentionLayer::Load(const CudaLayerArgs& args) {
     HYLA_ASSIGN_OR_RETURN(*dst, w->F32(t, p + name));
     return absl::OkStatus();
   };
-  HYLA_RETURN_IF_ERROR(matrix("q_proj.weight", q_width_, d, &w_q_));
-  HYLA_RETURN_IF_ERROR(matrix("k_proj.weight", kv_width_, d, &w_k_));
-  HYLA_RETURN_IF_ERROR(matrix("v_proj.weight", kv_width_, d, &w_v_));
-  HYLA_RETURN_IF_ERROR(matrix("o_proj.weight", d, q_width_, &w_o_));
-  if (cfg_.qkv_bias) {
-    HYLA_RETURN_IF_ERROR(vec("q_proj.bias", q_width_, &b_q_));
-    HYLA_RETURN_IF_ERROR(vec("k_proj.bias", kv_width_, &b_k_));
-    HYLA_RETURN_IF_ERROR(vec("v_proj.bias", kv_width_, &b_v_));
+  // q, k and v projections as one GEMM (rows q | k | v).
+  {
+    const char* names[3] = {"q_proj", "k_proj", "v_proj"};
+    const int64_t widths[3] = {q_width_, kv_width_, kv_width_};
+    std::vector<float> fused(static_cast<size_t>(qkv_stride_ * d));
+    std::vector<float> bias(cfg_.qkv_bias ? static_cast<size_t>(qkv_stride_) : 0);
+    int64_t at = 0;
+    for (int i = 0; i < 3; ++i) {
+      HYLA_ASSIGN_OR_RETURN(F32Tensor t, ck->TakeF32(p + names[i] + ".weight", {widths[i], d}));
+      std::memcpy(fused.data() + at * d, t.data(), sizeof(float) * widths[i] * d);
+      if (cfg_.qkv_bias) {
+        HYLA_ASSIGN_OR_RETURN(F32Tensor b, ck->TakeF32(p + names[i] + ".bias", {widths[i]}));
+        std::memcpy(bias.data() + at, b.data(), sizeof(float) * widths[i]);
+      }
+      at += widths[i];
+    }
+    HYLA_ASSIGN_OR_RETURN(w_qkv_, w->Matrix(F32Tensor::View(fused.data(), {qkv_stride_, d}),
+                                            p + "{q,k,v}_proj.weight"));
+    if (cfg_.qkv_bias) {
+      HYLA_ASSIGN_OR_RETURN(b_qkv_, w->F32(bias, p + "{q,k,v}_proj.bias"));
+    }
   }
+  HYLA_RETURN_IF_ERROR(matrix("o_proj.weight", d, q_width_, &w_o_));
   if (cfg_.o_bias) HYLA_RETURN_IF_ERROR(vec("o_proj.bias", d, &b_o_));
   if (cfg_.qk_norm) {
     HYLA_RETURN_IF_ERROR(vec("q_norm.weight", hd_, &q_norm_));
@@ -405,10 +420,10 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
   ap.num_kv_heads = cfg_.num_kv_heads;
   ap.dk = static_cast<int>(hd_);
   ap.dv = static_cast<int>(hd_);
-  ap.k = k + row_lo * kv_width_;
-  ap.k_stride = kv_width_;
-  ap.v = v + row_lo * kv_width_;
-  ap.v_stride = kv_width_;
+  ap.k = k + row_lo * qkv_stride_;
+  ap.k_stride = qkv_stride_;
+  ap.v = v + row_lo * qkv_stride_;
+  ap.v_stride = qkv_stride_;
   ap.row_block = d_ints + off_rows;
   ap.row_pos = ctx.batch->row_pos + row_pos_off;
   ap.kv_dtype = kv_dtype_;
@@ -436,7 +451,7 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
     dp.q_dtype = kernels::KernelDType::kF32;
     dp.kv_dtype = kv_dtype_;
     dp.q = q;  // decode item i is row i
-    dp.q_stride = q_width_;
+    dp.q_stride = qkv_stride_;
     dp.kv = ctx.block_pool;
     dp.block_stride = block_stride_;
     dp.block_table = d_ints;
@@ -461,7 +476,7 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
     pp.dv = static_cast<int>(hd_);
     pp.kv_dtype = kv_dtype_;
     pp.q = q;
-    pp.q_stride = q_width_;
+    pp.q_stride = qkv_stride_;
     pp.kv = ctx.block_pool;
     pp.block_stride = block_stride_;
     pp.block_table = d_ints;
@@ -496,9 +511,9 @@ absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const
   ap.dk = static_cast<int>(hd_);
   ap.dv = static_cast<int>(hd_);
   ap.k = k;
-  ap.k_stride = kv_width_;
+  ap.k_stride = qkv_stride_;
   ap.v = v;
-  ap.v_stride = kv_width_;
+  ap.v_stride = qkv_stride_;
   ap.row_block = d_row_block_;
   ap.row_pos = batch.row_pos;
   ap.kv_dtype = kv_dtype_;
@@ -523,7 +538,7 @@ absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const
   dp.q_dtype = kernels::KernelDType::kF32;
   dp.kv_dtype = kv_dtype_;
   dp.q = q;
-  dp.q_stride = q_width_;
+  dp.q_stride = qkv_stride_;
   dp.kv = ctx.block_pool;
   dp.block_stride = block_stride_;
   dp.block_table = d_blocks_;
@@ -563,23 +578,32 @@ absl::Status CudaAttentionLayer::Forward(const CudaContext& ctx, const float* x,
   ScratchArena& arena = dev.scratch();
   const size_t mark = arena.Mark();
   absl::Status st = [&]() -> absl::Status {
-    HYLA_ASSIGN_OR_RETURN(float* q, arena.AllocArray<float>(rows * q_width_, "attention q"));
-    HYLA_ASSIGN_OR_RETURN(float* k, arena.AllocArray<float>(rows * kv_width_, "attention k"));
-    HYLA_ASSIGN_OR_RETURN(float* v, arena.AllocArray<float>(rows * kv_width_, "attention v"));
+    HYLA_ASSIGN_OR_RETURN(float* qkv,
+                          arena.AllocArray<float>(rows * qkv_stride_, "attention q|k|v"));
     HYLA_ASSIGN_OR_RETURN(float* o, arena.AllocArray<float>(rows * q_width_, "attention o"));
-    HYLA_RETURN_IF_ERROR(Linear(dev, x, rows, w_q_, b_q_, q));
-    HYLA_RETURN_IF_ERROR(Linear(dev, x, rows, w_k_, b_k_, k));
-    HYLA_RETURN_IF_ERROR(Linear(dev, x, rows, w_v_, b_v_, v));
+    float* q = qkv;
+    float* k = qkv + q_width_;
+    float* v = k + kv_width_;
+    HYLA_RETURN_IF_ERROR(Linear(dev, x, ctx.x_bf16, rows, w_qkv_, b_qkv_, qkv));
     void* stream = dev.kernel_stream();
     if (cfg_.qk_norm) {
-      HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::RmsNormF32(q, hd_, q_norm_, cfg_.qk_norm_eps, rows * cfg_.num_heads, hd_,
-                              /*gemma=*/false, q, hd_, stream),
-          absl::StrCat(Where(), " q_norm"));
-      HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::RmsNormF32(k, hd_, k_norm_, cfg_.qk_norm_eps, rows * cfg_.num_kv_heads, hd_,
-                              /*gemma=*/false, k, hd_, stream),
-          absl::StrCat(Where(), " k_norm"));
+      // Per-head RMSNorm in place, heads of a row contiguous, rows qkv_stride_ apart.
+      auto norm = [&](float* t, int heads, const float* w, const char* what) -> absl::Status {
+        kernels::GatedRmsNormParams np;
+        np.rows = rows;
+        np.heads = heads;
+        np.n = static_cast<int>(hd_);
+        np.x = t;
+        np.x_stride = qkv_stride_;
+        np.weight = w;
+        np.eps = cfg_.qk_norm_eps;
+        np.out = t;
+        np.out_stride = qkv_stride_;
+        HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(np, stream), absl::StrCat(Where(), what));
+        return absl::OkStatus();
+      };
+      HYLA_RETURN_IF_ERROR(norm(q, cfg_.num_heads, q_norm_, " q_norm"));
+      HYLA_RETURN_IF_ERROR(norm(k, cfg_.num_kv_heads, k_norm_, " k_norm"));
     }
     if (cfg_.rotary_dim > 0) {
       kernels::RopeParams rp;
@@ -587,10 +611,10 @@ absl::Status CudaAttentionLayer::Forward(const CudaContext& ctx, const float* x,
       rp.head_dim = static_cast<int>(hd_);
       rp.rotary_dim = cfg_.rotary_dim;
       rp.q = q;
-      rp.q_stride = q_width_;
+      rp.q_stride = qkv_stride_;
       rp.q_heads = cfg_.num_heads;
       rp.k = k;
-      rp.k_stride = kv_width_;
+      rp.k_stride = qkv_stride_;
       rp.k_heads = cfg_.num_kv_heads;
       rp.inv_freq = inv_freq_;
       rp.row_pos = batch.row_pos;

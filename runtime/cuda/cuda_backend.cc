@@ -42,9 +42,9 @@ int64_t PlannedScratchBytes(const ModelConfig& c, const CudaBackendOptions& o) {
   const int64_t d = c.hidden_size;
   const int64_t inter = c.intermediate_size;
   int64_t bytes = 0;
-  bytes += rows * sizeof(float) * (3 * d + 3 * inter);    // h, xn, mix, gate|up, act
-  bytes += rows * sizeof(uint16_t) * std::max(d, inter);  // bf16 GEMM input
-  bytes += rows * sizeof(float) * 2 * WidestMixerRow(c);  // a mixer's projections and outputs
+  bytes += rows * sizeof(float) * (3 * d + 3 * inter);        // h, xn, mix, gate|up, act
+  bytes += 2 * rows * sizeof(uint16_t) * std::max(d, inter);  // bf16 GEMM inputs
+  bytes += rows * sizeof(float) * 2 * WidestMixerRow(c);      // a mixer's projections and outputs
   bytes += LogitsRowsPerPiece(o) * sizeof(float) * (c.vocab_size + d);
   int64_t gdn_ws = 0;
   for (const LayerConfig& l : c.layers) {
@@ -464,9 +464,34 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
   HYLA_ASSIGN_OR_RETURN(float* h, scratch.AllocArray<float>(rows * d, "residual stream"));
   HYLA_ASSIGN_OR_RETURN(float* xn, scratch.AllocArray<float>(rows * d, "normed input"));
   HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * d, "mixer output"));
+  // bf16 weights: the norms also write their output rounded to bf16 for the GEMMs after them.
+  const bool bf16 = options_.precision == Precision::kBf16;
+  uint16_t* xb = nullptr;
+  if (bf16) {
+    HYLA_ASSIGN_OR_RETURN(
+        xb, scratch.AllocArray<uint16_t>(rows * std::max(d, inter), "bf16 block input"));
+  }
+  ctx.x_bf16 = xb;
   void* stream = dev_->kernel_stream();
   const bool gemma = cfg.norm_kind == NormKind::kGemma;
   const float eps = static_cast<float>(cfg.norm_eps);
+  const int last_piece = 2 * static_cast<int>(blocks_.size());
+  // h += the previous piece's output (from piece 2 on: the residual add is fused into the next
+  // norm), then the norm of h into out_f32 and/or xb.
+  auto add_norm = [&](int p, const float* w, float* out_f32) -> absl::Status {
+    kernels::ResidualRmsNormParams np;
+    np.rows = rows;
+    np.n = d;
+    np.h = h;
+    np.add = p >= 2 ? mix : nullptr;
+    np.weight = w;
+    np.eps = eps;
+    np.gemma = gemma;
+    np.out_f32 = out_f32;
+    np.out_bf16 = xb;
+    HYLA_KERNEL_RETURN_IF_ERROR(kernels::ResidualRmsNorm(np, stream), "residual + norm");
+    return absl::OkStatus();
+  };
   // Piece p of the step (see PieceRun).
   auto run_piece = [&](int p) -> absl::Status {
     if (p == 0) {
@@ -480,23 +505,25 @@ absl::Status CudaBackend::Step(absl::Span<const SequenceWork> batch, StepOutput*
     }
     Block& b = blocks_[static_cast<size_t>((p - 1) / 2)];
     if (p % 2 == 1) {
-      HYLA_KERNEL_RETURN_IF_ERROR(
-          kernels::RmsNormF32(h, d, b.mixer_norm, eps, rows, d, gemma, xn, d, stream),
-          "mixer norm");
-      HYLA_RETURN_IF_ERROR(b.mixer->Forward(ctx, xn, mix));
-      HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
-      return absl::OkStatus();
+      HYLA_RETURN_IF_ERROR(add_norm(p, b.mixer_norm, xn));
+      return b.mixer->Forward(ctx, xn, mix);
     }
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::RmsNormF32(h, d, b.mlp_norm, eps, rows, d, gemma, xn, d, stream), "mlp norm");
+    HYLA_RETURN_IF_ERROR(add_norm(p, b.mlp_norm, bf16 ? nullptr : xn));
     HYLA_ASSIGN_OR_RETURN(float* gu, scratch.AllocArray<float>(rows * 2 * inter, "mlp gate|up"));
-    HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
-    HYLA_RETURN_IF_ERROR(Linear(*dev_, xn, rows, b.w_gate_up, nullptr, gu));
-    HYLA_KERNEL_RETURN_IF_ERROR(
-        kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows, inter, act, inter, stream),
-        "SwiGLU");
-    HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
-    HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    HYLA_RETURN_IF_ERROR(Linear(*dev_, bf16 ? nullptr : xn, xb, rows, b.w_gate_up, nullptr, gu));
+    if (bf16) {
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::SiluMulToBf16(gu, rows, inter, xb, stream), "SwiGLU");
+      HYLA_RETURN_IF_ERROR(Linear(*dev_, nullptr, xb, rows, b.w_down, nullptr, mix));
+    } else {
+      HYLA_ASSIGN_OR_RETURN(float* act, scratch.AllocArray<float>(rows * inter, "mlp activation"));
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::SiluMulF32(gu, 2 * inter, gu + inter, 2 * inter, rows,
+                                                      inter, act, inter, stream),
+                                  "SwiGLU");
+      HYLA_RETURN_IF_ERROR(Linear(*dev_, act, rows, b.w_down, nullptr, mix));
+    }
+    if (p == last_piece) {
+      HYLA_KERNEL_RETURN_IF_ERROR(kernels::AddInPlaceF32(h, mix, rows * d, stream), "residual");
+    }
     return absl::OkStatus();
   };
   for (size_t ri = 0; ri < runs_.size(); ++ri) {

@@ -80,6 +80,10 @@ struct CudaContext {
   // then read the tables they prepared.
   StepUploads* uploads = nullptr;
   bool graph_decode = false;
+  // The mixer input x of this Forward already rounded to bf16 (dense [total_rows, hidden]) when
+  // the weights are bf16 (the block's norm wrote both); else nullptr. For the input projection:
+  // Linear(dev, x, ctx.x_bf16, ...).
+  const uint16_t* x_bf16 = nullptr;
 
   // Device address of a slot component.
   uint8_t* SlotComponent(int32_t slot, int layer, absl::string_view name) const {

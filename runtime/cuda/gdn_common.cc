@@ -166,9 +166,11 @@ absl::StatusOr<std::unique_ptr<GdnBranch>> GdnBranch::Create(const GdnBranchOpti
   return b;
 }
 
-absl::Status GdnBranch::Project(DeviceContext& dev, const float* x, int64_t rows, float* proj,
-                                int64_t x_stride, int64_t proj_stride) const {
-  return Linear(dev, x, rows, w_proj_, nullptr, proj, x_stride, proj_stride);
+absl::Status GdnBranch::Project(DeviceContext& dev, const float* x, const uint16_t* x_bf16,
+                                int64_t rows, float* proj, int64_t x_stride,
+                                int64_t proj_stride) const {
+  if (x_stride != 0 && x_stride != w_proj_.cols) x_bf16 = nullptr;  // x_bf16 is dense
+  return Linear(dev, x, x_bf16, rows, w_proj_, nullptr, proj, x_stride, proj_stride);
 }
 
 absl::Status GdnBranch::ConvSilu(const CudaContext& ctx, const float* proj, float* qkv,
@@ -389,7 +391,7 @@ absl::StatusOr<float*> GdnBranch::Forward(const CudaContext& ctx, const float* x
   HYLA_ASSIGN_OR_RETURN(float* qkv,
                         dev.scratch().AllocArray<float>(rows * conv_ch_, "GDN conv outputs"));
   HYLA_ASSIGN_OR_RETURN(float* o, dev.scratch().AllocArray<float>(rows * vd_, "GDN head outputs"));
-  HYLA_RETURN_IF_ERROR(Project(dev, x, rows, proj));
+  HYLA_RETURN_IF_ERROR(Project(dev, x, ctx.x_bf16, rows, proj));
   HYLA_RETURN_IF_ERROR(ConvSilu(ctx, proj, qkv));
   HYLA_RETURN_IF_ERROR(Recurrence(ctx, qkv, proj, o, options));
   if (with_output_norm_) HYLA_RETURN_IF_ERROR(OutputNorm(dev, rows, o, proj, o));

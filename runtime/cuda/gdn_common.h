@@ -117,10 +117,11 @@ class GdnBranch {
   int conv_kernel() const { return conv_kernel_; }      // K (1 without short convs)
   float q_scale() const { return q_scale_; }            // dk^-1/2
 
-  // Step 1. x: [rows, hidden] fp32 device (row stride x_stride, 0 = hidden);
-  // proj: [rows, P] fp32 device (row stride proj_stride, 0 = P). proj must not alias x.
-  absl::Status Project(DeviceContext& dev, const float* x, int64_t rows, float* proj,
-                       int64_t x_stride = 0, int64_t proj_stride = 0) const;
+  // Step 1. x: [rows, hidden] fp32 device (row stride x_stride, 0 = hidden); x_bf16: the same
+  // rounded to bf16, dense (CudaContext::x_bf16), or nullptr; proj: [rows, P] fp32 device (row
+  // stride proj_stride, 0 = P). proj must not alias x.
+  absl::Status Project(DeviceContext& dev, const float* x, const uint16_t* x_bf16, int64_t rows,
+                       float* proj, int64_t x_stride = 0, int64_t proj_stride = 0) const;
 
   // Step 2, over ctx.batch (total_rows rows, one sequence after the other). proj: [rows, P]
   // (row stride proj_stride, 0 = P), columns q | k | v read; qkv: [rows, conv_channels()] dense,

@@ -80,11 +80,18 @@ absl::StatusOr<const float*> DeviceWeights::F32(const std::vector<float>& v,
 
 absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceMatrix& w,
                     const float* bias, float* y, int64_t x_stride, int64_t y_stride) {
+  return Linear(ctx, x, nullptr, n, w, bias, y, x_stride, y_stride);
+}
+
+absl::Status Linear(DeviceContext& ctx, const float* x, const uint16_t* x_bf16, int64_t n,
+                    const DeviceMatrix& w, const float* bias, float* y, int64_t x_stride,
+                    int64_t y_stride) {
   if (n == 0) return absl::OkStatus();
   if (x_stride == 0) x_stride = w.cols;
   if (y_stride == 0) y_stride = w.rows;
-  if (n < 0 || w.data == nullptr || x == nullptr || y == nullptr || x_stride < w.cols ||
-      y_stride < w.rows) {
+  const bool reads_bf16 = x_bf16 != nullptr && w.dtype != DType::kF32;
+  if (n < 0 || w.data == nullptr || (x == nullptr && !reads_bf16) || y == nullptr ||
+      x_stride < w.cols || y_stride < w.rows) {
     return absl::InvalidArgumentError(
         absl::StrCat("Linear: bad arguments (n=", n, ", ", w.rows, "x", w.cols, " weight)"));
   }
@@ -101,18 +108,25 @@ absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceM
                       static_cast<int>(y_stride)),
         absl::StrCat("cublasSgemm ", w.rows, "x", w.cols, " by ", n, " rows")));
   } else {
-    // Round the activations to bf16 in scratch (dense), then bf16 × bf16 → fp32.
+    // Round the activations to bf16 in scratch (dense) unless the producer did, then
+    // bf16 × bf16 → fp32.
     const size_t mark = ctx.scratch().Mark();
-    HYLA_ASSIGN_OR_RETURN(uint16_t * xb,
-                          ctx.scratch().AllocArray<uint16_t>(n * w.cols, "bf16 GEMM input"));
-    if (x_stride == w.cols) {
-      HYLA_KERNEL_RETURN_IF_ERROR(kernels::ConvertF32ToBf16(x, n * w.cols, xb, ctx.kernel_stream()),
-                                  "ConvertF32ToBf16");
-    } else {
-      for (int64_t r = 0; r < n; ++r) {
-        HYLA_KERNEL_RETURN_IF_ERROR(kernels::ConvertF32ToBf16(x + r * x_stride, w.cols,
-                                                              xb + r * w.cols, ctx.kernel_stream()),
-                                    "ConvertF32ToBf16");
+    const uint16_t* xb = x_bf16;
+    if (xb == nullptr) {
+      HYLA_ASSIGN_OR_RETURN(uint16_t * converted,
+                            ctx.scratch().AllocArray<uint16_t>(n * w.cols, "bf16 GEMM input"));
+      xb = converted;
+      if (x_stride == w.cols) {
+        HYLA_KERNEL_RETURN_IF_ERROR(
+            kernels::ConvertF32ToBf16(x, n * w.cols, converted, ctx.kernel_stream()),
+            "ConvertF32ToBf16");
+      } else {
+        for (int64_t r = 0; r < n; ++r) {
+          HYLA_KERNEL_RETURN_IF_ERROR(
+              kernels::ConvertF32ToBf16(x + r * x_stride, w.cols, converted + r * w.cols,
+                                        ctx.kernel_stream()),
+              "ConvertF32ToBf16");
+        }
       }
     }
     const absl::Status st = CublasStatus(

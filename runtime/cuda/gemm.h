@@ -66,6 +66,13 @@ class DeviceWeights {
 // rows x_stride / y_stride elements apart (0: dense). n may be 0. y must not alias x.
 absl::Status Linear(DeviceContext& ctx, const float* x, int64_t n, const DeviceMatrix& w,
                     const float* bias, float* y, int64_t x_stride = 0, int64_t y_stride = 0);
+// The same with the input also given rounded to bf16 (x_bf16: dense [n, w.cols], the values of x
+// after FloatToBf16, written by the producer of x): a bf16 weight then multiplies x_bf16 instead
+// of converting x first (one launch and one pass less). x_bf16 may be nullptr; fp32 weights
+// always read x (x may be nullptr when x_bf16 is given and w is bf16).
+absl::Status Linear(DeviceContext& ctx, const float* x, const uint16_t* x_bf16, int64_t n,
+                    const DeviceMatrix& w, const float* bias, float* y, int64_t x_stride = 0,
+                    int64_t y_stride = 0);
 
 }  // namespace hyla::cuda
 

@@ -328,7 +328,7 @@ absl::Status CudaNatslLayer::Forward(const CudaContext& ctx, const float* x, flo
   const int64_t P = branch_->proj_width();
   const int64_t conv_ch = branch_->conv_channels();
   HYLA_ASSIGN_OR_RETURN(float* proj, scratch.AllocArray<float>(rows * P, "natsl projections"));
-  HYLA_RETURN_IF_ERROR(branch_->Project(dev, x, rows, proj));
+  HYLA_RETURN_IF_ERROR(branch_->Project(dev, x, ctx.x_bf16, rows, proj));
   HYLA_ASSIGN_OR_RETURN(float* qkv, scratch.AllocArray<float>(rows * conv_ch, "natsl qkv"));
   HYLA_RETURN_IF_ERROR(branch_->ConvSilu(ctx, proj, qkv));
   HYLA_ASSIGN_OR_RETURN(float* mix, scratch.AllocArray<float>(rows * 2 * Ha_, "natsl mix logits"));

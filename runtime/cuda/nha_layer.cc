@@ -236,7 +236,7 @@ absl::Status CudaNhaLayer::Forward(const CudaContext& ctx, const float* x, float
                           dev.scratch().AllocArray<float>(rows * pw, "NHA projections"));
     HYLA_ASSIGN_OR_RETURN(float* o,
                           dev.scratch().AllocArray<float>(rows * value_dim(), "NHA head outputs"));
-    HYLA_RETURN_IF_ERROR(Linear(dev, x, rows, w_proj_, nullptr, proj));
+    HYLA_RETURN_IF_ERROR(Linear(dev, x, ctx.x_bf16, rows, w_proj_, nullptr, proj));
 
     kernels::NhaParams p;
     p.num_seqs = n;

@@ -322,5 +322,87 @@ TEST_F(SiluMulKernel, RejectsBadArguments) {
   EXPECT_EQ(kernels::SiluMulF32(p, 4, nullptr, 4, 1, 4, p, 4, nullptr), kInvalidValue);
 }
 
+class ResidualKernel : public gpu_test::GpuTest {};
+
+// ResidualRmsNorm: h += add, then RMSNorm(h) as fp32 and bf16, against the CPU's add and
+// cpu::RmsNorm (plain and Gemma weights, with and without the add, vector and scalar paths).
+TEST_F(ResidualKernel, ResidualRmsNormMatchesCpu) {
+  struct Case {
+    int64_t rows, n;
+    bool add, gemma;
+  };
+  for (const Case c :
+       {Case{1, 2048, true, false}, Case{64, 2048, true, false}, Case{5, 96, false, false},
+        Case{7, 1537, true, true}, Case{3, 4096, true, true}}) {
+    SCOPED_TRACE(testing::Message()
+                 << "rows=" << c.rows << " n=" << c.n << " add=" << c.add << " gemma=" << c.gemma);
+    const std::vector<float> h = RandomFloats(c.rows * c.n, 31 + c.n, 2.0f);
+    const std::vector<float> a = RandomFloats(c.rows * c.n, 32 + c.n, 1.0f);
+    const std::vector<float> w = RandomFloats(c.n, 33 + c.n, 0.5f);
+    std::vector<float> h_want = h;
+    if (c.add) {
+      for (size_t i = 0; i < h_want.size(); ++i) h_want[i] += a[i];
+    }
+    std::vector<float> w_eff = w;
+    if (c.gemma) {
+      for (float& x : w_eff) x += 1.0f;
+    }
+    std::vector<float> want(c.rows * c.n);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      cpu::RmsNorm(h_want.data() + r * c.n, w_eff.data(), 1e-6f, c.n, want.data() + r * c.n);
+    }
+    DeviceBuffer dh(h.size() * 4), da(a.size() * 4), dw(w.size() * 4), df(want.size() * 4),
+        db(want.size() * 2);
+    ASSERT_TRUE(dh.ok() && da.ok() && dw.ok() && df.ok() && db.ok());
+    Upload(h, dh.as<float>());
+    Upload(a, da.as<float>());
+    Upload(w, dw.as<float>());
+    kernels::ResidualRmsNormParams p;
+    p.rows = c.rows;
+    p.n = c.n;
+    p.h = dh.as<float>();
+    p.add = c.add ? da.as<float>() : nullptr;
+    p.weight = dw.as<float>();
+    p.eps = 1e-6f;
+    p.gemma = c.gemma;
+    p.out_f32 = df.as<float>();
+    p.out_bf16 = db.as<uint16_t>();
+    ASSERT_CUDA_OK(kernels::ResidualRmsNorm(p, nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ExpectCloseF32(Download(dh.as<float>(), h.size()), h_want, "residual h");
+    ExpectCloseF32(Download(df.as<float>(), want.size()), want, "residual norm f32");
+    ExpectCloseBf16(Download(db.as<uint16_t>(), want.size()), want, "residual norm bf16");
+  }
+  float* p = nullptr;
+  kernels::ResidualRmsNormParams bad;
+  bad.rows = 1;
+  bad.n = 8;
+  bad.h = p;
+  EXPECT_EQ(kernels::ResidualRmsNorm(bad, nullptr), static_cast<int>(cudaErrorInvalidValue))
+      << "no output";
+}
+
+// SiluMulToBf16 over a fused gate|up projection against cpu::Silu, rounded like FloatToBf16.
+TEST_F(ResidualKernel, SiluMulToBf16MatchesCpu) {
+  for (const std::pair<int64_t, int64_t>& rn :
+       {std::pair<int64_t, int64_t>{64, 2816}, {3, 7}, {1, 5632}}) {
+    const int64_t rows = rn.first, n = rn.second;
+    SCOPED_TRACE(testing::Message() << "rows=" << rows << " n=" << n);
+    const std::vector<float> gu = RandomFloats(rows * 2 * n, 41 + n, 4.0f);
+    std::vector<float> want(rows * n);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < n; ++i) {
+        want[r * n + i] = cpu::Silu(gu[r * 2 * n + i]) * gu[r * 2 * n + n + i];
+      }
+    }
+    DeviceBuffer dg(gu.size() * 4), dout(want.size() * 2);
+    ASSERT_TRUE(dg.ok() && dout.ok());
+    Upload(gu, dg.as<float>());
+    ASSERT_CUDA_OK(kernels::SiluMulToBf16(dg.as<float>(), rows, n, dout.as<uint16_t>(), nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    ExpectCloseBf16(Download(dout.as<uint16_t>(), want.size()), want, "silu_mul to bf16");
+  }
+}
+
 }  // namespace
 }  // namespace hyla
