@@ -20,7 +20,8 @@
 //
 // Usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]
 //          [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 151936]
-//          [--max-pending 16] [--notify thread|inline] [--deadlock-detection off|on]
+//          [--max-pending 16] [--notify thread|inline] [--notify-threads 1]
+//          [--deadlock-detection off|on]
 //          [--json PATH]
 // --notify inline and --deadlock-detection on reproduce the serving path before the fixes of
 // issue 5 (stream notifications and gRPC writes on the scheduler thread; absl's lock-order
@@ -73,6 +74,7 @@ struct Flags {
   std::string json_path;
   bool deadlock_detection = false;  // absl::Mutex lock-order checks (off in hyla-server)
   bool notify_inline = false;       // on_ready on the scheduler thread (the old path)
+  int notify_threads = 1;           // EngineOptions::notify_threads
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -247,8 +249,8 @@ int Usage(std::ostream& err, const std::string& msg) {
   err << "hyla-serving-overhead: " << msg << "\n"
       << "usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]\n"
          "         [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 151936]\n"
-         "         [--max-pending 16] [--notify thread|inline] [--deadlock-detection off|on]\n"
-         "         [--json PATH]\n";
+         "         [--max-pending 16] [--notify thread|inline] [--notify-threads 1]\n"
+         "         [--deadlock-detection off|on] [--json PATH]\n";
   return 2;
 }
 
@@ -279,6 +281,9 @@ int ParseFlags(const std::vector<std::string>& args, Flags* f, std::ostream& err
     } else if (a == "--deadlock-detection") {
       ok = v == "on" || v == "off";
       f->deadlock_detection = v == "on";
+    } else if (a == "--notify-threads") {
+      ok = absl::SimpleAtoi(v, &f->notify_threads) && f->notify_threads >= 1 &&
+           f->notify_threads <= 64;
     } else if (a == "--notify") {
       ok = v == "thread" || v == "inline";
       f->notify_inline = v == "inline";
@@ -337,6 +342,7 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
   eo.session_ttl = absl::InfiniteDuration();
   eo.observer = observer;
   eo.notify_on_worker_thread = f.notify_inline;
+  eo.notify_threads = f.notify_threads;
   auto engine = Engine::Create(eo, [&](int) -> absl::StatusOr<std::unique_ptr<Backend>> {
     auto b = FixedStepBackend::Create(f.vocab, slots, blocks, step, f.spin);
     backend = b.get();
@@ -420,7 +426,9 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
                 f.output_len);
   out << line;
   std::snprintf(line, sizeof(line), "notify %s, deadlock detection %s\n",
-                f.notify_inline ? "inline" : "thread", f.deadlock_detection ? "on" : "off");
+                f.notify_inline ? "inline on the scheduler thread"
+                                : absl::StrCat(f.notify_threads, " notifier thread(s)").c_str(),
+                f.deadlock_detection ? "on" : "off");
   out << line;
   std::snprintf(line, sizeof(line),
                 "completed %d/%d, %.0f output tokens/s, %zu full decode steps\n", rep->completed,
@@ -458,7 +466,8 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
     };
     j << "{\n  \"step_ms\": " << f.step_ms << ",\n  \"notify\": \""
       << (f.notify_inline ? "inline" : "thread")
-      << "\",\n  \"deadlock_detection\": " << (f.deadlock_detection ? "true" : "false")
+      << "\",\n  \"notify_threads\": " << f.notify_threads
+      << ",\n  \"deadlock_detection\": " << (f.deadlock_detection ? "true" : "false")
       << ",\n  \"wait\": \"" << (f.spin ? "spin" : "sleep")
       << "\",\n  \"concurrency\": " << f.concurrency << ",\n  \"num_requests\": " << f.num_requests
       << ",\n  \"input_len\": " << f.input_len << ",\n  \"output_len\": " << f.output_len

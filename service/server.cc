@@ -207,6 +207,7 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
   eo.max_sessions = flags.max_sessions;
   eo.stall_timeout = flags.stall_timeout;
   eo.max_pending_events = flags.max_pending_tokens;
+  eo.notify_threads = flags.notify_threads;
   eo.tokenizer = s->tokenizer_;
   eo.observer = s->metrics_;
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -166,6 +166,7 @@ Sessions:
 Streams:
   --stall-timeout DURATION     end a stream whose client reads nothing for this long [30s]
   --max-pending-tokens N       messages queued per stream before tokens are merged [16]
+  --notify-threads N           threads per worker that write the streams' tokens (gRPC) [1]
   --drain-deadline DURATION    on SIGTERM/SIGINT, time in-flight calls get to finish [30s]
 Connections:
   --keepalive-time DURATION    server keepalive ping interval [60s]
@@ -296,6 +297,7 @@ absl::StatusOr<ServerFlags> ParseServerFlags(const std::vector<std::string>& arg
       {"drain-deadline", duration(&f.drain_deadline)},
       {"stall-timeout", duration(&f.stall_timeout)},
       {"max-pending-tokens", int32(&f.max_pending_tokens, 1, 1 << 20)},
+      {"notify-threads", int32(&f.notify_threads, 1, 64)},
   };
   const std::map<std::string, bool*> booleans = {
       {"keepalive-permit-without-calls", &f.keepalive_permit_without_calls}};

@@ -47,6 +47,7 @@ struct ServerFlags {
   absl::Duration drain_deadline = absl::Seconds(30);
   absl::Duration stall_timeout = absl::Seconds(30);
   int max_pending_tokens = 16;
+  int notify_threads = 1;  // EngineOptions::notify_threads
   bool help = false;
 };
 

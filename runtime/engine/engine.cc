@@ -33,6 +33,9 @@ absl::Status ValidateOptions(const EngineOptions& o) {
   if (o.max_sessions < 0) return bad("max_sessions must be >= 0");
   if (o.stall_timeout <= absl::ZeroDuration()) return bad("stall_timeout must be positive");
   if (o.max_pending_events < 1) return bad("max_pending_events must be >= 1");
+  if (o.notify_threads < 1 || o.notify_threads > 64) {
+    return bad("notify_threads must be in [1, 64]");
+  }
   return absl::OkStatus();
 }
 
@@ -294,7 +297,7 @@ absl::StatusOr<std::unique_ptr<RequestHandle>> Engine::Submit(Request request,
   Worker* w = workers_[worker_index].get();
   r->stream = std::make_shared<RequestStream>(
       r->id, options_.max_pending_events, std::move(on_ready), w->Waker(),
-      options_.notify_on_worker_thread ? nullptr : w->notifier());
+      options_.notify_on_worker_thread ? nullptr : w->notifier(r->id));
   auto handle = std::make_unique<RequestHandle>(r->stream);
   w->EnqueueRequest(std::move(r));
   return handle;

@@ -89,6 +89,9 @@ struct EngineOptions {
   std::shared_ptr<EngineObserver> observer;
   // Seed of generated session ids (0: from std::random_device).
   uint64_t session_id_seed = 0;
+  // Threads per worker that run the streams' on_ready callbacks (protobuf and gRPC writes), off
+  // the scheduler thread; a stream always uses the same one (request id modulo). At least 1.
+  int notify_threads = 1;
   // Run the streams' on_ready callbacks on the scheduler thread instead of the worker's
   // EventNotifier thread (the path before issue 5's serving-overhead work; for A/B measurements
   // in hyla-serving-overhead, not for serving).

@@ -19,18 +19,22 @@ using SteadyTime = std::chrono::steady_clock::time_point;
 SteadyTime SteadyNow() { return std::chrono::steady_clock::now(); }
 absl::Duration ToDuration(std::chrono::steady_clock::duration d) { return absl::FromChrono(d); }
 
-// EventNotifier::Hold / Release for a scope (Release may come early).
+// EventNotifier::Hold / Release of every notifier for a scope (Release may come early).
 class NotifierHold {
  public:
-  explicit NotifierHold(EventNotifier* n) : n_(n) { n_->Hold(); }
+  explicit NotifierHold(const std::vector<std::unique_ptr<EventNotifier>>* n) : n_(n) {
+    for (const auto& x : *n_) x->Hold();
+  }
   ~NotifierHold() { Release(); }
   void Release() {
-    if (n_ != nullptr) n_->Release();
+    if (n_ != nullptr) {
+      for (const auto& x : *n_) x->Release();
+    }
     n_ = nullptr;
   }
 
  private:
-  EventNotifier* n_;
+  const std::vector<std::unique_ptr<EventNotifier>>* n_;
 };
 
 bool IsSessionRequest(const ActiveRequest& r) {
@@ -43,8 +47,10 @@ Worker::Worker(int index, std::unique_ptr<Backend> backend, EngineShared* shared
     : index_(index),
       backend_(std::move(backend)),
       shared_(shared),
-      inbox_(std::make_shared<Inbox>()),
-      notifier_(std::make_unique<EventNotifier>()) {
+      inbox_(std::make_shared<Inbox>()) {
+  for (int i = 0; i < std::max(1, shared_->options.notify_threads); ++i) {
+    notifiers_.push_back(std::make_unique<EventNotifier>());
+  }
   empty_seq_.streams.resize(backend_->layout().streams().size());
   scratch_.resize(static_cast<size_t>(backend_->config().vocab_size));
   Publish();
@@ -67,7 +73,8 @@ void Worker::RequestStop() {
 void Worker::Stop() {
   RequestStop();
   if (thread_.joinable()) thread_.join();
-  notifier_->Stop();  // delivers the last notifications (the shutdown's final events)
+  // Delivers the last notifications (the shutdown's final events).
+  for (auto& n : notifiers_) n->Stop();
 }
 
 void Worker::Push(Command c) {
@@ -837,7 +844,7 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
   shared_->prompt_tokens.fetch_add(prefill_tokens, std::memory_order_relaxed);
   const int64_t vocab = shared_->vocab_size;
   // The batch's streams are handed to the notifier with one wake-up, after the loop.
-  NotifierHold hold(notifier_.get());
+  NotifierHold hold(&notifiers_);
   for (size_t b = 0; b < who.size(); ++b) {
     ActiveRequest* r = who[b];
     r->folded += static_cast<int64_t>(batch[b].tokens.size());

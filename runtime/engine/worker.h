@@ -163,9 +163,11 @@ class Worker {
   void Wake();
   // A wake-up callable that stays valid after the worker is gone (for request streams).
   std::function<void()> Waker() const;
-  // Runs the on_ready callbacks of this worker's request streams (off the scheduler thread);
-  // lives as long as the worker.
-  EventNotifier* notifier() { return notifier_.get(); }
+  // Runs the on_ready callbacks of request `id`'s stream (off the scheduler thread; one of
+  // EngineOptions::notify_threads); lives as long as the worker.
+  EventNotifier* notifier(uint64_t id) {
+    return notifiers_[static_cast<size_t>(id % notifiers_.size())].get();
+  }
   const WorkerLoad& load() const { return load_; }
   int index() const { return index_; }
   // Slots / blocks a new one-off request could use now (free, minus reservations, plus what
@@ -230,7 +232,7 @@ class Worker {
   std::unique_ptr<Backend> backend_;
   EngineShared* const shared_;
   std::shared_ptr<Inbox> inbox_;
-  std::unique_ptr<EventNotifier> notifier_;
+  std::vector<std::unique_ptr<EventNotifier>> notifiers_;  // [notify_threads]
   std::thread thread_;
   bool started_ = false;
   WorkerLoad load_;

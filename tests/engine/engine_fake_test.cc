@@ -842,6 +842,27 @@ TEST(EngineTest, StepObservationsSplitHostAndBackendTime) {
   ExpectNoStateHeld(*h->engine);
 }
 
+// Several notifier threads per worker: every stream still gets all its tokens, in order.
+TEST(EngineTest, SeveralNotifyThreadsDeliverEveryStreamInOrder) {
+  EngineOptions o = SmallOptions();
+  o.notify_threads = 3;
+  auto h = MakeHarness(o);
+  std::vector<std::unique_ptr<RequestHandle>> handles;
+  const std::vector<std::string> prompts = {"a", "k", "q", "x"};
+  for (const std::string& p : prompts) {
+    auto a = h->engine->Submit(Greedy(Ids(p), 7), [] {});
+    ASSERT_TRUE(a.ok());
+    handles.push_back(std::move(*a));
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const Collected c = Collect(*handles[i]);
+    EXPECT_THAT(c.tokens,
+                ElementsAreArray(FakeBackend::Greedy(h->backend_options, Ids(prompts[i]), 7)));
+    EXPECT_EQ(c.finish.reason, FinishReason::kLength);
+  }
+  ExpectNoStateHeld(*h->engine);
+}
+
 // The old notification path (on_ready on the scheduler thread) still delivers every token.
 TEST(EngineTest, NotifyOnWorkerThreadDeliversEveryToken) {
   EngineOptions o = SmallOptions();
@@ -944,6 +965,13 @@ TEST(EngineTest, CreateOptionsAreValidated) {
   });
   EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("token_budget"));
+  o = SmallOptions();
+  o.notify_threads = 0;
+  e = Engine::Create(o, [](int) -> absl::StatusOr<std::unique_ptr<Backend>> {
+    return std::unique_ptr<Backend>(FakeBackend::Create(FakeBackendOptions()));
+  });
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("notify_threads"));
 }
 
 }  // namespace

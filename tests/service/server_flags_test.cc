@@ -20,6 +20,7 @@ TEST(ServerFlagsTest, Defaults) {
   EXPECT_EQ(f->kv_cap_policy, KvCapPolicy::kReject);
   EXPECT_EQ(f->drain_deadline, absl::Seconds(30));
   EXPECT_EQ(f->auth_token, "");
+  EXPECT_EQ(f->notify_threads, 1);
 }
 
 TEST(ServerFlagsTest, ParsesEveryFlag) {
@@ -56,7 +57,8 @@ TEST(ServerFlagsTest, ParsesEveryFlag) {
                              "--drain-deadline=45s",
                              "--stall-timeout",
                              "2s",
-                             "--max-pending-tokens=4"});
+                             "--max-pending-tokens=4",
+                             "--notify-threads=3"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->model, "/m");
   EXPECT_EQ(f->listen, "127.0.0.1:0");
@@ -81,6 +83,7 @@ TEST(ServerFlagsTest, ParsesEveryFlag) {
   EXPECT_EQ(f->drain_deadline, absl::Seconds(45));
   EXPECT_EQ(f->stall_timeout, absl::Seconds(2));
   EXPECT_EQ(f->max_pending_tokens, 4);
+  EXPECT_EQ(f->notify_threads, 3);
 }
 
 TEST(ServerFlagsTest, AuthTokenFromEnvironmentUnlessGiven) {
@@ -127,6 +130,8 @@ TEST(ServerFlagsTest, ErrorsNameTheFlag) {
       {{"--tls-cert=c.pem"}, "--tls-key"},
       {{"--tls-key=k.pem"}, "--tls-cert"},
       {{"--max-pending-tokens=0"}, "--max-pending-tokens"},
+      {{"--notify-threads=0"}, "--notify-threads"},
+      {{"--notify-threads=65"}, "--notify-threads"},
       {{"--max-sessions=-1"}, "--max-sessions"},
       {{"--auth-token="}, "--auth-token"},
       {{"--model"}, "--model"},
@@ -202,7 +207,8 @@ TEST(ServerFlagsTest, HelpAndUsage) {
                            "--auth-token",
                            "--drain-deadline",
                            "--stall-timeout",
-                           "--max-pending-tokens"}) {
+                           "--max-pending-tokens",
+                           "--notify-threads"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }
