@@ -359,11 +359,28 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   }
 }
 
-// bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores) unless
-// fp32_kernel; state_cols: its GdnPrefillParams::mma_state_cols (0: default). A variant's row is
-// the default row's name plus " [<variant>]".
+// Tensor-core path variants (kernels/ops.h GdnPrefillMmaVariant) timed by BenchGdnPrefill with
+// all_variants; a variant's row is the default row's name plus " [<name>]".
+struct GdnPrefillVariantName {
+  hyla::kernels::GdnPrefillMmaVariant variant;
+  const char* name;
+};
+constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
+    {hyla::kernels::GdnPrefillMmaVariant::kCols16, "mma cols16"},
+    {hyla::kernels::GdnPrefillMmaVariant::kCols32, "mma cols32"},
+    {hyla::kernels::GdnPrefillMmaVariant::kCols64, "mma cols64"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols16, "mma fused cols16"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32, "mma fused cols32"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols16Split2, "mma fused cols16 split2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2, "mma fused cols32 split2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols64Split2, "mma fused cols64 split2"},
+};
+
+// bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores);
+// all_variants (bf16) also times each GdnPrefillMmaVariant and the fp32 kernels (" [fp32
+// kernel]", GdnPrefillParams::tensor_cores = false) on the same buffers.
 void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk, int dv, bool bf16,
-                     int state_cols = 0, bool fp32_kernel = false) {
+                     bool all_variants = false) {
   const size_t es = bf16 ? 2 : 4;
   const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
   const int64_t rows_total = int64_t{num_seqs} * len;
@@ -415,17 +432,27 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
   p.o_stride = int64_t{HV} * dv;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
-  p.tensor_cores = !fp32_kernel;
-  p.mma_state_cols = state_cols;
-  const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnPrefill(p, nullptr)); });
   const double bytes = double(rows_total) * row * es + double(rows_total) * HV * dv * es +
                        2.0 * num_seqs * state * 4;
-  Report("gdn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs " + std::to_string(num_seqs) +
-             " x " + std::to_string(len) + " HV " + std::to_string(HV) + " (" +
-             std::to_string(static_cast<int64_t>(rows_total / (us * 1e-6) / 1e3)) + " ktok/s)" +
-             (state_cols != 0 ? " [mma cols" + std::to_string(state_cols) + "]" : std::string()) +
-             (fp32_kernel ? " [fp32 kernel]" : ""),
-         us, bytes);
+  auto time_one = [&](const std::string& suffix) {
+    const double us = timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::GdnPrefill(p, nullptr)); });
+    Report("gdn_prefill " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
+               std::to_string(num_seqs) + " x " + std::to_string(len) + " HV " +
+               std::to_string(HV) + " (" +
+               std::to_string(static_cast<int64_t>(rows_total / (us * 1e-6) / 1e3)) + " ktok/s)" +
+               suffix,
+           us, bytes);
+  };
+  time_one("");
+  if (all_variants && bf16) {
+    for (const GdnPrefillVariantName& v : kGdnPrefillVariants) {
+      p.mma_variant = v.variant;
+      time_one(std::string(" [") + v.name + "]");
+    }
+    p.mma_variant = hyla::kernels::GdnPrefillMmaVariant::kDefault;
+    p.tensor_cores = false;
+    time_one(" [fp32 kernel]");
+  }
   for (void* ptr :
        {rows, static_cast<void*>(pool), static_cast<void*>(gates), o, static_cast<void*>(d_cu),
         static_cast<void*>(d_off), static_cast<void*>(d_slots), ws}) {
@@ -550,10 +577,8 @@ int main(int argc, char** argv) {
   BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);
   BenchGdnPrefill(&timer, 1, 8192, 8, 16, 128, 128, false);
   // Issue 5's prefill target (peer: fla chunk_gated_delta_rule, bench/peers/peers_bench.py).
-  BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true);
-  // Its variants: the tensor-core state pass's column split, and the fp32 kernels.
-  for (const int cols : {16, 64}) BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, cols);
-  if (!quick) BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, 0, true);
+  // (all_variants: every tensor-core variant and the fp32 kernels, for comparison.)
+  BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, !quick);
 
   // Softmax prefill (peer: PyTorch SDPA flash): Llama3-8B attention, and qwen3next-1b's.
   BenchAttnPrefill(&timer, 4096, 32, 8, 128, true);

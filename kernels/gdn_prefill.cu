@@ -595,8 +595,10 @@ int GdnPrefill(const GdnPrefillParams& p, void* stream) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (GdnPrefillUsesTensorCores(p)) {
-    const int c = p.mma_state_cols;
-    if (c != 0 && c != 16 && c != 32 && c != 64) return static_cast<int>(cudaErrorInvalidValue);
+    const int v = static_cast<int>(p.mma_variant);
+    if (v < 0 || v > static_cast<int>(GdnPrefillMmaVariant::kFusedCols64Split2)) {
+      return static_cast<int>(cudaErrorInvalidValue);
+    }
     return internal::GdnPrefillMma(p, stream);
   }
   if (p.dtype == KernelDType::kF32) return LaunchPrefill<float>(p, AsStream(stream));

@@ -22,6 +22,14 @@
 //  3. GdnMmaOutputKernel, one CTA (4 warps, 16 rows each) per (piece, value head):
 //       O = diag(r_q e^G)·Q·h + tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ)·V_new,   r_q = q_scale/‖q‖
 //     with Q, K the raw bf16 rows; written as bf16.
+// Fused variants (GdnPrefillMmaVariant::kFused*) skip launch 3 and the per-piece h and V_new in
+// memory: launch 1 also stores P = tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ) (bf16) and r_q e^G, and
+// GdnMmaStateOutKernel computes, per piece, with the same Sᵀ A fragments as V_new,
+//       Oᵀ = diag(r_q e^G)-scaled Sᵀ·Qᵀ + V_newᵀ·Pᵀ
+// (raw q rows copied with the piece), staged through shared memory and written out while the
+// next piece is computed. With Split2, two warps share 16 value rows, each holding half of dk's
+// columns of Sᵀ; they add their partial Sᵀ·Wᵀ and Sᵀ·Qᵀ through shared memory (one extra
+// barrier per piece) and halve the per-warp mma work on the sequential critical path.
 // Γ_ij = e^{G_i − G_j} is evaluated only for i >= j, as in the fp32 kernels. Padding rows of a
 // short piece have k = v = 0, β = g = 0 and r = 0: W, U and V_new rows are zero there.
 //
@@ -55,12 +63,13 @@ namespace hyla::kernels {
 namespace gdn_mma {
 
 constexpr int kChunk = 64;
-constexpr int kPad = 8;                // bf16 elements of padding per shared row
-constexpr int kLdt = kChunk + kPad;    // shared row stride of 64-wide bf16 tiles
-constexpr int kPieceThreads = 128;     // launches 1 and 3: 4 warps of 16 rows
-constexpr float kL2NormEps = 1e-6f;    // cpu::kGdnL2NormEps
-constexpr int kDefaultStateCols = 32;  // launch 2: value columns per CTA
-constexpr int kStages = 2;             // launch 2: pieces in shared memory
+constexpr int kPad = 8;              // bf16 elements of padding per shared row
+constexpr int kLdt = kChunk + kPad;  // shared row stride of 64-wide bf16 tiles
+constexpr int kPieceThreads = 128;   // launches 1 and 3: 4 warps of 16 rows
+constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
+// GdnPrefillMmaVariant::kDefault (kernels/ops.h).
+constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2;
+constexpr int kStages = 2;  // launch 2: pieces in shared memory
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline
@@ -145,19 +154,22 @@ struct Access {
   bool q16 = false;  // q rows: base and stride 16-byte aligned
   bool k16 = false;
   bool v16 = false;
-  bool o4 = false;  // o: bf16 pairs as one 4-byte store
+  bool o4 = false;   // o: bf16 pairs as one 4-byte store
+  bool o16 = false;  // o: 8 bf16 (fused variants' rows of 16, 32 or 64 columns) as one store
 };
 
 // Workspace entry of one (piece, value head), bf16 element offsets (every array 16-byte
 // aligned): W [64, dk], VT [dv, 64] (Uᵀ from launch 1, V_newᵀ after launch 2), H [dv, dk]
-// (Sᵀ at the piece start), then fp32 G [64] and r_k [64].
+// (Sᵀ at the piece start), P [64, 64] (fused variants: tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ)), then
+// fp32 G [64], r_k [64] and r_q e^G [64] (fused variants).
 template <int kDk, int kDv>
 struct Entry {
   static constexpr int64_t kW = 0;
   static constexpr int64_t kVT = int64_t{kChunk} * kDk;
   static constexpr int64_t kH = kVT + int64_t{kDv} * kChunk;
-  static constexpr int64_t kFloats = kH + int64_t{kDv} * kDk;  // bf16 offset of G
-  static constexpr int64_t kBytes = 2 * kFloats + 2 * kChunk * sizeof(float);
+  static constexpr int64_t kP = kH + int64_t{kDv} * kDk;
+  static constexpr int64_t kFloats = kP + int64_t{kChunk} * kChunk;  // bf16 offset of G
+  static constexpr int64_t kBytes = 2 * kFloats + 3 * kChunk * sizeof(float);
   static_assert(kBytes % 16 == 0, "entries stay 16-byte aligned");
 };
 
@@ -267,23 +279,27 @@ HYLA_GDN_DEV void AFromC(uint32_t (&a)[4], const float (&c0)[4], const float (&c
 
 // ---- launch 1: per (piece, value head) -------------------------------------------------------
 
-template <int kDk, int kDv>
+template <int kDk, int kDv, bool kWithP>
 struct PieceSmem {
   static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 1;
-  // bf16: K [64, kLdk], V [64, kLdv], Tb [64, kLdt]; fp32: A [64, 65], T [64, 65], G, β, r_k,
-  // and the W row scale β e^G r_k [64 each].
-  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk, kTb = kV + kChunk * kLdv;
-  static constexpr int64_t kF32 = (kTb + kChunk * kLdt) / 2;  // float offset
+  // bf16: K [64, kLdk], V [64, kLdv], (kWithP) Q [64, kLdk]; fp32: A [64, 65], T [64, 65], G, β,
+  // r_k, the W row scale β e^G r_k, r_q [64 each]. Tb [64, kLdt] (bf16 T) reuses A's space (A is
+  // dead by then).
+  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk, kQ = kV + kChunk * kLdv;
+  static constexpr int64_t kF32 = (kQ + (kWithP ? kChunk * kLdk : 0)) / 2;  // float offset
   static constexpr int64_t kA = kF32, kT = kA + kChunk * kLdf, kG = kT + kChunk * kLdf;
   static constexpr int64_t kBeta = kG + kChunk, kRk = kBeta + kChunk, kSk = kRk + kChunk;
-  static constexpr size_t kBytes = sizeof(float) * (kSk + kChunk);
-  static_assert((kTb + kChunk * kLdt) % 8 == 0, "fp32 part 16-byte aligned");
+  static constexpr int64_t kRq = kSk + kChunk;
+  static constexpr int64_t kTb = 2 * kA;  // bf16 offset
+  static constexpr size_t kBytes = sizeof(float) * (kRq + kChunk);
+  static_assert(kF32 % 4 == 0, "fp32 part 16-byte aligned");
+  static_assert(kChunk * kLdt <= 2 * kChunk * kLdf, "Tb fits in A");
 };
 
-template <int kDk, int kDv>
+template <int kDk, int kDv, bool kWithP>
 HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                             uint16_t* smem) {
-  using L = PieceSmem<kDk, kDv>;
+  using L = PieceSmem<kDk, kDv, kWithP>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdv = L::kLdv, kLdf = L::kLdf;
   uint16_t* Ks = smem + L::kK;
@@ -296,6 +312,8 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
   float* Bs = fs + L::kBeta;
   float* Rk = fs + L::kRk;
   float* Sk = fs + L::kSk;
+  float* Rq = fs + L::kRq;
+  uint16_t* Qs = smem + L::kQ;  // kWithP
 
   const int HV = p.num_v_heads;
   const int piece = cta / HV, hv = cta % HV;
@@ -314,6 +332,11 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
            p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
   LoadRows(Vs, kLdv, static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv,
            p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+  if (kWithP) {
+    LoadRows(Qs, kLdk,
+             static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
+             p.q_stride, kChunk, n, kDk, acc.q16, tid, kPieceThreads);
+  }
   CpAsyncCommit();
   // Gates of the piece's rows (padding rows: g = 0, β = 0).
   if (tid < kChunk) {
@@ -349,6 +372,11 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
     Sk[tid] = Bs[tid] * expf(Gs[tid]) * Rk[tid];
     entry_g[tid] = Gs[tid];
     entry_g[kChunk + tid] = Rk[tid];
+    if (kWithP) {
+      const float ss = RowSumSq(Qs + tid * kLdk, kDk, tid);
+      Rq[tid] = tid < n ? p.q_scale / sqrtf(ss + kL2NormEps) : 0.0f;
+      entry_g[2 * kChunk + tid] = Rq[tid] * expf(Gs[tid]);
+    }
   }
 
   // A = StrictLower(diag(β r_k) KKᵀ diag(r_k) ⊙ Γ): warp w rows 16w.., key tiles <= its rows.
@@ -378,6 +406,36 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
     }
   }
   SyncThreads();
+  // (kWithP) P = tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ) [64, 64] for the fused state pass.
+  if (kWithP) {
+    float c[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDk / 16; kk += 2) {
+      uint32_t a0[4], a1[4];
+      LoadA(a0, Qs, kLdk, 16 * warp, 16 * kk, lane);
+      LoadA(a1, Qs, kLdk, 16 * warp, 16 * kk + 16, lane);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        if (nt > 2 * warp + 1) continue;  // warp-uniform: keys after the warp's rows
+        uint32_t b[4];
+        LoadBRows(b, Ks, kLdk, 8 * nt, 16 * kk, lane);
+        Mma(c[nt], a0, b[0], b[1]);
+        Mma(c[nt], a1, b[2], b[3]);
+      }
+    }
+    uint16_t* P = entry + E::kP;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt;
+        const float x0 = j <= i ? c[nt][2 * hh] * Rq[i] * Rk[j] * expf(Gs[i] - Gs[j]) : 0.0f;
+        const float x1 =
+            j + 1 <= i ? c[nt][2 * hh + 1] * Rq[i] * Rk[j + 1] * expf(Gs[i] - Gs[j + 1]) : 0.0f;
+        *reinterpret_cast<uint32_t*>(P + i * kChunk + j) = PackBf16(x0, x1);
+      }
+    }
+  }
 
   // T = (I + A)⁻¹. Diagonal 16x16 blocks: one thread per column, forward substitution.
   if (tid < kChunk) {
@@ -666,6 +724,259 @@ HYLA_GDN_DEV void StateBody(const GdnPrefillParams& p, const Access& acc, int ct
   }
 }
 
+// ---- launch 2, fused variants: the state pass also writes O (no launch 3, no h) ---------------
+
+template <int kDk, int kCols, int kSplit>
+struct StateOutSmem {
+  static constexpr int kLdk = kDk + kPad, kLdo = kCols + kPad;
+  static constexpr int kWarps = kCols / 16 * kSplit;
+  // Per stage: bf16 W, K, Q [64, kLdk], UT [kCols, kLdt], P [64, kLdt]; fp32 G, r_k, r_q e^G
+  // [64 each]. After the stages: two O tiles [64, kLdo] bf16 (piece lp is written out while
+  // lp + 1 is computed), then (kSplit 2) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
+  static constexpr int64_t kW = 0, kK = kW + kChunk * kLdk, kQ = kK + kChunk * kLdk;
+  static constexpr int64_t kUT = kQ + kChunk * kLdk, kP = kUT + kCols * kLdt;
+  static constexpr int64_t kG = kP + kChunk * kLdt;
+  static constexpr int64_t kStage = kG + 2 * 3 * kChunk;
+  static constexpr int64_t kO = kStages * kStage;
+  static constexpr int64_t kX = kO + 2 * kChunk * kLdo;
+  static constexpr int kXFloats = 2 * 8 * 4 * 32;
+  static constexpr size_t kBytes =
+      2 * kX + (kSplit > 1 ? sizeof(float) * kWarps * kXFloats : size_t{0});
+  static_assert(kG % 8 == 0 && kStage % 8 == 0 && kX % 8 == 0, "16-byte aligned arrays");
+};
+
+template <int kDk, int kDv, int kCols, int kSplit>
+HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
+                               uint16_t* smem) {
+  using L = StateOutSmem<kDk, kCols, kSplit>;
+  using E = Entry<kDk, kDv>;
+  constexpr int kLdk = L::kLdk, kLdo = L::kLdo;
+  constexpr int kRowBlocks = kCols / 16;
+  constexpr int kThreads = 32 * L::kWarps;
+  constexpr int kTiles = kDv / kCols;
+  constexpr int kDkw = kDk / kSplit;     // columns of Sᵀ per warp
+  constexpr int kNt = kDkw / 8;          // their 8-column tiles
+  constexpr int kTokTiles = 8 / kSplit;  // 8-token tiles of O per warp
+  static_assert(kSplit == 1 || kSplit == 2, "split");
+
+  const int HV = p.num_v_heads;
+  const int tile = cta % kTiles;
+  const int hv = (cta / kTiles) % HV;
+  const int s = cta / kTiles / HV;
+  const int h = hv / (HV / p.num_heads);
+  const int row0 = p.cu_seqlens[s];
+  const int len = p.cu_seqlens[s + 1] - row0;
+  if (len <= 0) return;
+  const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
+  const int first_piece = p.piece_offsets[s];
+  const int num_pieces = p.piece_offsets[s + 1] - first_piece;
+  const int warp = tid / 32, lane = tid % 32;
+  const int lg = lane / 4, lt = lane % 4;
+  const int vb = warp % kRowBlocks, dh = warp / kRowBlocks;
+  const int c0 = dh * kDkw;     // first Sᵀ column of the warp
+  const int v0 = tile * kCols;  // first value column of the CTA
+  const int vw = 16 * vb + lg;  // this lane's rows of Sᵀ (tile-relative): vw, vw + 8
+  float* state = p.state + static_cast<int64_t>(p.slots[s]) * p.state_slot_stride +
+                 static_cast<int64_t>(hv) * kDk * kDv;
+  const uint16_t* kbase = static_cast<const uint16_t*>(p.k) + int64_t{h} * kDk;
+  const uint16_t* qbase = static_cast<const uint16_t*>(p.q) + int64_t{h} * kDk;
+  uint16_t* obase = static_cast<uint16_t*>(p.o) + int64_t{hv} * kDv + v0;
+
+  auto load = [&](int lp, int stage) {
+    uint16_t* st = smem + stage * L::kStage;
+    const PieceRange range = PieceOf(sp, len, lp);
+    const int n = range.end - range.begin;
+    const int64_t first_row = static_cast<int64_t>(row0) + range.begin;
+    const uint16_t* entry = EntryOf<kDk, kDv>(p, first_piece + lp, hv);
+    LoadRows(st + L::kW, kLdk, entry + E::kW, kDk, kChunk, kChunk, kDk, true, tid, kThreads);
+    LoadRows(st + L::kK, kLdk, kbase + first_row * p.k_stride, p.k_stride, kChunk, n, kDk, acc.k16,
+             tid, kThreads);
+    LoadRows(st + L::kQ, kLdk, qbase + first_row * p.q_stride, p.q_stride, kChunk, n, kDk, acc.q16,
+             tid, kThreads);
+    LoadRows(st + L::kUT, kLdt, entry + E::kVT + int64_t{v0} * kChunk, kChunk, kCols, kCols, kChunk,
+             true, tid, kThreads);
+    LoadRows(st + L::kP, kLdt, entry + E::kP, kChunk, kChunk, kChunk, kChunk, true, tid, kThreads);
+    for (int i = tid; i < 3 * kChunk / 4; i += kThreads) {
+      CpAsync16(st + L::kG + 8 * i, entry + E::kFloats + 8 * i, true);  // G, r_k, r_q e^G
+    }
+  };
+  // Piece lp's O tile (Os[lp % 2], token rows) → o.
+  auto write_out = [&](int lp) {
+    const PieceRange range = PieceOf(sp, len, lp);
+    const int n = range.end - range.begin;
+    const uint16_t* os = smem + L::kO + (lp % 2) * kChunk * kLdo;
+    uint16_t* out = obase + (static_cast<int64_t>(row0) + range.begin) * p.o_stride;
+    constexpr int kChunks = kCols / 8;
+    for (int i = tid; i < n * kChunks; i += kThreads) {
+      const int r = i / kChunks, c = 8 * (i % kChunks);
+      uint16_t* dst = out + r * p.o_stride + c;
+      if (acc.o16) {
+#ifdef HYLA_GDN_MMA_EMULATION
+        for (int e = 0; e < 8; ++e) dst[e] = os[r * kLdo + c + e];
+#else
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(os + r * kLdo + c);
+#endif
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = os[r * kLdo + c + e];
+      }
+    }
+  };
+
+  // Sᵀ: element e of tile nt is (row vw + 8(e >> 1), column c0 + 8nt + 2lt + (e & 1)).
+  float sacc[kNt][4];
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = c0 + 8 * nt + 2 * lt + (e & 1);
+      sacc[nt][e] = state[static_cast<int64_t>(c) * kDv + v0 + vw + 8 * (e >> 1)];
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < num_pieces) load(i, i);
+    CpAsyncCommit();
+  }
+  for (int lp = 0; lp < num_pieces; ++lp) {
+    CpAsyncWait<kStages - 2>();  // piece lp's group has landed (kStages − 2 groups follow it)
+    SyncThreads();               // ... for every thread; everyone is done with piece lp − 1
+    if (lp > 0) write_out(lp - 1);
+    const int ahead = lp + kStages - 1;
+    if (ahead < num_pieces) load(ahead, ahead % kStages);
+    CpAsyncCommit();
+
+    const uint16_t* st = smem + (lp % kStages) * L::kStage;
+    const uint16_t* Ws = st + L::kW;
+    const uint16_t* Ksm = st + L::kK;
+    const uint16_t* Qsm = st + L::kQ;
+    const uint16_t* UT = st + L::kUT;
+    const uint16_t* Ps = st + L::kP;
+    const float* Gs = reinterpret_cast<const float*>(st + L::kG);
+    const float* Rk = Gs + kChunk;
+    const float* Rqg = Rk + kChunk;
+
+    // (partial over the warp's Sᵀ columns) Sᵀ·Wᵀ and Sᵀ·Qᵀ [16 rows, 64 tokens].
+    float vn[8][4] = {}, oq[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDkw / 16; kk += 2) {
+      uint32_t a0[4], a1[4];
+      AFromC(a0, sacc[2 * kk], sacc[2 * kk + 1]);
+      AFromC(a1, sacc[2 * kk + 2], sacc[2 * kk + 3]);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        uint32_t b[4];
+        LoadBRows(b, Ws, kLdk, 8 * nt, c0 + 16 * kk, lane);
+        Mma(vn[nt], a0, b[0], b[1]);
+        Mma(vn[nt], a1, b[2], b[3]);
+        LoadBRows(b, Qsm, kLdk, 8 * nt, c0 + 16 * kk, lane);
+        Mma(oq[nt], a0, b[0], b[1]);
+        Mma(oq[nt], a1, b[2], b[3]);
+      }
+    }
+    if (kSplit > 1) {  // add the partner warp's half (the other Sᵀ columns)
+      float* xs = reinterpret_cast<float*>(smem + L::kX);
+      float* mine = xs + warp * L::kXFloats;
+      const float* other = xs + (vb + (1 - dh) * kRowBlocks) * L::kXFloats;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          mine[(nt * 4 + e) * 32 + lane] = vn[nt][e];
+          mine[((8 + nt) * 4 + e) * 32 + lane] = oq[nt][e];
+        }
+      }
+      SyncThreads();
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
+          oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
+        }
+      }
+    }
+    const float g_last = Gs[kChunk - 1];
+    // V_new = U − S·W (fp32), Oᵀ = diag(r_q e^G)-scaled Sᵀ·Qᵀ; then V_newᵀ's A fragments.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int t = 8 * nt + 2 * lt;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const uint32_t u = *reinterpret_cast<const uint32_t*>(UT + (vw + 8 * hh) * kLdt + t);
+        vn[nt][2 * hh] = LoBf16(u) - vn[nt][2 * hh];
+        vn[nt][2 * hh + 1] = HiBf16(u) - vn[nt][2 * hh + 1];
+        oq[nt][2 * hh] *= Rqg[t];
+        oq[nt][2 * hh + 1] *= Rqg[t + 1];
+      }
+    }
+    uint32_t va[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) AFromC(va[kk], vn[2 * kk], vn[2 * kk + 1]);
+    // Oᵀ += V_newᵀ·Pᵀ on this warp's token tiles (P is zero right of the diagonal), then to Os.
+    uint16_t* os = smem + L::kO + (lp % 2) * kChunk * kLdo;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      if (kSplit > 1 && nt / kTokTiles != dh) continue;  // warp-uniform
+#pragma unroll
+      for (int kk = 0; kk < 4; kk += 2) {
+        if (16 * kk > 8 * nt + 7) continue;
+        uint32_t b[4];
+        LoadBRows(b, Ps, kLdt, 8 * nt, 16 * kk, lane);
+        Mma(oq[nt], va[kk], b[0], b[1]);
+        Mma(oq[nt], va[kk + 1], b[2], b[3]);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        os[(8 * nt + 2 * lt + (e & 1)) * kLdo + vw + 8 * (e >> 1)] = ToBf16(oq[nt][e]);
+      }
+    }
+
+    // Sᵀ ← e^{G_last}·Sᵀ + (V_new ⊙ e^{G_last − G} r_k)ᵀ·K on the warp's columns.
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int t = 8 * nt + 2 * lt;
+      const float f0 = expf(g_last - Gs[t]) * Rk[t];
+      const float f1 = expf(g_last - Gs[t + 1]) * Rk[t + 1];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        vn[nt][2 * hh] *= f0;
+        vn[nt][2 * hh + 1] *= f1;
+      }
+    }
+    const float decay = expf(g_last);
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sacc[nt][e] *= decay;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      AFromC(a, vn[2 * kk], vn[2 * kk + 1]);
+#pragma unroll
+      for (int nt = 0; nt < kNt; nt += 2) {
+        uint32_t b[4];
+        LoadBCols(b, Ksm, kLdk, 16 * kk, c0 + 8 * nt, lane);
+        Mma(sacc[nt], a, b[0], b[1]);
+        Mma(sacc[nt + 1], a, b[2], b[3]);
+      }
+    }
+  }
+  SyncThreads();
+  if (num_pieces > 0) write_out(num_pieces - 1);
+
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = c0 + 8 * nt + 2 * lt + (e & 1);
+      state[static_cast<int64_t>(c) * kDv + v0 + vw + 8 * (e >> 1)] = sacc[nt][e];
+    }
+  }
+}
+
 // ---- launch 3: per (piece, value head) -------------------------------------------------------
 
 template <int kDk, int kDv>
@@ -812,17 +1123,24 @@ HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int c
 }
 
 #ifndef HYLA_GDN_MMA_EMULATION
-template <int kDk, int kDv>
+template <int kDk, int kDv, bool kWithP>
 __global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  PieceBody<kDk, kDv>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
-                      gdn_smem);
+  PieceBody<kDk, kDv, kWithP>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
+                              gdn_smem);
 }
 template <int kDk, int kDv, int kCols>
 __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
   StateBody<kDk, kDv, kCols>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
                              gdn_smem);
+}
+template <int kDk, int kDv, int kCols, int kSplit>
+__global__ void __launch_bounds__(2 * kCols * kSplit)
+    GdnMmaStateOutKernel(GdnPrefillParams p, Access acc) {
+  extern __shared__ __align__(16) uint16_t gdn_smem[];
+  StateOutBody<kDk, kDv, kCols, kSplit>(p, acc, static_cast<int>(blockIdx.x),
+                                        static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv>
 __global__ void __launch_bounds__(kPieceThreads)
@@ -838,16 +1156,52 @@ cudaError_t SetSmem(Kernel kernel, size_t bytes) {
                               static_cast<int>(bytes));
 }
 
-template <int kDk, int kDv, int kCols>
-int LaunchState(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
-  constexpr size_t kSmem = StateSmem<kDk, kCols>::kBytes;
-  const cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols>, kSmem);
-  if (err != cudaSuccess) return static_cast<int>(err);
+// Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused).
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
+int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
   const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
-  GdnMmaStateKernel<kDk, kDv, kCols>
-      <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
+  if constexpr (kFused) {
+    constexpr size_t kSmem = StateOutSmem<kDk, kCols, kSplit>::kBytes;
+    const cudaError_t err = SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit>, kSmem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit>
+        <<<static_cast<unsigned>(ctas), 2 * kCols * kSplit, kSmem, stream>>>(p, acc);
+    return LaunchResult();
+  } else {
+    constexpr size_t kSmem = StateSmem<kDk, kCols>::kBytes;
+    cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols>, kSmem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    GdnMmaStateKernel<kDk, kDv, kCols>
+        <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
+    constexpr size_t kOutSmem = OutputSmem<kDk, kDv>::kBytes;
+    err = SetSmem(GdnMmaOutputKernel<kDk, kDv>, kOutSmem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
+    GdnMmaOutputKernel<kDk, kDv>
+        <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kOutSmem, stream>>>(p, acc);
+    return LaunchResult();
+  }
+}
+
+template <int kDk, int kDv, bool kFused>
+int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
+  constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused>::kBytes;
+  const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused>, kSmem);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
+  GdnMmaPieceKernel<kDk, kDv, kFused>
+      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kSmem, stream>>>(p, acc);
   return LaunchResult();
+}
+
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
+int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
+  const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
+  if (rc != 0) return rc;
+  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused>(p, acc, stream);
 }
 
 template <int kDk, int kDv>
@@ -860,44 +1214,34 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream) {
   acc.k16 = rows16(p.k, p.k_stride);
   acc.v16 = rows16(p.v, p.v_stride);
   acc.o4 = IsAligned(p.o, 4) && p.o_stride % 2 == 0;
+  acc.o16 = rows16(p.o, p.o_stride);
   const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
   if (piece_ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if (piece_ctas == 0) return static_cast<int>(cudaSuccess);  // every sequence is empty
-  constexpr size_t kPieceSmem = PieceSmem<kDk, kDv>::kBytes;
-  constexpr size_t kOutSmem = OutputSmem<kDk, kDv>::kBytes;
-  cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv>, kPieceSmem);
-  if (err != cudaSuccess) return static_cast<int>(err);
-  err = SetSmem(GdnMmaOutputKernel<kDk, kDv>, kOutSmem);
-  if (err != cudaSuccess) return static_cast<int>(err);
-  GdnMmaPieceKernel<kDk, kDv>
-      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kPieceSmem, stream>>>(p, acc);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return static_cast<int>(err);
-  int rc = 0;
-  switch (p.mma_state_cols == 0 ? kDefaultStateCols : p.mma_state_cols) {
-    case 16:
-      rc = LaunchState<kDk, kDv, 16>(p, acc, stream);
-      break;
-    case 32:
-      rc = LaunchState<kDk, kDv, 32>(p, acc, stream);
-      break;
-    case 64:
-      rc = LaunchState<kDk, kDv, 64>(p, acc, stream);
-      break;
+  using V = GdnPrefillMmaVariant;
+  const V variant = p.mma_variant == V::kDefault ? kDefaultVariant : p.mma_variant;
+  switch (variant) {
+    case V::kCols16:
+      return LaunchVariant<kDk, kDv, 16, 1, false>(p, acc, stream);
+    case V::kCols32:
+      return LaunchVariant<kDk, kDv, 32, 1, false>(p, acc, stream);
+    case V::kCols64:
+      return LaunchVariant<kDk, kDv, 64, 1, false>(p, acc, stream);
+    case V::kFusedCols16:
+      return LaunchVariant<kDk, kDv, 16, 1, true>(p, acc, stream);
+    case V::kFusedCols32:
+      return LaunchVariant<kDk, kDv, 32, 1, true>(p, acc, stream);
+    case V::kFusedCols16Split2:
+      return LaunchVariant<kDk, kDv, 16, 2, true>(p, acc, stream);
+    case V::kFusedCols32Split2:
+      return LaunchVariant<kDk, kDv, 32, 2, true>(p, acc, stream);
+    case V::kFusedCols64Split2:
+      return LaunchVariant<kDk, kDv, 64, 2, true>(p, acc, stream);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (rc != 0) return rc;
-  GdnMmaOutputKernel<kDk, kDv>
-      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kOutSmem, stream>>>(p, acc);
-  return LaunchResult();
 }
 #endif  // HYLA_GDN_MMA_EMULATION
-
-template <int kDk, int kDv>
-constexpr size_t EntryBytes() {
-  return static_cast<size_t>(Entry<kDk, kDv>::kBytes);
-}
 
 }  // namespace gdn_mma
 
@@ -906,8 +1250,8 @@ namespace internal {
 
 size_t GdnPrefillMmaWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv) {
   if (num_pieces <= 0 || num_v_heads <= 0) return 0;
-  const size_t entry =
-      2 * (size_t{64} * dk + size_t{64} * dv + size_t{1} * dk * dv) + 2 * 64 * sizeof(float);
+  const size_t entry = 2 * (size_t{64} * dk + size_t{64} * dv + size_t{1} * dk * dv + 64 * 64) +
+                       3 * 64 * sizeof(float);
   return entry * static_cast<size_t>(num_pieces) * static_cast<size_t>(num_v_heads);
 }
 

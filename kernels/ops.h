@@ -133,6 +133,24 @@ struct ShortConvDecodeParams {
 int ShortConvDecode(const ShortConvDecodeParams& params, void* stream);
 
 // ---- gdn_prefill.cu ------------------------------------------------------------------------
+// Variants of GdnPrefill's tensor-core path (GdnPrefillParams::mma_variant; kDefault is the one
+// kernels/gdn_prefill_mma.cu names the fastest). Its sequential state pass runs one CTA per
+// (sequence, value head, N value columns). kColsN: the state pass stores the per-piece state and
+// a third, parallel launch computes the outputs (fla's layout); kFusedColsN: the state pass
+// computes the outputs itself (nothing per-piece stored); Split2: two warps per 16 value rows,
+// each holding half of dk.
+enum class GdnPrefillMmaVariant : int {
+  kDefault = 0,
+  kCols16 = 1,
+  kCols32 = 2,
+  kCols64 = 3,
+  kFusedCols16 = 4,
+  kFusedCols32 = 5,
+  kFusedCols16Split2 = 6,
+  kFusedCols32Split2 = 7,
+  kFusedCols64Split2 = 8,
+};
+
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
 // in one call. Sequence s owns the packed rows [cu_seqlens[s], cu_seqlens[s+1]) of q, k, v, a, b
 // and o, and start_pos[s] tokens are already folded into its state. Its new tokens are cut into
@@ -198,10 +216,9 @@ struct GdnPrefillParams {
   void* workspace = nullptr;  // device scratch, 256-byte aligned
   size_t workspace_bytes = 0;
   // Tensor-core path (GdnPrefillUsesTensorCores): false forces the fp32 kernels (benchmarks,
-  // tests); mma_state_cols: value columns per CTA of its sequential state pass, 16, 32 or 64
-  // (0: the default; a benchmark knob).
+  // tests); mma_variant picks its kernel variant (a benchmark knob).
   bool tensor_cores = true;
-  int mma_state_cols = 0;
+  GdnPrefillMmaVariant mma_variant = GdnPrefillMmaVariant::kDefault;
 };
 int GdnPrefill(const GdnPrefillParams& params, void* stream);
 // Covers every path of GdnPrefill (the fp32 kernels need the most).
@@ -227,9 +244,9 @@ int GdnPrefillPlan(const int32_t* cu_seqlens, const int64_t* start_pos, int num_
 // attention layer's AttendOne). Block b lives at kv + b · block_stride elements: keys
 // [64, num_kv_heads, dk] then values [64, num_kv_heads, dv] (runtime/cpu/cpu_layer.h BlockKey /
 // BlockValue); RoPE is already applied to the stored keys. Sequence s has num_blocks[s] table
-// entries block_table[s, i] covering positions block_chunks[s, i]·64 + [0, 64) (ascending chunks;
-// block_chunks nullptr: chunk i). Its query sees the positions p < kv_len[s], and with window > 0
-// only p >= kv_len[s] − window:
+// entries block_table[s, i] covering positions block_chunks[s, i]·64 + [0, 64) (strictly
+// ascending chunks; block_chunks nullptr: chunk i). Its query sees the positions p < kv_len[s],
+// and with window > 0 only p >= kv_len[s] − window:
 //   out[s, h] = Σ_p softmax_p(scale · q[s, h]·k_p) v_p,  KV head h / (Hq / Hkv)   (GQA)
 // A sequence with no visible position gets zeros. Table entries whose 64 positions are all
 // outside [kv_len[s] − window, kv_len[s]) are skipped by the kernel (the caller need not trim

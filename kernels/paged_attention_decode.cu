@@ -113,28 +113,30 @@ __device__ __forceinline__ void VisibleEntries(const PagedAttentionDecodeParams&
     return;
   }
   const int32_t* chunks = p.block_chunks + static_cast<int64_t>(row) * p.max_blocks;
-  // First entry whose chunk ends after first_visible: chunk >= first_visible / 64.
-  const int c_lo = first_visible / kBlockTokens;
-  int lo = 0, hi = entries;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (chunks[mid] < c_lo)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  *e0 = lo;
-  // First entry whose chunk starts at or after kv_len: chunk >= ceil(kv_len / 64).
-  const int c_hi = (kv_len + kBlockTokens - 1) / kBlockTokens;
-  hi = entries;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (chunks[mid] < c_hi)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  *e1 = lo;
+  // Strictly ascending chunks: chunks[0] + e <= chunks[e] <= chunks[last] − (last − e), which
+  // bounds the first entry with chunk >= c to [c − chunks[last] + last, c − chunks[0]]; the
+  // binary searches run only inside those bounds (no step at all for a dense table).
+  const int c_first = chunks[0], c_last = chunks[entries - 1], last = entries - 1;
+  auto first_at_least = [&](int c, int floor) {
+    int lo = min(max(c - c_last + last, floor), entries);
+    int hi = min(max(c - c_first, floor), entries);
+    if (lo > hi) {  // not strictly ascending: search everything
+      lo = floor;
+      hi = entries;
+    }
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (chunks[mid] < c) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo;
+  };
+  // First entry whose chunk ends after first_visible, then first that starts at or after kv_len.
+  *e0 = first_at_least(first_visible / kBlockTokens, 0);
+  *e1 = first_at_least((kv_len + kBlockTokens - 1) / kBlockTokens, *e0);
 }
 
 // grid: num_seqs · Hkv · head_chunks · splits. kHeads >= the query heads of one CTA (1, 2, 4

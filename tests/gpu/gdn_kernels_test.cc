@@ -331,7 +331,7 @@ struct PrefillCase {
   bool bf16 = false;
   bool commit = false;
   bool decay = true;
-  int mma_state_cols = 0;  // GdnPrefillParams::mma_state_cols
+  kernels::GdnPrefillMmaVariant variant = kernels::GdnPrefillMmaVariant::kDefault;
 };
 
 // The pieces of a sequence as the API defines them, computed here independently of the kernel:
@@ -425,7 +425,7 @@ void RunPrefillAndCheck(const PrefillCase& c, const GateParams& gp, const std::v
   p.o_stride = o_stride;
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
-  p.mma_state_cols = c.mma_state_cols;
+  p.mma_variant = c.variant;
   // The tensor-core path (bf16 without commit, dk, dv in {64, 128}) rounds its intermediates and
   // the per-piece state to bf16 (kernels/ops.h GdnPrefillUsesTensorCores): its final state is
   // held to the bf16 bound, not fp32's.
@@ -612,13 +612,16 @@ TEST_F(GdnPrefillTest, Bf16TensorCoresMatchRecurrence) {
   RunPrefillCase({{1, 2, 64, 128, true, false}, {130, 7}, {30, 0}, true}, 86);           // odd
 }
 
-// Every value-column split of the sequential state pass (mma_state_cols 16, 32, 64).
-TEST_F(GdnPrefillTest, Bf16TensorCoreStateTilesMatchRecurrence) {
-  for (const int cols : {16, 32, 64}) {
-    SCOPED_TRACE("mma_state_cols " + std::to_string(cols));
-    RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, cols},
-                   87);
-    RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1}, {63, 0}, true, false, true, cols}, 88);
+// Every variant of the tensor-core path (kernels/ops.h GdnPrefillMmaVariant), same bound.
+TEST_F(GdnPrefillTest, Bf16TensorCoreVariantsMatchRecurrence) {
+  using V = kernels::GdnPrefillMmaVariant;
+  for (const V v : {V::kCols16, V::kCols32, V::kCols64, V::kFusedCols16, V::kFusedCols32,
+                    V::kFusedCols16Split2, V::kFusedCols32Split2, V::kFusedCols64Split2}) {
+    SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
+    RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, v}, 87);
+    RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1, 0}, {63, 0, 0}, true, false, true, v},
+                   88);
+    RunPrefillCase({{1, 1, 64, 128, true, false}, {100}, {3}, true, false, true, v}, 93);  // odd
   }
 }
 
@@ -629,9 +632,13 @@ TEST_F(GdnPrefillTest, Bf16TensorCoresLongSequenceMatchesRecurrence) {
   RunPrefillCase({{2, 4, 64, 64, false, true}, {4000, 96}, {30, 64}, true}, 90);
 }
 
-// A small tensor-core case for compute-sanitizer (scripts/device_run.sh, '*Sanitizer*').
+// Small tensor-core cases for compute-sanitizer (scripts/device_run.sh, '*Sanitizer*'): the
+// default variant, the unfused one and element (unaligned) loads.
 TEST_F(GdnPrefillTest, Bf16TensorCoresSmallForSanitizer) {
+  using V = kernels::GdnPrefillMmaVariant;
   RunPrefillCase({{1, 2, 64, 64, false, true}, {70, 5, 0}, {60, 0, 3}, true}, 91);
+  RunPrefillCase({{1, 2, 64, 64, false, true}, {70, 5}, {60, 0}, true, false, true, V::kCols32},
+                 94);
   RunPrefillCase({{1, 1, 128, 128, false, false}, {65}, {0}, true}, 92);  // element loads
 }
 
