@@ -687,7 +687,9 @@ bool Worker::Step(absl::Time now) {
       e.deadline = r->request.deadline;
       in.waiting.push_back(e);
     }
-    in.evictable = Evictable(pinned);
+    // Only admissions evict (PlanStep reads the list for waiting requests alone): the walk over
+    // every idle session's blocks is skipped while nothing waits.
+    if (!waiting_.empty()) in.evictable = Evictable(pinned);
     in.free_slots = store.free_slots();
     in.free_blocks = store.free_blocks() - reserved;
     plan = PlanStep(in);
@@ -769,14 +771,12 @@ bool Worker::Step(absl::Time now) {
     }
   }
   // Work for requests still running (a finished admission has none).
+  running_by_id_.clear();
+  for (const auto& r : running_) running_by_id_.emplace(r->id, r.get());
   std::vector<ScheduledWork> work;
+  work.reserve(plan.work.size());
   for (const ScheduledWork& w : plan.work) {
-    for (const auto& r : running_) {
-      if (r->id == w.id) {
-        work.push_back(w);
-        break;
-      }
-    }
+    if (running_by_id_.count(w.id) != 0) work.push_back(w);
   }
   if (work.empty()) return false;
   RunBatch(work, now);
@@ -788,12 +788,12 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
   std::vector<ActiveRequest*> who;
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
+  batch.reserve(work.size());
+  who.reserve(work.size());
   for (const ScheduledWork& w : work) {
-    ActiveRequest* r = nullptr;
-    for (const auto& x : running_) {
-      if (x->id == w.id) r = x.get();
-    }
-    HYLA_CHECK(r != nullptr);
+    const auto it = running_by_id_.find(w.id);
+    HYLA_CHECK(it != running_by_id_.end());
+    ActiveRequest* r = it->second;
     HYLA_CHECK(r->folded + w.tokens <= static_cast<int64_t>(r->input.size()));
     SequenceWork sw;
     sw.seq = r->seq;

@@ -26,6 +26,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -240,6 +241,9 @@ class Worker {
   // ---- scheduler thread only ----
   std::deque<std::unique_ptr<ActiveRequest>> waiting_;
   std::vector<std::unique_ptr<ActiveRequest>> running_;
+  // running_ by id, rebuilt by Step before RunBatch (valid until the step's results are
+  // processed): the batch is assembled in O(batch), not O(batch²).
+  std::unordered_map<uint64_t, ActiveRequest*> running_by_id_;
   std::map<std::string, std::unique_ptr<WorkerSession>> sessions_;
   uint64_t next_session_key_ = 1;
   SequenceState empty_seq_;     // a fresh sequence's shape, for WorstCaseNewBlocks
