@@ -309,5 +309,6 @@ const char* PagedAttentionDecodeVariantName(int variant);
 #include "kernels/rope.h"
 #include "kernels/sampling.h"
 #include "kernels/short_conv_prefill.h"
+#include "kernels/skinny_gemm.h"
 
 #endif  // HYLA_KERNELS_OPS_H_
