@@ -19,7 +19,7 @@
 // what remains: ITL p50 - step p50 - host gap p50.
 //
 // Usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]
-//          [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 151936]
+//          [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 32000]
 //          [--max-pending 16] [--notify thread|inline] [--notify-threads 1]
 //          [--deadlock-detection off|on]
 //          [--json PATH]
@@ -69,7 +69,7 @@ struct Flags {
   int input_len = 32;
   int output_len = 128;
   bool spin = false;
-  int vocab = 151936;
+  int vocab = 32000;  // qwen3next-1b's, as served in the H100 run
   int max_pending = 16;
   std::string json_path;
   bool deadlock_detection = false;  // absl::Mutex lock-order checks (off in hyla-server)
@@ -248,7 +248,7 @@ class RecordingObserver : public EngineObserver {
 int Usage(std::ostream& err, const std::string& msg) {
   err << "hyla-serving-overhead: " << msg << "\n"
       << "usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]\n"
-         "         [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 151936]\n"
+         "         [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 32000]\n"
          "         [--max-pending 16] [--notify thread|inline] [--notify-threads 1]\n"
          "         [--deadlock-detection off|on] [--json PATH]\n";
   return 2;

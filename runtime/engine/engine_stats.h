@@ -3,7 +3,8 @@
 //   - EngineStats: a snapshot of gauges and monotonic counters (Engine::Stats), read at scrape
 //     time;
 //   - EngineObserver: callbacks for the per-event observations that become histograms (step
-//     time by phase, batch size, queue time, TTFT, inter-token latency, end-to-end latency, tokens
+//     time by phase, Backend::Step alone and the scheduler thread's host time around it, batch
+//     size, queue time, TTFT, inter-token latency, end-to-end latency, tokens
 //     per request, session state bytes by context) and for counters by reason.
 //
 // Thread-safety: EngineStats is a value. EngineObserver methods are called concurrently from the

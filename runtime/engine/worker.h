@@ -2,10 +2,14 @@
 //
 // Other threads talk to a worker only through its inbox (commands: a new request, a fork, the
 // release of a deleted or evicted session) and through each request's RequestStream (events out,
-// cancellation in). Everything else — the waiting queue, the running batch, the sessions' states,
-// the Backend and its StateStore — belongs to the scheduler thread. After each change the worker
-// publishes its load and memory counters as atomics (WorkerLoad) for routing, admission and
-// metrics.
+// cancellation in). The streams' consumers are woken by the worker's EventNotifier thread(s),
+// not by the scheduler thread: a step's events are queued during its token loop and handed over
+// with one wake-up at its end, so that the consumers' work (protobuf, gRPC writes) overlaps the
+// next step. Each step reports where the scheduler thread's time went (StepObservation:
+// host_before, backend, host_after) for the serving-overhead metrics. Everything else — the waiting
+// queue, the running batch, the sessions' states, the Backend and its StateStore — belongs to the
+// scheduler thread. After each change the worker publishes its load and memory counters as atomics
+// (WorkerLoad) for routing, admission and metrics.
 //
 // Thread-safety: Enqueue, load() and Stop are thread-safe; the rest runs on the worker's thread.
 // Invariants (on the scheduler thread): a request is in exactly one of inbox, waiting_, running_
