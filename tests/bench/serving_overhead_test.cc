@@ -1,4 +1,4 @@
-// hyla-serving-overhead (bench/serving_overhead.cc): a short run over its fixed-step backend,
+// hyla-serving-overhead (bench/hyla_bench_overhead.cc): a short run over its fixed-step backend,
 // checked through the --json report against what the setup fixes (the step time the backend
 // sleeps, the number of requests and tokens) and against the report's own structure (the
 // scheduler thread's cycle split), for the new path and for the old one (--notify inline
