@@ -1,6 +1,6 @@
 // Kernel micro-benchmark (CUDA only): GdnDecode at 2048+ head-states, PagedAttentionDecode at
 // long contexts, and GdnPrefill for reference, against the device-to-device copy bandwidth
-// measured in the same run.
+// measured in the same run; SkinnyGemmBf16 on the decode GEMM shapes against cuBLAS (dlopen).
 //
 // Method (../.library/device/METHOD.md): random inputs (never zeros); warm-up launches; before
 // every timed launch the L2 is flushed (a memset of 4x its size, outside the timed region); each
@@ -8,8 +8,11 @@
 // fewest the op must move (each input read once, each output written once). The copy bandwidth
 // is (bytes read + bytes written) / time of a 1 GiB cudaMemcpy D2D, median of kReps.
 //
-// Usage: kernels_bench [--quick]   (--quick: fewer sizes)
+// Usage: kernels_bench [--quick | --skinny]   (--quick: fewer sizes; --skinny: only the skinny
+// GEMM rows, SkinnyGemmBf16 against cuBLAS)
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +24,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -534,6 +538,175 @@ void BenchAttnPrefill(Timer* timer, int len, int Hq, int Hkv, int d, bool bf16) 
   }
 }
 
+// cuBLAS for the skinny GEMM comparison rows, loaded at run time (as runtime/cuda/cublas_api.cc
+// does; kernels_bench does not link it). nullptr when it cannot be loaded (rows skipped).
+struct BenchCublas {
+  cublasHandle_t handle = nullptr;
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void*, const void*, cudaDataType, int, const void*, cudaDataType,
+                            int, const void*, void*, cudaDataType, int, cublasComputeType_t,
+                            cublasGemmAlgo_t) = nullptr;
+};
+
+const BenchCublas* LoadBenchCublas() {
+  static const BenchCublas* api = []() -> const BenchCublas* {
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so"}) {
+      lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib != nullptr) break;
+    }
+    if (lib == nullptr) {
+      std::printf("cuBLAS not loadable (%s): no cublas rows\n", dlerror());
+      return nullptr;
+    }
+    using CreateFn = cublasStatus_t (*)(cublasHandle_t*);
+    auto create = reinterpret_cast<CreateFn>(dlsym(lib, "cublasCreate_v2"));
+    auto* out = new BenchCublas;
+    out->gemm_ex = reinterpret_cast<decltype(out->gemm_ex)>(dlsym(lib, "cublasGemmEx"));
+    if (create == nullptr || out->gemm_ex == nullptr ||
+        create(&out->handle) != CUBLAS_STATUS_SUCCESS) {
+      std::printf("cuBLAS lacks cublasCreate_v2/cublasGemmEx or cannot create a handle\n");
+      delete out;
+      return nullptr;
+    }
+    return out;
+  }();
+  return api;
+}
+
+// max |a − b| / max |b| over count floats (device).
+double RelDiff(const float* a, const float* b, size_t count) {
+  std::vector<float> ha(count), hb(count);
+  BENCH_CHECK(cudaMemcpy(ha.data(), a, count * 4, cudaMemcpyDeviceToHost));
+  BENCH_CHECK(cudaMemcpy(hb.data(), b, count * 4, cudaMemcpyDeviceToHost));
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < count; ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(ha[i]) - hb[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(hb[i])));
+    if (std::isnan(ha[i])) max_diff = INFINITY;
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
+}
+
+// Times SkinnyGemmBf16 y[m, n] = x[m, k]·Wᵀ (bf16 W [n, k], fp32 y): the default variant, with
+// all_variants also every variant × splits 1/2/4/8 (" [<variant> s<splits>]"), and the same GEMM
+// through cublasGemmEx as runtime/cuda/gemm.cc Linear calls it ("cublas ..."). Bytes: W + x + y.
+// Checks: the default against a CPU double reference on 64 columns, every other output (cuBLAS
+// included) against the default's (max |diff| / max |y|, printed; FAIL above 1e-3).
+void BenchSkinnyGemm(Timer* timer, int m, int n, int k, bool all_variants) {
+  const size_t w_bytes = size_t{2} * n * k, x_bytes = size_t{2} * m * k;
+  const size_t y_count = size_t{1} * m * n;
+  auto* w = static_cast<uint16_t*>(DeviceAlloc(w_bytes));
+  auto* x = static_cast<uint16_t*>(DeviceAlloc(x_bytes));
+  auto* y = static_cast<float*>(DeviceAlloc(y_count * 4));
+  auto* y_ref = static_cast<float*>(DeviceAlloc(y_count * 4));
+  FillRandom(w, w_bytes, true, 11);
+  FillRandom(x, x_bytes, true, 12);
+  const double bytes = static_cast<double>(w_bytes + x_bytes + y_count * 4);
+  const std::string name = "skinny_gemm bf16 m " + std::to_string(m) + " n " + std::to_string(n) +
+                           " k " + std::to_string(k);
+  hyla::kernels::SkinnyGemmParams p;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.x = x;
+  p.w = w;
+  p.y = y_ref;
+  LAUNCH_CHECK(hyla::kernels::SkinnyGemmBf16(p, nullptr));
+  BENCH_CHECK(cudaDeviceSynchronize());
+  {  // CPU check of the default on 64 columns spread over n.
+    std::vector<uint16_t> hx(static_cast<size_t>(m) * k), hw(k);
+    std::vector<float> hy(y_count);
+    BENCH_CHECK(cudaMemcpy(hx.data(), x, x_bytes, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(cudaMemcpy(hy.data(), y_ref, y_count * 4, cudaMemcpyDeviceToHost));
+    auto bf = [](uint16_t h) {
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return static_cast<double>(f);
+    };
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int c = 0; c < 64; ++c) {
+      const int j = static_cast<int>(static_cast<int64_t>(c) * (n - 1) / 63);
+      BENCH_CHECK(cudaMemcpy(hw.data(), w + static_cast<size_t>(j) * k, size_t{2} * k,
+                             cudaMemcpyDeviceToHost));
+      for (int i = 0; i < m; ++i) {
+        double ref = 0.0;
+        for (int kk = 0; kk < k; ++kk) ref += bf(hx[static_cast<size_t>(i) * k + kk]) * bf(hw[kk]);
+        max_ref = std::max(max_ref, std::fabs(ref));
+        max_diff = std::max(max_diff, std::fabs(ref - hy[static_cast<size_t>(i) * n + j]));
+      }
+    }
+    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
+    std::printf("  check %s vs CPU: rel %.2e%s\n", name.c_str(), rel, rel <= 1e-3 ? "" : " FAIL");
+  }
+  p.y = y;
+  Report(name, timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::SkinnyGemmBf16(p, nullptr)); }),
+         bytes);
+  if (all_variants) {
+    for (int v = 1; hyla::kernels::SkinnyGemmVariantName(v) != nullptr; ++v) {
+      for (const int splits : {1, 2, 4, 8}) {
+        hyla::kernels::SkinnyGemmParams q = p;
+        q.variant = v;
+        q.num_splits = splits;
+        BENCH_CHECK(cudaMemset(y, 0xFF, y_count * 4));
+        const int err = hyla::kernels::SkinnyGemmBf16(q, nullptr);
+        if (err != 0) {
+          std::printf("  %s [%s s%d]: %s\n", name.c_str(), hyla::kernels::SkinnyGemmVariantName(v),
+                      splits, hyla::kernels::KernelErrorString(err));
+          (void)cudaGetLastError();
+          continue;
+        }
+        BENCH_CHECK(cudaDeviceSynchronize());
+        const double rel = RelDiff(y, y_ref, y_count);
+        if (!(rel <= 1e-3)) {
+          std::printf("  check [%s s%d] vs default: rel %.2e FAIL\n",
+                      hyla::kernels::SkinnyGemmVariantName(v), splits, rel);
+        }
+        Report(name + " [" + hyla::kernels::SkinnyGemmVariantName(v) + " s" +
+                   std::to_string(splits) + "]",
+               timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::SkinnyGemmBf16(q, nullptr)); }),
+               bytes);
+      }
+    }
+  }
+  if (const BenchCublas* cublas = LoadBenchCublas(); cublas != nullptr) {
+    const float alpha = 1.0f, beta = 0.0f;
+    auto run = [&] {
+      const cublasStatus_t st = cublas->gemm_ex(
+          cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x,
+          CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        std::fprintf(stderr, "cublasGemmEx failed: %d\n", static_cast<int>(st));
+        std::exit(1);
+      }
+    };
+    run();
+    BENCH_CHECK(cudaDeviceSynchronize());
+    const double rel = RelDiff(y, y_ref, y_count);
+    std::printf("  check cublas vs skinny: rel %.2e%s\n", rel, rel <= 1e-3 ? "" : " FAIL");
+    Report("cublas bf16 m " + std::to_string(m) + " n " + std::to_string(n) + " k " +
+               std::to_string(k),
+           timer->MedianUs(run), bytes);
+  }
+  BENCH_CHECK(cudaFree(w));
+  BENCH_CHECK(cudaFree(x));
+  BENCH_CHECK(cudaFree(y));
+  BENCH_CHECK(cudaFree(y_ref));
+}
+
+// The decode GEMMs of qwen3next-1b at batch 64 (GDN in-proj, MLP gate|up, MLP down, GDN
+// out-proj, attention q|k|v, attention o, LM head), every variant; two at batch 1 and 16.
+void BenchSkinnyGemms(Timer* timer) {
+  const std::pair<int, int> shapes[] = {{12352, 2048}, {5632, 2048}, {2048, 2816}, {2048, 4096},
+                                        {2560, 2048},  {2048, 2048}, {32000, 2048}};
+  for (const auto& [n, k] : shapes) BenchSkinnyGemm(timer, 64, n, k, /*all_variants=*/true);
+  for (const int m : {1, 16}) {
+    BenchSkinnyGemm(timer, m, 12352, 2048, false);
+    BenchSkinnyGemm(timer, m, 2048, 2048, false);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -549,6 +722,11 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem >> 20);
   Timer timer;
   g_copy_gbs = CopyBandwidth(&timer);
+
+  // Skinny GEMMs (decode batches) against cuBLAS; --skinny: only these.
+  const bool skinny_only = argc > 1 && std::strcmp(argv[1], "--skinny") == 0;
+  BenchSkinnyGemms(&timer);
+  if (skinny_only) return 0;
 
   // GDN decode: 2048, 4096, 8192 head-states of 128x128 fp32 (64 KiB each), every kernel variant.
   for (const bool bf16 : {true, false}) {

@@ -33,11 +33,13 @@
 //
 // Variants (SkinnyGemmParams::variant; kernels_bench times all): rows per CTA 64 or 128, 4 to 8
 // stages. Default: 128 rows (6 stages) for m > 32 (x tile reads from L2 per weight byte halve),
-// 64 rows (6 stages) otherwise; splits: the largest of 1, 2, 4, 8 that keeps the grid within one
-// wave of resident CTAs and at least 4 steps (256 k) per split.
+// 64 rows (6 stages) otherwise; splits: when the row tiles alone leave SMs idle, the largest of
+// 8, 4, 2 whose clusters all fit at once (cudaOccupancyMaxActiveClusters) with at least 4 steps
+// (256 k) per split; else 1.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -278,6 +280,36 @@ int Occupancy() {
   return occupancy;
 }
 
+// Clusters of (1, splits, 1) CTAs (splits 2, 4, 8) resident at once on this device (0 if the
+// query fails); cached per instantiation and split count.
+template <int kMT, int kWarps, int kStages>
+int MaxClusters(int splits) {
+  static std::atomic<int> cache[4];  // index log2(splits); value + 1, 0 = not yet known
+  const int index = splits == 2 ? 1 : splits == 4 ? 2 : 3;
+  const int cached = cache[index].load(std::memory_order_relaxed);
+  if (cached > 0) return cached - 1;
+  using C = Config<kMT, kWarps, kStages>;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1, static_cast<unsigned>(splits), 1);
+  config.blockDim = dim3(C::kThreads, 1, 1);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = 1;
+  attribute[0].val.clusterDim.y = static_cast<unsigned>(splits);
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, SkinnyGemmKernel<kMT, kWarps, kStages>, &config) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    clusters = 0;
+  }
+  cache[index].store(clusters + 1, std::memory_order_relaxed);
+  return clusters;
+}
+
 template <int kMT, int kWarps, int kStages>
 int Launch(const KernelArgs& args, int requested_splits, cudaStream_t stream) {
   using C = Config<kMT, kWarps, kStages>;
@@ -291,16 +323,24 @@ int Launch(const KernelArgs& args, int requested_splits, cudaStream_t stream) {
   const int total_steps = (args.k + kKStep - 1) / kKStep;
   int splits = requested_splits;
   if (splits == 0) {
+    // The most splits (8, 4, 2) whose clusters all fit at once and leave >= 4 steps per split;
+    // else 1 (then the grid may take more than one wave).
     int device = 0;
     int sms = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
       return static_cast<int>(cudaGetLastError());
     }
-    const int64_t slots = static_cast<int64_t>(sms) * occupancy;
     splits = 1;
-    while (splits < 8 && tiles * splits * 2 <= slots && total_steps / (splits * 2) >= 4) {
-      splits *= 2;
+    if (tiles < static_cast<int64_t>(sms) * occupancy) {
+      for (int s = 8; s >= 2; s /= 2) {
+        if (total_steps / s < 4) continue;
+        const int clusters = MaxClusters<kMT, kWarps, kStages>(s);
+        if (clusters > 0 && tiles <= clusters) {
+          splits = s;
+          break;
+        }
+      }
     }
   }
   while (splits > 1 && total_steps < splits) splits /= 2;  // every split gets >= 1 step

@@ -404,5 +404,251 @@ TEST_F(ResidualKernel, SiluMulToBf16MatchesCpu) {
   }
 }
 
+// SkinnyGemmBf16 (kernels/skinny_gemm.h) against a CPU reference in double from the same bf16
+// values: max |y − ref| <= 1e-3 · max |ref| (fp32 accumulation over k <= 8192), every output
+// written, row padding untouched, bitwise-equal repeats (eager and CUDA-graph replay).
+class SkinnyGemmKernel : public gpu_test::GpuTest {};
+
+struct SkinnyCase {
+  int m, n, k;
+  int64_t x_stride, w_stride, y_stride;  // elements
+  bool bias;
+  int variant = 0;
+  int splits = 0;
+};
+
+// Device inputs of one case (x, W, bias from fixed seeds) and the poisoned output.
+struct SkinnyData {
+  std::vector<uint16_t> x, w;  // bf16, strided as the case says
+  std::vector<float> bias;
+  DeviceBuffer dx, dw, dbias, dy;
+  explicit SkinnyData(const SkinnyCase& c)
+      : x(ToBf16(RandomFloats(static_cast<size_t>(c.m) * c.x_stride, 1000 + c.k, 1.0f))),
+        w(ToBf16(RandomFloats(static_cast<size_t>(c.n) * c.w_stride, 2000 + c.n, 0.05f))),
+        bias(RandomFloats(static_cast<size_t>(c.n), 3000 + c.n, 0.5f)),
+        dx(x.size() * 2),
+        dw(w.size() * 2),
+        dbias(bias.size() * 4),
+        dy(static_cast<size_t>(c.m) * c.y_stride * 4) {}
+  bool ok() const { return dx.ok() && dw.ok() && dbias.ok() && dy.ok(); }
+  void UploadAll() {
+    Upload(x, dx.as<uint16_t>());
+    Upload(w, dw.as<uint16_t>());
+    Upload(bias, dbias.as<float>());
+  }
+  kernels::SkinnyGemmParams Params(const SkinnyCase& c) const {
+    kernels::SkinnyGemmParams p;
+    p.m = c.m;
+    p.n = c.n;
+    p.k = c.k;
+    p.x = dx.as<uint16_t>();
+    p.x_stride = c.x_stride;
+    p.w = dw.as<uint16_t>();
+    p.w_stride = c.w_stride;
+    p.bias = c.bias ? dbias.as<float>() : nullptr;
+    p.y = dy.as<float>();
+    p.y_stride = c.y_stride;
+    p.variant = c.variant;
+    p.num_splits = c.splits;
+    return p;
+  }
+};
+
+// Output columns compared: all for small n, else the first and last 256 and every 7th (the
+// double reference over 64 x 32000 x 2048 would take too long).
+bool SkinnyChecked(int n, int j) { return n <= 4096 || j < 256 || j >= n - 256 || j % 7 == 0; }
+
+// Runs case c (already launched into d.dy and synchronised by the caller) against the reference.
+void ExpectSkinnyMatches(const SkinnyCase& c, const SkinnyData& d, const std::vector<float>& y) {
+  double max_ref = 0.0, max_err = 0.0;
+  size_t unwritten = 0, padding_written = 0;
+  for (int i = 0; i < c.m; ++i) {
+    for (int j = 0; j < c.n; ++j) {
+      const float got = y[static_cast<size_t>(i) * c.y_stride + j];
+      if (std::isnan(got)) ++unwritten;
+      if (!SkinnyChecked(c.n, j)) continue;
+      double ref = c.bias ? static_cast<double>(d.bias[j]) : 0.0;
+      const uint16_t* xr = d.x.data() + static_cast<size_t>(i) * c.x_stride;
+      const uint16_t* wr = d.w.data() + static_cast<size_t>(j) * c.w_stride;
+      for (int kk = 0; kk < c.k; ++kk) {
+        ref += static_cast<double>(Bf16ToFloat(xr[kk])) * static_cast<double>(Bf16ToFloat(wr[kk]));
+      }
+      max_ref = std::max(max_ref, std::fabs(ref));
+      max_err = std::max(max_err, std::fabs(static_cast<double>(got) - ref));
+    }
+    for (int64_t j = c.n; j < c.y_stride; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, &y[static_cast<size_t>(i) * c.y_stride + j], 4);
+      if (bits != 0xFFFFFFFFu) ++padding_written;
+    }
+  }
+  const double rel = max_ref > 0 ? max_err / max_ref : max_err;
+  std::printf(
+      "[gpu-error] skinny_gemm m=%d n=%d k=%d bias=%d variant=%d splits=%d: max|diff| %.3g "
+      "max|ref| %.3g rel %.3g\n",
+      c.m, c.n, c.k, c.bias ? 1 : 0, c.variant, c.splits, max_err, max_ref, rel);
+  EXPECT_EQ(unwritten, 0u) << "outputs not written (or NaN)";
+  EXPECT_EQ(padding_written, 0u) << "row padding of y written";
+  EXPECT_LE(rel, 1e-3);
+}
+
+void RunSkinnyCase(const SkinnyCase& c) {
+  SCOPED_TRACE(testing::Message() << "m=" << c.m << " n=" << c.n << " k=" << c.k
+                                  << " x_stride=" << c.x_stride << " w_stride=" << c.w_stride
+                                  << " y_stride=" << c.y_stride << " bias=" << c.bias
+                                  << " variant=" << c.variant << " splits=" << c.splits);
+  SkinnyData d(c);
+  ASSERT_TRUE(d.ok());
+  d.UploadAll();
+  const size_t y_count = static_cast<size_t>(c.m) * c.y_stride;
+  ASSERT_EQ(cudaMemset(d.dy.as<float>(), 0xFF, y_count * 4), cudaSuccess);  // NaN poison
+  ASSERT_CUDA_OK(kernels::SkinnyGemmBf16(d.Params(c), nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> y = Download(d.dy.as<float>(), y_count);
+  ExpectSkinnyMatches(c, d, y);
+  // A second launch gives bitwise the same output.
+  ASSERT_CUDA_OK(kernels::SkinnyGemmBf16(d.Params(c), nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> again = Download(d.dy.as<float>(), y_count);
+  EXPECT_EQ(std::memcmp(y.data(), again.data(), y_count * 4), 0) << "not deterministic";
+}
+
+// The decode shapes of qwen3next-1b (and a tiny odd one) at batch sizes 1..64, dense and padded
+// strides, with and without bias; the chosen variant and splits.
+TEST_F(SkinnyGemmKernel, MatchesCpuOnDecodeShapes) {
+  const std::pair<int, int> shapes[] = {
+      {12352, 2048}, {2048, 2816}, {2048, 4096}, {100, 24}, {32000, 2048}};
+  int index = 0;
+  for (const auto& [n, k] : shapes) {
+    for (const int m : {1, 7, 16, 33, 64}) {
+      const bool padded = index % 3 == 1;
+      SkinnyCase c{
+          m, n, k, padded ? k + 8 : k, padded ? k + 16 : k, padded ? n + 3 : n, index % 2 == 0};
+      RunSkinnyCase(c);
+      ++index;
+    }
+  }
+}
+
+// Every variant with every split count (and the automatic one) on shapes with partial row
+// tiles, a K tail (k % 64 != 0) and splits of unequal length.
+TEST_F(SkinnyGemmKernel, EveryVariantAndSplit) {
+  for (int variant = 1; kernels::SkinnyGemmVariantName(variant) != nullptr; ++variant) {
+    for (const int splits : {0, 1, 2, 4, 8}) {
+      for (const int m : {5, 24, 64}) {
+        SkinnyCase c{m, 300, 1000, 1000, 1000, 301, (variant + splits) % 2 == 0, variant, splits};
+        RunSkinnyCase(c);
+      }
+    }
+    // k shorter than one step with 8 requested splits (clamped to 1).
+    RunSkinnyCase({9, 129, 40, 48, 40, 129, true, variant, 8});
+  }
+  EXPECT_EQ(kernels::SkinnyGemmVariantName(0), nullptr);
+}
+
+// A replay of a CUDA graph that captured the launch (cluster launch included) writes bitwise
+// the eager result.
+TEST_F(SkinnyGemmKernel, GraphReplayMatchesEagerBitwise) {
+  for (const int splits : {1, 4}) {
+    const SkinnyCase c{64, 2048, 4096, 4096, 4096, 2048, true, 0, splits};
+    SkinnyData d(c);
+    ASSERT_TRUE(d.ok());
+    d.UploadAll();
+    const size_t y_count = static_cast<size_t>(c.m) * c.y_stride;
+    ASSERT_CUDA_OK(kernels::SkinnyGemmBf16(d.Params(c), nullptr));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> eager = Download(d.dy.as<float>(), y_count);
+    ASSERT_EQ(cudaMemset(d.dy.as<float>(), 0xFF, y_count * 4), cudaSuccess);
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    const int launched = kernels::SkinnyGemmBf16(d.Params(c), stream);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    ASSERT_EQ(launched, 0) << kernels::KernelErrorString(launched);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const std::vector<float> replay = Download(d.dy.as<float>(), y_count);
+    EXPECT_EQ(std::memcmp(eager.data(), replay.data(), y_count * 4), 0) << "splits " << splits;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
+// Small enough for compute-sanitizer (memcheck, racecheck, synccheck): partial tiles, K tail,
+// bias, split 2 (cluster reduction) and no split.
+TEST_F(SkinnyGemmKernel, SanitizerSmall) {
+  RunSkinnyCase({3, 37, 72, 80, 72, 40, true, 1, 2});
+  RunSkinnyCase({17, 70, 136, 136, 136, 70, false, 5, 1});
+}
+
+TEST_F(SkinnyGemmKernel, RejectsBadArguments) {
+  const SkinnyCase c{4, 64, 64, 64, 64, 64, true};
+  SkinnyData d(c);
+  ASSERT_TRUE(d.ok());
+  const kernels::SkinnyGemmParams good = d.Params(c);
+  const int invalid = static_cast<int>(cudaErrorInvalidValue);
+  auto expect_rejected = [&](kernels::SkinnyGemmParams p, const char* what) {
+    EXPECT_EQ(kernels::SkinnyGemmBf16(p, nullptr), invalid) << what;
+  };
+  kernels::SkinnyGemmParams p = good;
+  p.m = 0;
+  expect_rejected(p, "m 0");
+  p = good;
+  p.m = 65;
+  expect_rejected(p, "m 65");
+  p = good;
+  p.n = 0;
+  expect_rejected(p, "n 0");
+  p = good;
+  p.k = 60;
+  p.x_stride = p.w_stride = 64;
+  expect_rejected(p, "k not a multiple of 8");
+  p = good;
+  p.k = 0;
+  expect_rejected(p, "k 0");
+  p = good;
+  p.x_stride = 60;
+  expect_rejected(p, "x_stride < k");
+  p = good;
+  p.x_stride = 68;
+  expect_rejected(p, "x_stride not a multiple of 8");
+  p = good;
+  p.w_stride = 72 + 4;
+  expect_rejected(p, "w_stride not a multiple of 8");
+  p = good;
+  p.y_stride = 63;
+  expect_rejected(p, "y_stride < n");
+  p = good;
+  p.x = d.dx.as<uint16_t>() + 1;
+  expect_rejected(p, "x misaligned");
+  p = good;
+  p.w = d.dw.as<uint16_t>() + 4;
+  expect_rejected(p, "w misaligned");
+  p = good;
+  p.x = nullptr;
+  expect_rejected(p, "no x");
+  p = good;
+  p.w = nullptr;
+  expect_rejected(p, "no w");
+  p = good;
+  p.y = nullptr;
+  expect_rejected(p, "no y");
+  p = good;
+  p.y = reinterpret_cast<float*>(d.dw.as<uint16_t>());
+  expect_rejected(p, "y overlaps w");
+  p = good;
+  p.num_splits = 3;
+  expect_rejected(p, "3 splits");
+  p = good;
+  p.variant = 99;
+  expect_rejected(p, "unknown variant");
+  ASSERT_CUDA_OK(kernels::SkinnyGemmBf16(good, nullptr));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
 }  // namespace
 }  // namespace hyla
