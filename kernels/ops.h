@@ -231,7 +231,7 @@ size_t GdnPrefillWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int dv)
 bool GdnPrefillUsesTensorCores(const GdnPrefillParams& params);
 // The workspace that `params` needs on the path GdnPrefill takes for it (num_pieces, HV, dk, dv,
 // dtype, commit, tensor_cores are read): <= GdnPrefillWorkspaceBytes; the tensor-core path
-// needs 2·(64·dk + 64·dv + dk·dv) + 512 bytes per (piece, value head).
+// needs 2·(64·dk + 64·dv + dk·dv + 4096) + 768 bytes per (piece, value head).
 size_t GdnPrefillWorkspaceBytesFor(const GdnPrefillParams& params);
 // Host-side plan: from host copies of cu_seqlens [num_seqs + 1] and start_pos [num_seqs]
 // (nullptr: all 0), fills piece_offsets [num_seqs + 1] and returns the number of pieces
