@@ -494,8 +494,11 @@ int LaunchVariant(const GdnDecodeParams& p, GdnDecodeVariant variant, cudaStream
 
 // The kernel of kDefault. dk > 128: 64-column tiles need 138 registers (one CTA of 256 threads
 // per SM), 32-column ones 127 (four of 128).
+// Measured on the H100 (kernels_bench, 2026-11-23, bench/results/ of that day): 64-column tiles
+// with plain loads/stores are the fastest at dk 128 (89.7-94.5% of copy at 2048-8192
+// head-states, 1-3% ahead of the other variants); at dk 256 the 32-column kernel (87.3%).
 GdnDecodeVariant DefaultVariant(int dk) {
-  return dk <= 128 ? GdnDecodeVariant::kTile64Stream : GdnDecodeVariant::kTile32Stream;
+  return dk <= 128 ? GdnDecodeVariant::kTile64 : GdnDecodeVariant::kTile32;
 }
 
 template <typename T>
