@@ -1,8 +1,9 @@
 // Rotary position embedding, in place on q and k (API and semantics: kernels/rope.h).
 //
-// One thread per (row, rotation pair i): it computes cos/sin of its angle once (sincosf, full
-// precision: the kernels are not built with fast math) and rotates pair i of every q and k head
-// of the row. Consecutive threads touch consecutive i: the accesses of a warp are coalesced.
+// One thread per (row, head, rotation pair i): it computes cos/sin of its angle (sincosf, full
+// precision: the kernels are not built with fast math) and rotates pair i of its head, so that a
+// decode batch's few rows still spread over many threads. Consecutive threads touch consecutive
+// i: the accesses of a warp are coalesced.
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -23,25 +24,22 @@ __device__ __forceinline__ void RotatePair(float* x, int half, int i, float c, f
   x[i + half] = b * c + a * s;
 }
 
+// One thread per (row, head, rotation pair): heads h < q_heads are q's, the rest k's.
 __global__ void __launch_bounds__(kThreads) RopeKernel(RopeParams p) {
   const int half = p.rotary_dim / 2;
+  const int heads = p.q_heads + p.k_heads;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= p.rows * half) return;
-  const int64_t r = idx / half;
+  if (idx >= p.rows * heads * half) return;
   const int i = static_cast<int>(idx % half);
+  const int h = static_cast<int>((idx / half) % heads);
+  const int64_t r = idx / half / heads;
   const float angle = static_cast<float>(p.row_pos[r]) * p.inv_freq[i];
   float s, c;
   sincosf(angle, &s, &c);
-  float* q = p.q + r * p.q_stride;
-  for (int h = 0; h < p.q_heads; ++h) {
-    RotatePair(q + static_cast<int64_t>(h) * p.head_dim, half, i, c, s);
-  }
-  if (p.k_heads > 0) {
-    float* k = p.k + r * p.k_stride;
-    for (int h = 0; h < p.k_heads; ++h) {
-      RotatePair(k + static_cast<int64_t>(h) * p.head_dim, half, i, c, s);
-    }
-  }
+  float* x = h < p.q_heads
+                 ? p.q + r * p.q_stride + static_cast<int64_t>(h) * p.head_dim
+                 : p.k + r * p.k_stride + static_cast<int64_t>(h - p.q_heads) * p.head_dim;
+  RotatePair(x, half, i, c, s);
 }
 
 }  // namespace
@@ -69,7 +67,7 @@ int Rope(const RopeParams& p, void* stream) {
     params.k = nullptr;
     params.k_heads = 0;
   }
-  const int64_t threads = p.rows * (p.rotary_dim / 2);
+  const int64_t threads = p.rows * (params.q_heads + params.k_heads) * (p.rotary_dim / 2);
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
   if (blocks > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   RopeKernel<<<static_cast<unsigned>(blocks), kThreads, 0, AsStream(stream)>>>(params);
