@@ -6,6 +6,7 @@
 // lanes accumulate the sum of squares over i = lane, lane + 32, ..., reduce it with shuffles,
 // then each lane scales its own elements (x is read twice; the second read hits L1).
 // Per element the CPU's operation order: ((x·inv)·w)·g then ·sigmoid(g) = 1 / (1 + exp(−g)).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,6 +47,10 @@ __global__ void __launch_bounds__(kThreads) GatedRmsNormKernel(GatedRmsNormParam
         y = __fmul_rn(__fmul_rn(y, gi), 1.0f / (1.0f + expf(-gi)));
       }
       out[i] = y;
+      if (p.out_bf16 != nullptr) {
+        reinterpret_cast<__nv_bfloat16*>(p.out_bf16)[(r * p.heads + h) * p.n + i] =
+            __float2bfloat16_rn(y);
+      }
     }
   }
 }

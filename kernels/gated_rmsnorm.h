@@ -27,6 +27,9 @@ struct GatedRmsNormParams {
   float eps = 1e-6f;
   float* out = nullptr;
   int64_t out_stride = 0;
+  // Optional: the same values rounded to bf16 (FloatToBf16), dense [rows, heads·n], for a bf16
+  // GEMM after the norm.
+  uint16_t* out_bf16 = nullptr;
 };
 int GatedRmsNorm(const GatedRmsNormParams& params, void* stream);
 

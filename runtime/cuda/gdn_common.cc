@@ -355,7 +355,7 @@ absl::Status GdnBranch::Recurrence(const CudaContext& ctx, const float* qkv, con
 
 absl::Status GdnBranch::OutputNorm(DeviceContext& dev, int64_t rows, const float* o,
                                    const float* proj, float* out, int64_t proj_stride,
-                                   int64_t o_stride, int64_t out_stride) const {
+                                   int64_t o_stride, int64_t out_stride, uint16_t* out_bf16) const {
   if (!with_output_norm_) {
     return absl::FailedPreconditionError(absl::StrCat("GdnBranch::OutputNorm (layer ", layer_,
                                                       "): created without the output norm"));
@@ -373,6 +373,7 @@ absl::Status GdnBranch::OutputNorm(DeviceContext& dev, int64_t rows, const float
   p.eps = cfg_.norm_eps;
   p.out = out;
   p.out_stride = out_stride == 0 ? vd_ : out_stride;
+  p.out_bf16 = out_bf16;
   HYLA_KERNEL_RETURN_IF_ERROR(kernels::GatedRmsNorm(p, dev.kernel_stream()),
                               absl::StrCat("GatedRmsNorm (GDN layer ", layer_, ")"));
   return absl::OkStatus();
@@ -380,7 +381,7 @@ absl::Status GdnBranch::OutputNorm(DeviceContext& dev, int64_t rows, const float
 
 absl::StatusOr<float*> GdnBranch::Forward(const CudaContext& ctx, const float* x,
                                           const GdnRecurrenceOptions& options, float** proj_out,
-                                          float** qkv_out) const {
+                                          float** qkv_out, uint16_t** o_bf16_out) const {
   if (ctx.batch == nullptr || ctx.dev == nullptr) {
     return absl::InvalidArgumentError("GdnBranch::Forward: incomplete context");
   }
@@ -394,7 +395,15 @@ absl::StatusOr<float*> GdnBranch::Forward(const CudaContext& ctx, const float* x
   HYLA_RETURN_IF_ERROR(Project(dev, x, ctx.x_bf16, rows, proj));
   HYLA_RETURN_IF_ERROR(ConvSilu(ctx, proj, qkv));
   HYLA_RETURN_IF_ERROR(Recurrence(ctx, qkv, proj, o, options));
-  if (with_output_norm_) HYLA_RETURN_IF_ERROR(OutputNorm(dev, rows, o, proj, o));
+  uint16_t* o_bf16 = nullptr;
+  if (with_output_norm_ && o_bf16_out != nullptr && ctx.x_bf16 != nullptr) {
+    HYLA_ASSIGN_OR_RETURN(o_bf16,
+                          dev.scratch().AllocArray<uint16_t>(rows * vd_, "GDN head outputs bf16"));
+  }
+  if (with_output_norm_) {
+    HYLA_RETURN_IF_ERROR(OutputNorm(dev, rows, o, proj, o, 0, 0, 0, o_bf16));
+  }
+  if (o_bf16_out != nullptr) *o_bf16_out = o_bf16;
   if (proj_out != nullptr) *proj_out = proj;
   if (qkv_out != nullptr) *qkv_out = qkv;
   return o;

@@ -139,16 +139,20 @@ class GdnBranch {
   // Step 4 (with_output_norm only), in place allowed: out[r, hv] = RMSNorm_eps(o[r, hv])·o_norm
   // ·g[r, hv]·sigmoid(g[r, hv]) with g the g columns of proj (use_gate), else without the gate
   // factor. o, out: [rows, HV·dv] (row strides o_stride / out_stride, 0 = dense).
+  // out_bf16 (optional): the same values rounded to bf16, dense, for the o_proj GEMM.
   absl::Status OutputNorm(DeviceContext& dev, int64_t rows, const float* o, const float* proj,
                           float* out, int64_t proj_stride = 0, int64_t o_stride = 0,
-                          int64_t out_stride = 0) const;
+                          int64_t out_stride = 0, uint16_t* out_bf16 = nullptr) const;
 
   // Steps 1–4 (1–3 when !with_output_norm) on ctx.batch with buffers from step scratch:
   // returns the normed per-head output [total_rows, HV·dv] (dense, step scratch); *proj_out and
-  // *qkv_out (optional) receive the intermediate buffers (also step scratch).
+  // *qkv_out (optional) receive the intermediate buffers (also step scratch). *o_bf16_out
+  // (optional): with the output norm and bf16 weights (ctx.x_bf16 set), the output rounded to
+  // bf16 as well (step scratch), else nullptr.
   absl::StatusOr<float*> Forward(const CudaContext& ctx, const float* x,
                                  const GdnRecurrenceOptions& options = GdnRecurrenceOptions(),
-                                 float** proj_out = nullptr, float** qkv_out = nullptr) const;
+                                 float** proj_out = nullptr, float** qkv_out = nullptr,
+                                 uint16_t** o_bf16_out = nullptr) const;
 
  private:
   GdnBranch() = default;

@@ -38,9 +38,11 @@ class CudaGdnLayer : public CudaLayer {
     if (rows == 0) return absl::OkStatus();
     DeviceContext& dev = *ctx.dev;
     const size_t mark = dev.scratch().Mark();
-    absl::StatusOr<float*> o = branch_->Forward(ctx, x);
+    uint16_t* o_bf16 = nullptr;
+    absl::StatusOr<float*> o =
+        branch_->Forward(ctx, x, GdnRecurrenceOptions(), nullptr, nullptr, &o_bf16);
     absl::Status st = o.status();
-    if (st.ok()) st = Linear(dev, *o, rows, w_o_, nullptr, out);
+    if (st.ok()) st = Linear(dev, *o, o_bf16, rows, w_o_, nullptr, out);
     dev.scratch().RewindTo(mark);
     return st;
   }

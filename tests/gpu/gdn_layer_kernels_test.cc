@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
+#include "runtime/base/float16.h"
 #include "runtime/base/thread_pool.h"
 #include "runtime/cpu/cpu_layer.h"
 #include "runtime/cpu/gdn_core.h"
@@ -396,6 +397,10 @@ void RunNormCase(const NormCase& c, uint32_t seed) {
   p.eps = c.eps;
   p.out = d_out;
   p.out_stride = os;
+  // The bf16 copy (dense) for the GEMM after the norm.
+  DeviceBuffer d_bf16(static_cast<size_t>(std::max<int64_t>(c.rows * width, 1)) * 2);
+  ASSERT_TRUE(d_bf16.ok());
+  p.out_bf16 = d_bf16.as<uint16_t>();
   HYLA_ASSERT_LAUNCH_OK(kernels::GatedRmsNorm(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> raw(static_cast<size_t>(c.rows * os));
@@ -417,6 +422,15 @@ void RunNormCase(const NormCase& c, uint32_t seed) {
     std::copy(raw.begin() + r * os, raw.begin() + r * os + width, got.begin() + r * width);
   }
   ExpectClose(got, want, 1e-4, c.gate ? "gated_rmsnorm f32" : "gated_rmsnorm f32 (no gate)");
+  // out_bf16 holds exactly the fp32 outputs rounded to bf16.
+  std::vector<uint16_t> bf(got.size());
+  if (!bf.empty()) {
+    ASSERT_EQ(cudaMemcpy(bf.data(), d_bf16.as<uint16_t>(), bf.size() * 2, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+  }
+  size_t bf_mismatch = 0;
+  for (size_t i = 0; i < bf.size(); ++i) bf_mismatch += bf[i] != FloatToBf16(got[i]) ? 1 : 0;
+  EXPECT_EQ(bf_mismatch, 0u) << "out_bf16 differs from the rounded fp32 output";
   // Padding columns of a separate output stay untouched (0xFF poison = NaN bytes).
   if (!c.in_place && c.out_pad > 0 && c.rows > 0) {
     uint32_t bits = 0;
