@@ -562,25 +562,8 @@ __global__ void __launch_bounds__(2 * kTile)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;
 
-  // The query heads, scaled by scale·log2(e), as bf16 hi (rows 0..7) and lo (rows 8..15) pairs.
-  {
-    const Tq* q = static_cast<const Tq*>(p.q) + static_cast<int64_t>(s) * p.q_stride;
-    const float qscale = p.scale * 1.4426950408889634f;
-    for (int i = tid; i < kMaxHeadsPerCta * (kD / 2); i += kNumThreads) {
-      const int gg = i / (kD / 2), w = i % (kD / 2);
-      float x = 0.0f, y = 0.0f;
-      if (gg < nh && 2 * w < dk) {  // dk even: 2w + 1 < dk too
-        const Tq* qr = q + static_cast<int64_t>(h0 + gg) * dk + 2 * w;
-        x = ToFloat(qr[0]) * qscale;
-        y = ToFloat(qr[1]) * qscale;
-      }
-      uint32_t hi, lo;
-      SplitBf16(x, y, &hi, &lo);
-      Qs[gg * kQw + w] = hi;
-      Qs[(kMaxHeadsPerCta + gg) * kQw + w] = lo;
-    }
-  }
-
+  // This split's table entries (a chain of dependent loads), then the first copies, then the
+  // query staging, whose latency overlaps the copies.
   const int kv_len = p.kv_len[s];
   const int first_visible = p.window > 0 ? max(0, kv_len - p.window) : 0;
   const int row = p.table_rows != nullptr ? p.table_rows[s] : s;
@@ -648,6 +631,27 @@ __global__ void __launch_bounds__(2 * kTile)
     fetch(st + 1);
     CpAsyncCommit();
   }
+
+  // The query heads, scaled by scale·log2(e), as bf16 hi (rows 0..7) and lo (rows 8..15) pairs.
+  {
+    const Tq* q = static_cast<const Tq*>(p.q) + static_cast<int64_t>(s) * p.q_stride;
+    const float qscale = p.scale * 1.4426950408889634f;
+#pragma unroll
+    for (int i = tid; i < kMaxHeadsPerCta * (kD / 2); i += kNumThreads) {
+      const int gg = i / (kD / 2), w = i % (kD / 2);
+      float x = 0.0f, y = 0.0f;
+      if (gg < nh && 2 * w < dk) {  // dk even: 2w + 1 < dk too
+        const Tq* qr = q + static_cast<int64_t>(h0 + gg) * dk + 2 * w;
+        x = ToFloat(qr[0]) * qscale;
+        y = ToFloat(qr[1]) * qscale;
+      }
+      uint32_t hi, lo;
+      SplitBf16(x, y, &hi, &lo);
+      Qs[gg * kQw + w] = hi;
+      Qs[(kMaxHeadsPerCta + gg) * kQw + w] = lo;
+    }
+  }  // (read after the first barrier of the loop)
+
   const int mat = lane / 8, mrow = lane % 8;  // ldmatrix: this lane's matrix and row
   const int r0 = warp * 16;                   // this warp's first token of each tile
   for (int i = 0; i < n_tiles; ++i) {
