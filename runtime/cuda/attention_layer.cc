@@ -24,6 +24,12 @@
 // Host work per step: block allocation per 64-token chunk, one int32 table per step (one upload:
 // block tables, chunks, lengths, tiles, per-row block), no loops over heads. Step scratch is
 // released when the layer's kernels are enqueued (stream order).
+//
+// Decode steps from CUDA graphs (DecodeGraphSafe): PrepareDecode allocates the new tokens' blocks
+// and stages the changes of per-row device tables (blocks, chunks, counts, the new token's block)
+// in ctx.uploads; Forward then appends and attends through those tables with a launch that
+// depends only on the batch size and the table width (AttendDecodeGraph); FinishDecode drops the
+// blocks a window slid past. Eager decode uses the same split count, so both give the same sums.
 #include <algorithm>
 #include <climits>
 #include <cmath>

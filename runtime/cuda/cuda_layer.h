@@ -10,9 +10,10 @@
 // block_pool + b · layout.block_bytes() with the CPU block layout (keys [64, heads, key_dim]
 // then values [64, heads, value_dim], cpu_layer.h BlockKey/BlockValue).
 //
-// Block tables stay on the host (StateStore); a layer allocates blocks through
+// Block tables live on the host (StateStore); a layer allocates blocks through
 // CudaContext::WritableBlock (copy-on-write on the device) and uploads the tables it needs into
-// step scratch.
+// step scratch, or, for decode steps replayed from CUDA graphs, keeps device-resident copies that
+// PrepareDecode updates through ctx.uploads (see CudaLayer::DecodeGraphSafe).
 //
 // Thread-safety: owned by one CudaBackend and called from its worker thread only.
 #ifndef HYLA_RUNTIME_CUDA_CUDA_LAYER_H_
