@@ -21,7 +21,7 @@
 // Usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]
 //          [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 32000]
 //          [--max-pending 16] [--notify thread|inline] [--notify-threads 1]
-//          [--deadlock-detection off|on]
+//          [--deadlock-detection off|on] [--idle-sessions 0] [--session-tokens 1024]
 //          [--json PATH]
 // --notify inline and --deadlock-detection on reproduce the serving path before the fixes of
 // issue 5 (stream notifications and gRPC writes on the scheduler thread; absl's lock-order
@@ -75,6 +75,8 @@ struct Flags {
   bool deadlock_detection = false;  // absl::Mutex lock-order checks (off in hyla-server)
   bool notify_inline = false;       // on_ready on the scheduler thread (the old path)
   int notify_threads = 1;           // EngineOptions::notify_threads
+  int idle_sessions = 0;            // resident idle sessions during the run
+  int session_tokens = 1024;        // each one's context
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +252,8 @@ int Usage(std::ostream& err, const std::string& msg) {
       << "usage: hyla-serving-overhead [--step-ms 4] [--concurrency 64] [--num-requests 128]\n"
          "         [--input-len 32] [--output-len 128] [--wait sleep|spin] [--vocab 32000]\n"
          "         [--max-pending 16] [--notify thread|inline] [--notify-threads 1]\n"
-         "         [--deadlock-detection off|on] [--json PATH]\n";
+         "         [--deadlock-detection off|on] [--idle-sessions 0] [--session-tokens 1024]\n"
+         "         [--json PATH]\n";
   return 2;
 }
 
@@ -281,6 +284,11 @@ int ParseFlags(const std::vector<std::string>& args, Flags* f, std::ostream& err
     } else if (a == "--deadlock-detection") {
       ok = v == "on" || v == "off";
       f->deadlock_detection = v == "on";
+    } else if (a == "--idle-sessions") {
+      ok = absl::SimpleAtoi(v, &f->idle_sessions) && f->idle_sessions >= 0 &&
+           f->idle_sessions <= 100000;
+    } else if (a == "--session-tokens") {
+      ok = absl::SimpleAtoi(v, &f->session_tokens) && f->session_tokens >= 1;
     } else if (a == "--notify-threads") {
       ok = absl::SimpleAtoi(v, &f->notify_threads) && f->notify_threads >= 1 &&
            f->notify_threads <= 64;
@@ -312,8 +320,9 @@ Stat StatOf(std::vector<double> v) {
 }
 
 int Run(const Flags& f, std::ostream& out, std::ostream& err) {
-  const int slots = f.concurrency + 8;
-  const int64_t max_context = f.input_len + f.output_len + 64;
+  const int slots = f.concurrency + 8 + f.idle_sessions;
+  const int64_t max_context =
+      std::max<int64_t>(f.input_len + f.output_len, f.session_tokens + 1) + 64;
   const int64_t blocks = static_cast<int64_t>(slots) * (max_context / kBlockTokens + 2);
   const auto step = std::chrono::duration_cast<SteadyClock::duration>(
       std::chrono::duration<double, std::milli>(f.step_ms));
@@ -340,6 +349,7 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
   eo.max_context = max_context;
   eo.max_pending_events = f.max_pending;
   eo.session_ttl = absl::InfiniteDuration();
+  eo.max_sessions = std::max(16, f.idle_sessions);
   eo.observer = observer;
   eo.notify_on_worker_thread = f.notify_inline;
   eo.notify_threads = f.notify_threads;
@@ -379,6 +389,39 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
   if (auto warm = RunBenchmark(bo); !warm.ok()) {
     err << "hyla-serving-overhead: warm-up: " << warm.status() << "\n";
     return 1;
+  }
+  // Idle sessions (resident state the worker walks while it publishes its load).
+  if (f.idle_sessions > 0) {
+    absl::Mutex mu;
+    int done = 0;
+    absl::Status first_error;
+    for (int i = 0; i < f.idle_sessions; ++i) {
+      std::vector<int32_t> prefix(static_cast<size_t>(f.session_tokens));
+      for (int t = 0; t < f.session_tokens; ++t) prefix[static_cast<size_t>(t)] = (i + t) % 97 + 3;
+      absl::Status st =
+          engine_ptr->CreateSession(absl::StrCat("idle-", i), std::move(prefix),
+                                    absl::InfiniteFuture(), [&](absl::StatusOr<SessionInfo> info) {
+                                      absl::MutexLock lock(&mu);
+                                      if (!info.ok() && first_error.ok())
+                                        first_error = info.status();
+                                      ++done;
+                                    });
+      if (!st.ok()) {
+        err << "hyla-serving-overhead: CreateSession: " << st << "\n";
+        return 1;
+      }
+      // Keep the queue short (the engine bounds it).
+      absl::MutexLock lock(&mu);
+      auto caught_up = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done >= i + 1 - 16; };
+      mu.Await(absl::Condition(&caught_up));
+    }
+    absl::MutexLock lock(&mu);
+    auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done == f.idle_sessions; };
+    mu.Await(absl::Condition(&all));
+    if (!first_error.ok()) {
+      err << "hyla-serving-overhead: CreateSession: " << first_error << "\n";
+      return 1;
+    }
   }
   backend->TakeRecords();
   observer->Take();
@@ -425,6 +468,11 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
                 f.step_ms, f.spin ? "spin" : "sleep", f.concurrency, f.num_requests, f.input_len,
                 f.output_len);
   out << line;
+  if (f.idle_sessions > 0) {
+    std::snprintf(line, sizeof(line), "%d idle sessions of %d tokens resident\n", f.idle_sessions,
+                  f.session_tokens);
+    out << line;
+  }
   std::snprintf(line, sizeof(line), "notify %s, deadlock detection %s\n",
                 f.notify_inline ? "inline on the scheduler thread"
                                 : absl::StrCat(f.notify_threads, " notifier thread(s)").c_str(),

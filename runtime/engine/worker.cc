@@ -294,6 +294,7 @@ void Worker::Arrive(std::unique_ptr<ActiveRequest> r) {
     }
     WorkerSession* s = it->second.get();
     s->busy = true;
+    idle_dirty_ = true;
     r->session = s;
     r->seq = s->seq.get();
     r->reused = s->seq->num_tokens;
@@ -368,6 +369,7 @@ void Worker::DestroySession(const std::string& id) {
   if (it == sessions_.end()) return;
   backend_->store().Release(std::move(it->second->seq));
   sessions_.erase(it);
+  idle_dirty_ = true;
   shared_->sessions_released.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -427,6 +429,7 @@ void Worker::Fork(const std::string& parent_id, const std::string& child_id,
   const StateMemory child_memory =
       MemoryOf(*child->seq, static_cast<int64_t>(child->history.size()));
   sessions_.emplace(child_id, std::move(child));
+  idle_dirty_ = true;  // a new idle session; the parent's blocks are shared now
   shared_->sessions_created.fetch_add(1, std::memory_order_relaxed);
   shared_->sessions.Unpin(parent_id, parent_memory, parent->last_use);
   shared_->sessions.Unpin(child_id, child_memory, now);
@@ -567,6 +570,7 @@ void Worker::End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::St
       }
       HYLA_CHECK(s->seq->num_tokens <= static_cast<int64_t>(s->history.size()));
       s->busy = false;
+      idle_dirty_ = true;
       s->last_use = now;
       usage.state = MemoryOf(*s->seq, static_cast<int64_t>(s->history.size()));
       shared_->sessions.Unpin(id, usage.state, now);
@@ -619,6 +623,7 @@ bool Worker::Admit(std::unique_ptr<ActiveRequest> r, absl::Time now) {
     s->seq = std::move(seq).value();
     s->busy = true;
     s->last_use = now;
+    idle_dirty_ = true;
     r->session = s.get();
     r->seq = s->seq.get();
     sessions_.emplace(s->id, std::move(s));
@@ -808,6 +813,9 @@ void Worker::RunBatch(const std::vector<ScheduledWork>& work, absl::Time now) {
     }
     batch.push_back(sw);
     who.push_back(r);
+    // A session's sequence may share blocks with idle forks (copy-on-write changes their
+    // refcounts): the idle-session totals are recounted.
+    if (r->session != nullptr) idle_dirty_ = true;
     (w.decode ? decode_tokens : prefill_tokens) += w.tokens;
   }
   StepOutput out;
@@ -937,19 +945,35 @@ void Worker::Publish() {
     reserved += r->reserved;
     if (r->own_seq != nullptr) softmax_eq += layout.SoftmaxEquivalentBytes(r->own_seq->num_tokens);
   }
-  int64_t idle = 0;
-  int64_t idle_blocks = 0;
-  for (const auto& [id, s] : sessions_) {
-    softmax_eq += layout.SoftmaxEquivalentBytes(s->seq->num_tokens);
-    if (!s->busy) {
-      ++idle;
+  // Busy sessions are exactly those of the requests in waiting_ and running_ (one each); their
+  // contexts move every step. The idle sessions' totals (a walk over all their blocks) are
+  // recounted only after something could have changed them (idle_dirty_).
+  auto busy_session = [&](const ActiveRequest& r) {
+    if (r.session != nullptr && r.session->busy) {
+      softmax_eq += layout.SoftmaxEquivalentBytes(r.session->seq->num_tokens);
+    }
+  };
+  for (const auto& r : running_) busy_session(*r);
+  for (const auto& r : waiting_) busy_session(*r);
+  if (idle_dirty_) {
+    idle_dirty_ = false;
+    idle_sessions_ = 0;
+    idle_session_blocks_ = 0;
+    idle_softmax_eq_ = 0;
+    for (const auto& [id, s] : sessions_) {
+      if (s->busy) continue;
+      ++idle_sessions_;
+      idle_softmax_eq_ += layout.SoftmaxEquivalentBytes(s->seq->num_tokens);
       for (const auto& table : s->seq->streams) {
         for (const BlockRef& ref : table) {
-          if (store.refcount(ref.block) == 1) ++idle_blocks;
+          if (store.refcount(ref.block) == 1) ++idle_session_blocks_;
         }
       }
     }
   }
+  softmax_eq += idle_softmax_eq_;
+  const int64_t idle = idle_sessions_;
+  const int64_t idle_blocks = idle_session_blocks_;
   load_.running.store(static_cast<int64_t>(running_.size()), std::memory_order_relaxed);
   load_.waiting.store(static_cast<int64_t>(waiting_.size()), std::memory_order_relaxed);
   load_.sessions.store(static_cast<int64_t>(sessions_.size()), std::memory_order_relaxed);

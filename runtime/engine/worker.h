@@ -252,6 +252,11 @@ class Worker {
   uint64_t next_session_key_ = 1;
   SequenceState empty_seq_;     // a fresh sequence's shape, for WorstCaseNewBlocks
   std::vector<float> scratch_;  // [vocab] logits with suppressed ids
+  // Idle-session totals for Publish, recounted when idle_dirty_ (see Publish).
+  bool idle_dirty_ = true;
+  int64_t idle_sessions_ = 0;
+  int64_t idle_session_blocks_ = 0;
+  int64_t idle_softmax_eq_ = 0;
   // Host-time accounting of the step cycle (StepObservation::host_before ...).
   std::chrono::steady_clock::time_point cycle_start_;     // end of the last step, or wake-up
   std::chrono::steady_clock::time_point schedule_start_;  // Step() entry

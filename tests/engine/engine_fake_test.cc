@@ -622,6 +622,41 @@ TEST(EngineSessionTest, ContinuationEqualsOneRequestOverTheConcatenation) {
   EXPECT_EQ(Collect(**h3).tokens, FakeBackend::Greedy(h->backend_options, so_far, 3));
 }
 
+// The worker recounts its idle-session totals only after a change (Publish's cache): the
+// published softmax-equivalent bytes stay the sum over the sessions' own reports through
+// creation, a fork, continuations (busy, then idle again, copy-on-write) and a deletion.
+TEST(EngineSessionTest, PublishedTotalsFollowIdleAndBusySessions) {
+  auto h = MakeHarness(SmallOptions(), HistoryModel());
+  auto expect_sum = [&](const std::vector<std::string>& ids) {
+    int64_t sum = 0;
+    for (const std::string& id : ids) {
+      auto info = h->engine->GetSession(id);
+      ASSERT_TRUE(info.ok()) << id;
+      EXPECT_FALSE(info->busy) << id;
+      sum += info->state.softmax_equivalent_bytes;
+    }
+    EXPECT_GT(sum, 0);
+    EXPECT_EQ(h->engine->Stats().softmax_equivalent_bytes, sum);
+  };
+  std::vector<int32_t> prefix(100);
+  for (int i = 0; i < 100; ++i) prefix[i] = 30 + i % 50;
+  ASSERT_TRUE(CreateSessionSync(*h->engine, "a", prefix).ok());
+  expect_sum({"a"});
+  ASSERT_TRUE(ForkSessionSync(*h->engine, "a", "b").ok());
+  expect_sum({"a", "b"});
+  Request rb = Greedy(Ids("b turn"), 6);
+  rb.session_id = "b";
+  Collect(**h->engine->Submit(rb));
+  expect_sum({"a", "b"});
+  Request ra = Greedy(Ids("a turn, longer"), 3);
+  ra.session_id = "a";
+  Collect(**h->engine->Submit(ra));
+  expect_sum({"a", "b"});
+  ASSERT_TRUE(h->engine->DeleteSession("a").ok());
+  Collect(**h->engine->Submit(Greedy({5}, 1)));  // the worker has released "a" by now
+  expect_sum({"b"});
+}
+
 TEST(EngineSessionTest, ForkDivergesWithoutChangingTheParent) {
   auto h = MakeHarness(SmallOptions(), HistoryModel());
   std::vector<int32_t> prefix(100);  // two blocks: the second is shared, then copied on write
