@@ -1109,6 +1109,8 @@ int Main(int argc, char** argv) {
       co.store = so;
       co.max_step_tokens = std::max<int64_t>(o.prefill_chunk, std::max(o.max_batch, o.fixed_batch));
       co.max_step_seqs = std::max(std::max(o.max_batch, o.fixed_batch), 1);
+      // Decode-graph block tables wide enough for the longest context and its decode steps.
+      co.max_context = *std::max_element(o.contexts.begin(), o.contexts.end()) + 4096;
       HYLA_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(ckpt), co));
       auto* cb = static_cast<cuda::CudaBackend*>(backend.get());
       cudaDeviceProp prop{};

@@ -241,6 +241,7 @@ absl::StatusOr<std::unique_ptr<HylaServer>> HylaServer::Create(const ServerFlags
     co.store = bo.store;
     co.max_step_seqs = eo.max_batch;
     co.max_step_tokens = std::max<int64_t>(eo.token_budget, eo.max_batch);
+    co.max_context = max_context;  // the width of the decode-graph block tables
     const int gpus = VisibleGpus();
     threads_note =
         absl::StrCat("CUDA, ", cuda::PrecisionName(co.precision), ", ", gpus, " visible GPU(s)");
