@@ -442,9 +442,22 @@ struct DecodeVariant {
   int waves;   // automatic splits aim at waves x resident CTAs
 };
 constexpr DecodeVariant kVariants[] = {
-    {"default", 0, 0, 0},  {"cuda_cores", 0, 0, 0}, {"t64s2", 64, 2, 2},   {"t64s3", 64, 3, 2},
-    {"t64s4", 64, 4, 2},   {"t32s3", 32, 3, 2},     {"t32s4", 32, 4, 2},   {"t32s6", 32, 6, 2},
-    {"t64s3w1", 64, 3, 1}, {"t64s3w4", 64, 3, 4},   {"t32s4w1", 32, 4, 1}, {"t32s4w4", 32, 4, 4},
+    {"default", 0, 0, 0},
+    {"cuda_cores", 0, 0, 0},
+    {"t64s2", 64, 2, 2},
+    {"t64s3", 64, 3, 2},
+    {"t64s4", 64, 4, 2},
+    {"t32s3", 32, 3, 2},
+    {"t32s4", 32, 4, 2},
+    {"t32s6", 32, 6, 2},
+    {"t64s3w1", 64, 3, 1},
+    {"t64s3w4", 64, 3, 4},
+    {"t32s4w1", 32, 4, 1},
+    {"t32s4w4", 32, 4, 4},
+    // Deep rings at one wave (fewest splits; t64s4 at head dim 128: one CTA per SM, often no
+    // split and no combine kernel).
+    {"t64s4w1", 64, 4, 1},
+    {"t32s6w1", 32, 6, 1},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
