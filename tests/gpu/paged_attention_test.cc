@@ -5,7 +5,9 @@
 // head dims; sliding windows; sparse block tables (NAtS-L-like kept chunks); padding rows;
 // forced and automatic split-K (per-sequence split boundaries on the device, more splits than
 // blocks, very unequal lengths); table_rows (shuffled rows, decoy rows); windows over untrimmed
-// tables. Bounds: fp32 1e-4, bf16 1e-2 (max|diff| / max|ref|).
+// tables; every kernel variant (PagedAttentionDecodeParams::variant: the CUDA-core kernel and the
+// tensor-core tilings). Bounds (by the query/output dtype): fp32 1e-4, bf16 1e-2 (max|diff| /
+// max|ref|); the tensor-core kernel keeps fp32 queries at ~1e-5 with its hi/lo bf16 rows.
 // Label gpu; skipped without a CUDA device.
 #include <cuda_runtime.h>
 
