@@ -348,7 +348,7 @@ int Run(const Flags& f, std::ostream& out, std::ostream& err) {
   eo.token_budget = f.concurrency - 1 + 1024 + 1024;
   eo.max_context = max_context;
   eo.max_pending_events = f.max_pending;
-  eo.session_ttl = absl::InfiniteDuration();
+  eo.session_ttl = absl::Minutes(30);  // hyla-server's default
   eo.max_sessions = std::max(16, f.idle_sessions);
   eo.observer = observer;
   eo.notify_on_worker_thread = f.notify_inline;

@@ -295,6 +295,7 @@ void Worker::Arrive(std::unique_ptr<ActiveRequest> r) {
     WorkerSession* s = it->second.get();
     s->busy = true;
     idle_dirty_ = true;
+    expiry_dirty_ = true;
     r->session = s;
     r->seq = s->seq.get();
     r->reused = s->seq->num_tokens;
@@ -370,6 +371,7 @@ void Worker::DestroySession(const std::string& id) {
   backend_->store().Release(std::move(it->second->seq));
   sessions_.erase(it);
   idle_dirty_ = true;
+  expiry_dirty_ = true;
   shared_->sessions_released.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -430,6 +432,7 @@ void Worker::Fork(const std::string& parent_id, const std::string& child_id,
       MemoryOf(*child->seq, static_cast<int64_t>(child->history.size()));
   sessions_.emplace(child_id, std::move(child));
   idle_dirty_ = true;  // a new idle session; the parent's blocks are shared now
+  expiry_dirty_ = true;
   shared_->sessions_created.fetch_add(1, std::memory_order_relaxed);
   shared_->sessions.Unpin(parent_id, parent_memory, parent->last_use);
   shared_->sessions.Unpin(child_id, child_memory, now);
@@ -440,14 +443,27 @@ void Worker::Fork(const std::string& parent_id, const std::string& child_id,
 void Worker::ExpireSessions(absl::Time now) {
   const absl::Duration ttl = shared_->options.session_ttl;
   if (ttl <= absl::ZeroDuration() || ttl == absl::InfiniteDuration()) return;
+  // Nothing expires before next_expiry_ unless a session changed since it was computed (every
+  // change of busy / last_use / the set of sessions sets expiry_dirty_): no walk per step.
+  if (!expiry_dirty_ && now < next_expiry_) return;
+  expiry_dirty_ = false;
+  next_expiry_ = absl::InfiniteFuture();
   std::vector<std::string> expired;
   for (const auto& [id, s] : sessions_) {
-    if (!s->busy && now - s->last_use >= ttl) expired.push_back(id);
+    if (s->busy) continue;
+    const absl::Time at = s->last_use + ttl;
+    if (now >= at) {
+      expired.push_back(id);
+    } else {
+      next_expiry_ = std::min(next_expiry_, at);
+    }
   }
   for (const std::string& id : expired) {
     if (shared_->sessions.TryEvict(id)) {
       DestroySession(id);
       shared_->CountEviction(EvictReason::kTtl);
+    } else {
+      expiry_dirty_ = true;  // pinned meanwhile (a request for it is on its way): look again
     }
   }
 }
@@ -571,6 +587,7 @@ void Worker::End(std::unique_ptr<ActiveRequest> r, FinishReason reason, absl::St
       HYLA_CHECK(s->seq->num_tokens <= static_cast<int64_t>(s->history.size()));
       s->busy = false;
       idle_dirty_ = true;
+      expiry_dirty_ = true;
       s->last_use = now;
       usage.state = MemoryOf(*s->seq, static_cast<int64_t>(s->history.size()));
       shared_->sessions.Unpin(id, usage.state, now);
@@ -624,6 +641,7 @@ bool Worker::Admit(std::unique_ptr<ActiveRequest> r, absl::Time now) {
     s->busy = true;
     s->last_use = now;
     idle_dirty_ = true;
+    expiry_dirty_ = true;
     r->session = s.get();
     r->seq = s->seq.get();
     sessions_.emplace(s->id, std::move(s));

@@ -257,6 +257,9 @@ class Worker {
   int64_t idle_sessions_ = 0;
   int64_t idle_session_blocks_ = 0;
   int64_t idle_softmax_eq_ = 0;
+  // ExpireSessions: the earliest TTL expiry of an idle session, valid unless expiry_dirty_.
+  bool expiry_dirty_ = true;
+  absl::Time next_expiry_ = absl::InfiniteFuture();
   // Host-time accounting of the step cycle (StepObservation::host_before ...).
   std::chrono::steady_clock::time_point cycle_start_;     // end of the last step, or wake-up
   std::chrono::steady_clock::time_point schedule_start_;  // Step() entry
