@@ -453,6 +453,23 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
       p.mma_variant = v.variant;
       time_one(std::string(" [") + v.name + "]");
     }
+    // Launches alone (kernels/ops.h internal::GdnPrefillMmaLaunch), in order so that each
+    // reads what the previous one wrote: the default variant and the unfused kCols32.
+    for (const hyla::kernels::GdnPrefillMmaVariant v :
+         {hyla::kernels::GdnPrefillMmaVariant::kDefault,
+          hyla::kernels::GdnPrefillMmaVariant::kCols32}) {
+      p.mma_variant = v;
+      for (int launch = 1; launch <= 3; ++launch) {
+        const double us = timer->MedianUs([&] {
+          LAUNCH_CHECK(hyla::kernels::internal::GdnPrefillMmaLaunch(p, launch, nullptr));
+        });
+        Report("gdn_prefill bf16 seqs " + std::to_string(num_seqs) + " x " + std::to_string(len) +
+                   " HV " + std::to_string(HV) + " [" +
+                   (v == hyla::kernels::GdnPrefillMmaVariant::kDefault ? "default" : "mma cols32") +
+                   " launch " + std::to_string(launch) + " alone]",
+               us, 0.0);
+      }
+    }
     p.mma_variant = hyla::kernels::GdnPrefillMmaVariant::kDefault;
     p.tensor_cores = false;
     time_one(" [fp32 kernel]");

@@ -281,19 +281,21 @@ HYLA_GDN_DEV void AFromC(uint32_t (&a)[4], const float (&c0)[4], const float (&c
 
 template <int kDk, int kDv, bool kWithP>
 struct PieceSmem {
-  static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 1;
-  // bf16: K [64, kLdk], V [64, kLdv], (kWithP) Q [64, kLdk]; fp32: A [64, 65], T [64, 65], G, β,
-  // r_k, the W row scale β e^G r_k, r_q [64 each]. Tb [64, kLdt] (bf16 T) reuses A's space (A is
-  // dead by then).
-  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk, kQ = kV + kChunk * kLdv;
-  static constexpr int64_t kF32 = (kQ + (kWithP ? kChunk * kLdk : 0)) / 2;  // float offset
+  static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 4;
+  // bf16: K [64, kLdk], V [64, kLdv]; fp32: A [64, kLdf], T [64, kLdf], G, β, r_k, the W row
+  // scale β e^G r_k, r_q [64 each]. Reused space: (kWithP) Q [64, kLdk] bf16 lives in T's space
+  // until P is computed (before T is), Tb [64, kLdt] (bf16 T) in A's once A is dead. 68 KB at
+  // dk = dv = 128: three CTAs per SM.
+  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk;
+  static constexpr int64_t kF32 = (kV + kChunk * kLdv) / 2;  // float offset
   static constexpr int64_t kA = kF32, kT = kA + kChunk * kLdf, kG = kT + kChunk * kLdf;
   static constexpr int64_t kBeta = kG + kChunk, kRk = kBeta + kChunk, kSk = kRk + kChunk;
   static constexpr int64_t kRq = kSk + kChunk;
-  static constexpr int64_t kTb = 2 * kA;  // bf16 offset
+  static constexpr int64_t kTb = 2 * kA, kQ = 2 * kT;  // bf16 offsets
   static constexpr size_t kBytes = sizeof(float) * (kRq + kChunk);
-  static_assert(kF32 % 4 == 0, "fp32 part 16-byte aligned");
+  static_assert(kF32 % 4 == 0 && kLdf % 4 == 0, "fp32 arrays 16-byte aligned");
   static_assert(kChunk * kLdt <= 2 * kChunk * kLdf, "Tb fits in A");
+  static_assert(kChunk * kLdk <= 2 * kChunk * kLdf, "Q fits in T");
 };
 
 template <int kDk, int kDv, bool kWithP>
@@ -435,6 +437,7 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
         *reinterpret_cast<uint32_t*>(P + i * kChunk + j) = PackBf16(x0, x1);
       }
     }
+    SyncThreads();  // Q (in T's space) is read by every warp before T is written
   }
 
   // T = (I + A)⁻¹. Diagonal 16x16 blocks: one thread per column, forward substitution.
@@ -1156,12 +1159,13 @@ cudaError_t SetSmem(Kernel kernel, size_t bytes) {
                               static_cast<int>(bytes));
 }
 
-// Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused).
+// Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused); only: 0 both, else that one.
 template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
-int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
+int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if constexpr (kFused) {
+    if (only == 3) return static_cast<int>(cudaSuccess);
     constexpr size_t kSmem = StateOutSmem<kDk, kCols, kSplit>::kBytes;
     const cudaError_t err = SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -1172,10 +1176,12 @@ int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
     constexpr size_t kSmem = StateSmem<kDk, kCols>::kBytes;
     cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
-    GdnMmaStateKernel<kDk, kDv, kCols>
-        <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return static_cast<int>(err);
+    if (only != 3) {
+      GdnMmaStateKernel<kDk, kDv, kCols>
+          <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
+      err = cudaGetLastError();
+      if (err != cudaSuccess || only == 2) return static_cast<int>(err);
+    }
     constexpr size_t kOutSmem = OutputSmem<kDk, kDv>::kBytes;
     err = SetSmem(GdnMmaOutputKernel<kDk, kDv>, kOutSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -1197,15 +1203,18 @@ int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stre
   return LaunchResult();
 }
 
+// only: 0 runs every launch, 1..3 that launch alone (internal::GdnPrefillMmaLaunch).
 template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
-int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
-  const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
-  if (rc != 0) return rc;
-  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused>(p, acc, stream);
+int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
+  if (only == 0 || only == 1) {
+    const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
+    if (rc != 0 || only == 1) return rc;
+  }
+  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused>(p, acc, stream, only);
 }
 
 template <int kDk, int kDv>
-int Launch(const GdnPrefillParams& p, cudaStream_t stream) {
+int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
   Access acc;
   auto rows16 = [](const void* base, int64_t stride) {
     return IsAligned(base, 16) && stride % 8 == 0;
@@ -1222,21 +1231,21 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream) {
   const V variant = p.mma_variant == V::kDefault ? kDefaultVariant : p.mma_variant;
   switch (variant) {
     case V::kCols16:
-      return LaunchVariant<kDk, kDv, 16, 1, false>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 16, 1, false>(p, acc, stream, only);
     case V::kCols32:
-      return LaunchVariant<kDk, kDv, 32, 1, false>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 32, 1, false>(p, acc, stream, only);
     case V::kCols64:
-      return LaunchVariant<kDk, kDv, 64, 1, false>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 64, 1, false>(p, acc, stream, only);
     case V::kFusedCols16:
-      return LaunchVariant<kDk, kDv, 16, 1, true>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 16, 1, true>(p, acc, stream, only);
     case V::kFusedCols32:
-      return LaunchVariant<kDk, kDv, 32, 1, true>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 32, 1, true>(p, acc, stream, only);
     case V::kFusedCols16Split2:
-      return LaunchVariant<kDk, kDv, 16, 2, true>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 16, 2, true>(p, acc, stream, only);
     case V::kFusedCols32Split2:
-      return LaunchVariant<kDk, kDv, 32, 2, true>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 32, 2, true>(p, acc, stream, only);
     case V::kFusedCols64Split2:
-      return LaunchVariant<kDk, kDv, 64, 2, true>(p, acc, stream);
+      return LaunchVariant<kDk, kDv, 64, 2, true>(p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
@@ -1255,15 +1264,27 @@ size_t GdnPrefillMmaWorkspaceBytes(int num_pieces, int num_v_heads, int dk, int 
   return entry * static_cast<size_t>(num_pieces) * static_cast<size_t>(num_v_heads);
 }
 
-// Launches the tensor-core path; the caller (GdnPrefill) validated the arguments and checked
-// GdnPrefillUsesTensorCores.
-int GdnPrefillMma(const GdnPrefillParams& p, void* stream) {
+// Launches the tensor-core path (only: 0 every launch, else that one); the caller validated the
+// arguments and checked GdnPrefillUsesTensorCores.
+int GdnPrefillMmaOnly(const GdnPrefillParams& p, void* stream, int only) {
   const cudaStream_t st = AsStream(stream);
-  if (p.dk == 64 && p.dv == 64) return gdn_mma::Launch<64, 64>(p, st);
-  if (p.dk == 64 && p.dv == 128) return gdn_mma::Launch<64, 128>(p, st);
-  if (p.dk == 128 && p.dv == 64) return gdn_mma::Launch<128, 64>(p, st);
-  if (p.dk == 128 && p.dv == 128) return gdn_mma::Launch<128, 128>(p, st);
+  if (p.dk == 64 && p.dv == 64) return gdn_mma::Launch<64, 64>(p, st, only);
+  if (p.dk == 64 && p.dv == 128) return gdn_mma::Launch<64, 128>(p, st, only);
+  if (p.dk == 128 && p.dv == 64) return gdn_mma::Launch<128, 64>(p, st, only);
+  if (p.dk == 128 && p.dv == 128) return gdn_mma::Launch<128, 128>(p, st, only);
   return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int GdnPrefillMma(const GdnPrefillParams& p, void* stream) {
+  return GdnPrefillMmaOnly(p, stream, 0);
+}
+
+int GdnPrefillMmaLaunch(const GdnPrefillParams& p, int launch, void* stream) {
+  if (!GdnPrefillUsesTensorCores(p) || launch < 1 || launch > 3 || p.num_seqs <= 0 ||
+      p.workspace_bytes < GdnPrefillWorkspaceBytesFor(p)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return GdnPrefillMmaOnly(p, stream, launch);
 }
 
 }  // namespace internal

@@ -233,6 +233,13 @@ bool GdnPrefillUsesTensorCores(const GdnPrefillParams& params);
 // dtype, commit, tensor_cores are read): <= GdnPrefillWorkspaceBytes; the tensor-core path
 // needs 2·(64·dk + 64·dv + dk·dv + 4096) + 768 bytes per (piece, value head).
 size_t GdnPrefillWorkspaceBytesFor(const GdnPrefillParams& params);
+namespace internal {
+// Benchmarks only (kernels_bench's per-launch rows): runs launch `launch` alone (1: the per-piece
+// kernel, 2: the sequential state pass, 3: the output kernel of unfused variants, nothing for
+// fused ones) of GdnPrefill's tensor-core path for params that GdnPrefill would run on it (only
+// cheap checks here). Results are meaningful only when the earlier launches ran before.
+int GdnPrefillMmaLaunch(const GdnPrefillParams& params, int launch, void* stream);
+}  // namespace internal
 // Host-side plan: from host copies of cu_seqlens [num_seqs + 1] and start_pos [num_seqs]
 // (nullptr: all 0), fills piece_offsets [num_seqs + 1] and returns the number of pieces
 // (-1 on invalid input).
