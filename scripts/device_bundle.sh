@@ -46,8 +46,9 @@ SERVICE_TESTS=(generate_integration_test lifecycle_integration_test operations_i
                validation_integration_test session_affinity_test)
 # Issue 5's benchmark driver (scripts/device_bench.sh) also runs hyla-context-scaling.
 PROGRAMS+=(hyla-context-scaling)
-# Its serving stage drives hyla-server with the gRPC load generator.
-PROGRAMS+=(hyla-bench)
+# Its serving stage drives hyla-server with the gRPC load generator; hyla-serving-overhead is the
+# engine + gRPC path over a fixed-time fake backend (docs/benchmarks.md).
+PROGRAMS+=(hyla-bench hyla-serving-overhead)
 TARGETS=("${GPU_TESTS[@]}" "${PROGRAMS[@]}" "${SERVICE_TESTS[@]}")
 
 if ((BUILD_IT)); then
