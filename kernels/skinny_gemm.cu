@@ -32,10 +32,11 @@
 // (.., k 8-15), (.., k 16-23), (.., k 24-31) → (b0, b1) of the first 16 k, then of the second.
 //
 // Variants (SkinnyGemmParams::variant; kernels_bench times all): rows per CTA 64 or 128, 4 to 8
-// stages. Default: 128 rows (6 stages) for m > 32 (x tile reads from L2 per weight byte halve),
-// 64 rows (6 stages) otherwise; splits: when the row tiles alone leave SMs idle, the largest of
-// 8, 4, 2 whose clusters all fit at once (cudaOccupancyMaxActiveClusters) with at least 4 steps
-// (256 k) per split; else 1.
+// stages, and (_l2pf) W copies with the .L2::256B prefetch hint (the next step's 128 bytes of the
+// row come into L2 with this one's). Default: 128 rows (6 stages) for m > 32 (x tile reads from L2
+// per weight byte halve), 64 rows (6 stages) otherwise; splits: when the row tiles alone leave SMs
+// idle, the largest of 8, 4, 2 whose clusters all fit at once (cudaOccupancyMaxActiveClusters) with
+// at least 4 steps (256 k) per split; else 1.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -83,6 +84,14 @@ __device__ __forceinline__ void CpAsync16(uint16_t* dst, const uint16_t* src, bo
                "l"(src), "r"(src_bytes)
                : "memory");
 }
+// As CpAsync16, with a hint to fetch the enclosing 256 bytes into L2 (the next step of the row).
+__device__ __forceinline__ void CpAsync16Prefetch256(uint16_t* dst, const uint16_t* src,
+                                                     bool fill) {
+  const int src_bytes = fill ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
+               "l"(src), "r"(src_bytes)
+               : "memory");
+}
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -102,7 +111,7 @@ struct KernelArgs {
   int64_t y_stride;
 };
 
-template <int kMT, int kWarps, int kStages>
+template <int kMT, int kWarps, int kStages, bool kL2Prefetch>
 struct Config {
   static constexpr int kRows = 16 * kWarps;
   static constexpr int kThreads = 32 * kWarps;
@@ -114,9 +123,9 @@ struct Config {
   static_assert((kRows * 8) % kThreads == 0, "W chunks per thread");
 };
 
-template <int kMT, int kWarps, int kStages>
+template <int kMT, int kWarps, int kStages, bool kL2Prefetch>
 __global__ void __launch_bounds__(32 * kWarps) SkinnyGemmKernel(KernelArgs a) {
-  using C = Config<kMT, kWarps, kStages>;
+  using C = Config<kMT, kWarps, kStages, kL2Prefetch>;
   constexpr int kRows = C::kRows;
   constexpr int kThreads = C::kThreads;
   constexpr int kTilesN = kMT / 8;
@@ -148,7 +157,11 @@ __global__ void __launch_bounds__(32 * kWarps) SkinnyGemmKernel(KernelArgs a) {
       const int kk = kbase + c * 8;
       const bool ok = row < a.n && kk < a.k;
       const uint16_t* src = ok ? a.w + row * a.w_stride + kk : a.w;
-      CpAsync16(sw + r * kRowElems + c * 8, src, ok);
+      if constexpr (kL2Prefetch) {
+        CpAsync16Prefetch256(sw + r * kRowElems + c * 8, src, ok);
+      } else {
+        CpAsync16(sw + r * kRowElems + c * 8, src, ok);
+      }
     }
     for (int id = tid; id < kMT * 8; id += kThreads) {
       const int r = id >> 3;
@@ -254,18 +267,19 @@ struct VariantInfo {
   int stages;
 };
 constexpr VariantInfo kVariants[] = {
-    {"rows64_stages4", 4, 4},  {"rows64_stages6", 4, 6},  {"rows64_stages8", 4, 8},
-    {"rows128_stages4", 8, 4}, {"rows128_stages6", 8, 6},
+    {"rows64_stages4", 4, 4},       {"rows64_stages6", 4, 6},  {"rows64_stages8", 4, 8},
+    {"rows128_stages4", 8, 4},      {"rows128_stages6", 8, 6}, {"rows64_stages6_l2pf", 4, 6},
+    {"rows128_stages6_l2pf", 8, 6},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
 // Resident CTAs per SM of one instantiation (0 if it cannot launch); sets its shared memory
 // limit once.
-template <int kMT, int kWarps, int kStages>
+template <int kMT, int kWarps, int kStages, bool kL2Prefetch>
 int Occupancy() {
   static const int occupancy = [] {
-    using C = Config<kMT, kWarps, kStages>;
-    auto* kernel = SkinnyGemmKernel<kMT, kWarps, kStages>;
+    using C = Config<kMT, kWarps, kStages, kL2Prefetch>;
+    auto* kernel = SkinnyGemmKernel<kMT, kWarps, kStages, kL2Prefetch>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(C::kSmemBytes)) != cudaSuccess) {
       return 0;
@@ -282,13 +296,13 @@ int Occupancy() {
 
 // Clusters of (1, splits, 1) CTAs (splits 2, 4, 8) resident at once on this device (0 if the
 // query fails); cached per instantiation and split count.
-template <int kMT, int kWarps, int kStages>
+template <int kMT, int kWarps, int kStages, bool kL2Prefetch>
 int MaxClusters(int splits) {
   static std::atomic<int> cache[4];  // index log2(splits); value + 1, 0 = not yet known
   const int index = splits == 2 ? 1 : splits == 4 ? 2 : 3;
   const int cached = cache[index].load(std::memory_order_relaxed);
   if (cached > 0) return cached - 1;
-  using C = Config<kMT, kWarps, kStages>;
+  using C = Config<kMT, kWarps, kStages, kL2Prefetch>;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(1, static_cast<unsigned>(splits), 1);
   config.blockDim = dim3(C::kThreads, 1, 1);
@@ -301,8 +315,8 @@ int MaxClusters(int splits) {
   config.attrs = attribute;
   config.numAttrs = 1;
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, SkinnyGemmKernel<kMT, kWarps, kStages>, &config) !=
-      cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&clusters, SkinnyGemmKernel<kMT, kWarps, kStages, kL2Prefetch>,
+                                     &config) != cudaSuccess) {
     cudaGetLastError();
     clusters = 0;
   }
@@ -310,10 +324,10 @@ int MaxClusters(int splits) {
   return clusters;
 }
 
-template <int kMT, int kWarps, int kStages>
+template <int kMT, int kWarps, int kStages, bool kL2Prefetch>
 int Launch(const KernelArgs& args, int requested_splits, cudaStream_t stream) {
-  using C = Config<kMT, kWarps, kStages>;
-  const int occupancy = Occupancy<kMT, kWarps, kStages>();
+  using C = Config<kMT, kWarps, kStages, kL2Prefetch>;
+  const int occupancy = Occupancy<kMT, kWarps, kStages, kL2Prefetch>();
   if (occupancy <= 0) {
     cudaGetLastError();  // clear a sticky-free error of the attribute calls
     return static_cast<int>(cudaErrorInvalidConfiguration);
@@ -335,7 +349,7 @@ int Launch(const KernelArgs& args, int requested_splits, cudaStream_t stream) {
     if (tiles < static_cast<int64_t>(sms) * occupancy) {
       for (int s = 8; s >= 2; s /= 2) {
         if (total_steps / s < 4) continue;
-        const int clusters = MaxClusters<kMT, kWarps, kStages>(s);
+        const int clusters = MaxClusters<kMT, kWarps, kStages, kL2Prefetch>(s);
         if (clusters > 0 && tiles <= clusters) {
           splits = s;
           break;
@@ -360,22 +374,26 @@ int Launch(const KernelArgs& args, int requested_splits, cudaStream_t stream) {
     config.numAttrs = 1;
   }
   return static_cast<int>(
-      cudaLaunchKernelEx(&config, SkinnyGemmKernel<kMT, kWarps, kStages>, args));
+      cudaLaunchKernelEx(&config, SkinnyGemmKernel<kMT, kWarps, kStages, kL2Prefetch>, args));
 }
 
 template <int kMT>
 int LaunchVariant(int variant, const KernelArgs& args, int splits, cudaStream_t stream) {
   switch (variant) {
     case 1:
-      return Launch<kMT, 4, 4>(args, splits, stream);
+      return Launch<kMT, 4, 4, false>(args, splits, stream);
     case 2:
-      return Launch<kMT, 4, 6>(args, splits, stream);
+      return Launch<kMT, 4, 6, false>(args, splits, stream);
     case 3:
-      return Launch<kMT, 4, 8>(args, splits, stream);
+      return Launch<kMT, 4, 8, false>(args, splits, stream);
     case 4:
-      return Launch<kMT, 8, 4>(args, splits, stream);
+      return Launch<kMT, 8, 4, false>(args, splits, stream);
     case 5:
-      return Launch<kMT, 8, 6>(args, splits, stream);
+      return Launch<kMT, 8, 6, false>(args, splits, stream);
+    case 6:
+      return Launch<kMT, 4, 6, true>(args, splits, stream);
+    case 7:
+      return Launch<kMT, 8, 6, true>(args, splits, stream);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
