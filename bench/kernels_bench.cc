@@ -378,6 +378,9 @@ constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols16Split2, "mma fused cols16 split2"},
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2, "mma fused cols32 split2"},
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols64Split2, "mma fused cols64 split2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kCols32Stages3, "mma cols32 stages3"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols16Split2Stages3,
+     "mma fused cols16 split2 stages3"},
 };
 
 // bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores);

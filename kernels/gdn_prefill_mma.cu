@@ -18,7 +18,8 @@
 //       V_newᵀ = Uᵀ − Sᵀ·Wᵀ                                (stored bf16 over Uᵀ)
 //       Sᵀ    ← e^{G_last}·Sᵀ + (V_new ⊙ e^{G_last−G} r_k)ᵀ·K   (raw k rows, bf16)
 //     and Sᵀ at the piece start is stored (bf16) as h for launch 3. W, the piece's k rows and the
-//     Uᵀ tile are copied with cp.async kStages − 1 pieces ahead of the one computed on.
+//     Uᵀ tile are copied with cp.async kStages − 1 pieces ahead of the one computed on (2 or 3
+//     stages: a variant).
 //  3. GdnMmaOutputKernel, one CTA (4 warps, 16 rows each) per (piece, value head):
 //       O = diag(r_q e^G)·Q·h + tril(diag(r_q) QKᵀ diag(r_k) ⊙ Γ)·V_new,   r_q = q_scale/‖q‖
 //     with Q, K the raw bf16 rows; written as bf16.
@@ -69,7 +70,6 @@ constexpr int kPieceThreads = 128;   // launches 1 and 3: 4 warps of 16 rows
 constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
 // GdnPrefillMmaVariant::kDefault (kernels/ops.h).
 constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2;
-constexpr int kStages = 2;  // launch 2: pieces in shared memory
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline
@@ -561,7 +561,7 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
 
 // ---- launch 2: per (sequence, value head, kCols value columns), sequential over pieces --------
 
-template <int kDk, int kCols>
+template <int kDk, int kCols, int kStages>
 struct StateSmem {
   static constexpr int kLdk = kDk + kPad;
   // Per stage: bf16 W [64, kLdk], K [64, kLdk], UT [kCols, kLdt]; fp32 G [64], r_k [64].
@@ -569,13 +569,14 @@ struct StateSmem {
   static constexpr int64_t kG = kUT + kCols * kLdt;  // bf16 offset of the fp32 part
   static constexpr int64_t kStage = kG + 2 * 2 * kChunk;
   static constexpr size_t kBytes = 2 * kStage * kStages;
+  static_assert(kBytes <= 227 * 1024, "shared memory per CTA");
   static_assert(kG % 8 == 0 && kStage % 8 == 0, "16-byte aligned arrays");
 };
 
-template <int kDk, int kDv, int kCols>
+template <int kDk, int kDv, int kCols, int kStages>
 HYLA_GDN_DEV void StateBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                             uint16_t* smem) {
-  using L = StateSmem<kDk, kCols>;
+  using L = StateSmem<kDk, kCols, kStages>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk;
   constexpr int kThreads = 2 * kCols;  // kCols / 16 warps
@@ -729,7 +730,7 @@ HYLA_GDN_DEV void StateBody(const GdnPrefillParams& p, const Access& acc, int ct
 
 // ---- launch 2, fused variants: the state pass also writes O (no launch 3, no h) ---------------
 
-template <int kDk, int kCols, int kSplit>
+template <int kDk, int kCols, int kSplit, int kStages>
 struct StateOutSmem {
   static constexpr int kLdk = kDk + kPad, kLdo = kCols + kPad;
   static constexpr int kWarps = kCols / 16 * kSplit;
@@ -746,12 +747,13 @@ struct StateOutSmem {
   static constexpr size_t kBytes =
       2 * kX + (kSplit > 1 ? sizeof(float) * kWarps * kXFloats : size_t{0});
   static_assert(kG % 8 == 0 && kStage % 8 == 0 && kX % 8 == 0, "16-byte aligned arrays");
+  static_assert(kBytes <= 227 * 1024, "shared memory per CTA");
 };
 
-template <int kDk, int kDv, int kCols, int kSplit>
+template <int kDk, int kDv, int kCols, int kSplit, int kStages>
 HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                                uint16_t* smem) {
-  using L = StateOutSmem<kDk, kCols, kSplit>;
+  using L = StateOutSmem<kDk, kCols, kSplit, kStages>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdo = L::kLdo;
   constexpr int kRowBlocks = kCols / 16;
@@ -1132,18 +1134,18 @@ __global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillPar
   PieceBody<kDk, kDv, kWithP>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
                               gdn_smem);
 }
-template <int kDk, int kDv, int kCols>
+template <int kDk, int kDv, int kCols, int kStages>
 __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  StateBody<kDk, kDv, kCols>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
-                             gdn_smem);
+  StateBody<kDk, kDv, kCols, kStages>(p, acc, static_cast<int>(blockIdx.x),
+                                      static_cast<int>(threadIdx.x), gdn_smem);
 }
-template <int kDk, int kDv, int kCols, int kSplit>
+template <int kDk, int kDv, int kCols, int kSplit, int kStages>
 __global__ void __launch_bounds__(2 * kCols * kSplit)
     GdnMmaStateOutKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  StateOutBody<kDk, kDv, kCols, kSplit>(p, acc, static_cast<int>(blockIdx.x),
-                                        static_cast<int>(threadIdx.x), gdn_smem);
+  StateOutBody<kDk, kDv, kCols, kSplit, kStages>(p, acc, static_cast<int>(blockIdx.x),
+                                                 static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv>
 __global__ void __launch_bounds__(kPieceThreads)
@@ -1159,25 +1161,26 @@ cudaError_t SetSmem(Kernel kernel, size_t bytes) {
                               static_cast<int>(bytes));
 }
 
-// Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused); only: 0 both, else that one.
-template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
+// Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused, kStages); only: 0 both, else
+// that one.
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages>
 int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if constexpr (kFused) {
     if (only == 3) return static_cast<int>(cudaSuccess);
-    constexpr size_t kSmem = StateOutSmem<kDk, kCols, kSplit>::kBytes;
-    const cudaError_t err = SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit>, kSmem);
+    constexpr size_t kSmem = StateOutSmem<kDk, kCols, kSplit, kStages>::kBytes;
+    const cudaError_t err = SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
-    GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit>
+    GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages>
         <<<static_cast<unsigned>(ctas), 2 * kCols * kSplit, kSmem, stream>>>(p, acc);
     return LaunchResult();
   } else {
-    constexpr size_t kSmem = StateSmem<kDk, kCols>::kBytes;
-    cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols>, kSmem);
+    constexpr size_t kSmem = StateSmem<kDk, kCols, kStages>::kBytes;
+    cudaError_t err = SetSmem(GdnMmaStateKernel<kDk, kDv, kCols, kStages>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
     if (only != 3) {
-      GdnMmaStateKernel<kDk, kDv, kCols>
+      GdnMmaStateKernel<kDk, kDv, kCols, kStages>
           <<<static_cast<unsigned>(ctas), 2 * kCols, kSmem, stream>>>(p, acc);
       err = cudaGetLastError();
       if (err != cudaSuccess || only == 2) return static_cast<int>(err);
@@ -1204,13 +1207,13 @@ int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stre
 }
 
 // only: 0 runs every launch, 1..3 that launch alone (internal::GdnPrefillMmaLaunch).
-template <int kDk, int kDv, int kCols, int kSplit, bool kFused>
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages>
 int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   if (only == 0 || only == 1) {
     const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
     if (rc != 0 || only == 1) return rc;
   }
-  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused>(p, acc, stream, only);
+  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages>(p, acc, stream, only);
 }
 
 template <int kDk, int kDv>
@@ -1231,21 +1234,25 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
   const V variant = p.mma_variant == V::kDefault ? kDefaultVariant : p.mma_variant;
   switch (variant) {
     case V::kCols16:
-      return LaunchVariant<kDk, kDv, 16, 1, false>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 16, 1, false, 2>(p, acc, stream, only);
     case V::kCols32:
-      return LaunchVariant<kDk, kDv, 32, 1, false>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 32, 1, false, 2>(p, acc, stream, only);
     case V::kCols64:
-      return LaunchVariant<kDk, kDv, 64, 1, false>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 64, 1, false, 2>(p, acc, stream, only);
     case V::kFusedCols16:
-      return LaunchVariant<kDk, kDv, 16, 1, true>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 16, 1, true, 2>(p, acc, stream, only);
     case V::kFusedCols32:
-      return LaunchVariant<kDk, kDv, 32, 1, true>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 32, 1, true, 2>(p, acc, stream, only);
     case V::kFusedCols16Split2:
-      return LaunchVariant<kDk, kDv, 16, 2, true>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 16, 2, true, 2>(p, acc, stream, only);
     case V::kFusedCols32Split2:
-      return LaunchVariant<kDk, kDv, 32, 2, true>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 32, 2, true, 2>(p, acc, stream, only);
     case V::kFusedCols64Split2:
-      return LaunchVariant<kDk, kDv, 64, 2, true>(p, acc, stream, only);
+      return LaunchVariant<kDk, kDv, 64, 2, true, 2>(p, acc, stream, only);
+    case V::kCols32Stages3:
+      return LaunchVariant<kDk, kDv, 32, 1, false, 3>(p, acc, stream, only);
+    case V::kFusedCols16Split2Stages3:
+      return LaunchVariant<kDk, kDv, 16, 2, true, 3>(p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
