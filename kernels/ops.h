@@ -149,6 +149,8 @@ enum class GdnPrefillMmaVariant : int {
   kFusedCols16Split2 = 6,
   kFusedCols32Split2 = 7,
   kFusedCols64Split2 = 8,
+  kCols32Stages3 = 9,              // kCols32 with three pieces in shared memory (two by default)
+  kFusedCols16Split2Stages3 = 10,  // kFusedCols16Split2 likewise
 };
 
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences

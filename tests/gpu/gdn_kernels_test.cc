@@ -616,7 +616,8 @@ TEST_F(GdnPrefillTest, Bf16TensorCoresMatchRecurrence) {
 TEST_F(GdnPrefillTest, Bf16TensorCoreVariantsMatchRecurrence) {
   using V = kernels::GdnPrefillMmaVariant;
   for (const V v : {V::kCols16, V::kCols32, V::kCols64, V::kFusedCols16, V::kFusedCols32,
-                    V::kFusedCols16Split2, V::kFusedCols32Split2, V::kFusedCols64Split2}) {
+                    V::kFusedCols16Split2, V::kFusedCols32Split2, V::kFusedCols64Split2,
+                    V::kCols32Stages3, V::kFusedCols16Split2Stages3}) {
     SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
     RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, v}, 87);
     RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1, 0}, {63, 0, 0}, true, false, true, v},
