@@ -102,6 +102,8 @@ the top of bench/context_scaling.cc and docs/performance.md.
   --pair ID --role R      carried into the JSON for bench/plot_results.py (e.g. a / hybrid)
   --backend cpu|cuda      default: cuda when built with the CUDA backend, else cpu
   --precision bf16|f32    CUDA weights/KV precision (default bf16); the CPU backend is fp32
+  --gemm skinny|cublas    CUDA GEMMs of <= 64 rows: the skinny tensor-core kernel (default) or
+                          cuBLAS (CudaBackendOptions::skinny_gemm)
   --threads N             CPU backend threads (default: hardware threads)
   --contexts L            ascending contexts in tokens (default 1024,4096,16384,32768,65536,131072)
   --decode-steps N        timed batch-1 decode steps per context (default 16)
@@ -165,6 +167,7 @@ struct Options {
   std::string role;
   std::string backend;
   std::string precision = "bf16";
+  std::string gemm = "skinny";
   int threads = 0;
   std::vector<int64_t> contexts = {1024, 4096, 16384, 32768, 65536, 131072};
   int decode_steps = 16;
@@ -243,6 +246,9 @@ absl::StatusOr<std::optional<Options>> ParseOptions(int argc, char** argv) {
     } else if (k == "precision") {
       if (v != "bf16" && v != "f32") return Bad(k, "expected bf16 or f32");
       o.precision = v;
+    } else if (k == "gemm") {
+      if (v != "skinny" && v != "cublas") return Bad(k, "expected skinny or cublas");
+      o.gemm = v;
     } else if (k == "threads") {
       HYLA_ASSIGN_OR_RETURN(const int64_t x, ParseInt64(k, v, 0, 1024));
       o.threads = static_cast<int>(x);
@@ -1029,6 +1035,7 @@ int Main(int argc, char** argv) {
     root.Str("host", HostName()).Str("label", o.label).Str("pair", o.pair).Str("role", o.role);
     root.Str("backend", o.backend).Obj("routing_prefill", routing_json);
     root.Str("device", device).Str("precision", o.backend == "cuda" ? o.precision : "f32");
+    root.Str("gemm", o.backend == "cuda" ? o.gemm : "cpu");
     root.Obj("model", model_json).Obj("pool", pool_json).Obj("device_memory", device_json);
     JsonObj opts;
     opts.Raw("contexts", JsonIntArray(o.contexts)).Int("decode_steps", o.decode_steps);
@@ -1111,6 +1118,7 @@ int Main(int argc, char** argv) {
       co.max_step_seqs = std::max(std::max(o.max_batch, o.fixed_batch), 1);
       // Decode-graph block tables wide enough for the longest context and its decode steps.
       co.max_context = *std::max_element(o.contexts.begin(), o.contexts.end()) + 4096;
+      co.skinny_gemm = o.gemm == "skinny";
       HYLA_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(ckpt), co));
       auto* cb = static_cast<cuda::CudaBackend*>(backend.get());
       cudaDeviceProp prop{};

@@ -15,6 +15,8 @@
 # Usage (device tool, carry [".bundle"]):  bash .bundle/profile.sh [contexts] [batch]
 #   contexts: comma-separated (default 1024,32768); batch: default 64
 # Environment: HYLA_PROFILE_PRESET=gdn:qwen3next-1b  HYLA_PROFILE_STEPS_N=2
+#   HYLA_PROFILE_ARGS="--gemm cublas"  extra hyla-context-scaling arguments (both runs)
+#   HYLA_PROFILE_NCU=0                 wall times only (no Nsight Compute)
 # Writes $OUT/profile.log (summaries) and $OUT/profile_raw.tar.gz (the ncu CSVs).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +30,7 @@ CONTEXTS="${1:-1024,32768}"
 BATCH="${2:-64}"
 PRESET="${HYLA_PROFILE_PRESET:-gdn:qwen3next-1b}"
 STEPS="${HYLA_PROFILE_STEPS_N:-2}"
+read -r -a EXTRA <<<"${HYLA_PROFILE_ARGS:-}"
 LOG="${OUT}/profile.log"
 RAW="$(mktemp -d)"
 NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)"
@@ -46,12 +49,13 @@ scaling() {
   "${HERE}/bin/hyla-context-scaling" --model "${MODEL}" --label "${preset}" --backend cuda \
     --precision bf16 --memory-budget-gib 20 --contexts "$1" --max-batch "${BATCH}" \
     --fixed-batch "${BATCH}" --fixed-batch-logits sample --no-batch --no-synthetic-check \
-    --prefill-max 0 --decode-steps 2 --warmup-steps 3 --batch-steps "$2" "${@:3}"
+    --prefill-max 0 --decode-steps 2 --warmup-steps 3 --batch-steps "$2" \
+    ${EXTRA[@]+"${EXTRA[@]}"} "${@:3}"
 }
 for c in ${CONTEXTS//,/ }; do
   echo "===== context ${c}: wall time without the profiler" | tee -a "${LOG}"
   scaling "${c}" 16 2>&1 | grep -E "fixed batch|logits sample" | tee -a "${LOG}"
-  [[ -n "${NCU}" ]] || continue
+  [[ -n "${NCU}" && "${HYLA_PROFILE_NCU:-1}" != 0 ]] || continue
   echo "===== context ${c}: ncu, ${STEPS} steps" | tee -a "${LOG}"
   HYLA_PROFILE_STEPS=sample timeout 420 "${NCU}" --profile-from-start off --clock-control none \
     --metrics gpu__time_duration.sum --csv --log-file "${RAW}/ncu_${c}.log" \
@@ -59,7 +63,7 @@ for c in ${CONTEXTS//,/ }; do
     --precision bf16 --memory-budget-gib 20 --contexts "${c}" --max-batch "${BATCH}" \
     --fixed-batch "${BATCH}" --fixed-batch-logits sample --no-batch --no-synthetic-check \
     --prefill-max 0 --decode-steps 2 --warmup-steps 3 --batch-steps "${STEPS}" \
-    >"${RAW}/ncu_${c}.out" 2>>"${RAW}/ncu_${c}.err"
+    ${EXTRA[@]+"${EXTRA[@]}"} >"${RAW}/ncu_${c}.out" 2>>"${RAW}/ncu_${c}.err"
   echo "ncu rc=$?" >>"${LOG}"
   # --log-file receives ncu's CSV (the program's own output goes to ncu_<c>.out).
   python3 - "${RAW}/ncu_${c}.log" "${STEPS}" <<'EOF' 2>&1 | tee -a "${LOG}"

@@ -127,6 +127,7 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
   HYLA_ASSIGN_OR_RETURN(
       dev_, DeviceContext::Create(options_.device,
                                   static_cast<size_t>(PlannedScratchBytes(cfg, options_))));
+  dev_->set_skinny_gemm(options_.skinny_gemm);
   weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
   const ResidualBlockNames names = ResidualBlockNamesFor(cfg.family);
   Checkpoint* ck = checkpoint.get();

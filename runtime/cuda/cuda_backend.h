@@ -53,6 +53,9 @@ struct CudaBackendOptions {
   // longer sequences make their steps run eagerly). 0: the store's per-stream cap when set,
   // else 131072.
   int64_t max_context = 0;
+  // bf16 GEMMs of at most 64 rows on the skinny tensor-core kernel instead of cuBLAS
+  // (DeviceContext::skinny_gemm).
+  bool skinny_gemm = true;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's

@@ -61,6 +61,10 @@ class DeviceContext {
   ScratchArena& scratch() { return scratch_; }
   // Number of streaming multiprocessors (for launch heuristics).
   int sm_count() const { return sm_count_; }
+  // Whether Linear may use the skinny tensor-core GEMM (kernels SkinnyGemmBf16) for bf16 weights
+  // and at most 64 rows instead of cuBLAS (default true; benchmarks compare both).
+  bool skinny_gemm() const { return skinny_gemm_; }
+  void set_skinny_gemm(bool on) { skinny_gemm_ = on; }
 
   // Asynchronous copies on the stream. Host memory may be pageable: the source is staged before
   // the call returns, so it may be reused at once.
@@ -88,6 +92,7 @@ class DeviceContext {
 
   int device_ = 0;
   int sm_count_ = 0;
+  bool skinny_gemm_ = true;
   CudaStream stream_;
   CublasHandle cublas_;
   DeviceBuffer cublas_workspace_;  // cuBLAS's workspace (no allocation inside graph capture)

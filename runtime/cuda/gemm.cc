@@ -129,6 +129,32 @@ absl::Status Linear(DeviceContext& ctx, const float* x, const uint16_t* x_bf16, 
         }
       }
     }
+    if (ctx.skinny_gemm() && n <= 64) {
+      // Decode-size batches: the skinny tensor-core GEMM streams the weights with fewer fixed
+      // costs than cuBLAS and adds the bias itself; shapes it does not take fall back.
+      kernels::SkinnyGemmParams sp;
+      sp.m = static_cast<int>(n);
+      sp.n = m;
+      sp.k = k;
+      sp.x = xb;
+      sp.x_stride = w.cols;
+      sp.w = static_cast<const uint16_t*>(w.data);
+      sp.w_stride = w.cols;
+      sp.bias = bias;
+      sp.y = y;
+      sp.y_stride = y_stride;
+      const int rc = kernels::SkinnyGemmBf16(sp, ctx.kernel_stream());
+      if (rc == 0) {
+        ctx.scratch().RewindTo(mark);
+        return absl::OkStatus();
+      }
+      if (rc != static_cast<int>(cudaErrorInvalidValue)) {
+        ctx.scratch().RewindTo(mark);
+        return KernelStatus(
+            rc, absl::StrCat("SkinnyGemmBf16 ", w.rows, "x", w.cols, " by ", n, " rows"));
+      }
+      (void)cudaGetLastError();  // not taken: cuBLAS below
+    }
     const absl::Status st = CublasStatus(
         cublas->gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, w.data,
                         CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F,
