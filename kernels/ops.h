@@ -296,7 +296,8 @@ struct PagedAttentionDecodeParams {
   size_t workspace_bytes = 0;
   const int32_t* table_rows = nullptr;  // [num_seqs] device or nullptr (row s)
   // Kernel variant (benchmarks): 0 = chosen per shape, 1 = the CUDA-core kernel, others name a
-  // tensor-core tiling (PagedAttentionDecodeVariantName). All compute the same.
+  // tensor-core tiling or ("cc_*") a CUDA-core split plan (PagedAttentionDecodeVariantName).
+  // All compute the same.
   int variant = 0;
 };
 int PagedAttentionDecode(const PagedAttentionDecodeParams& params, void* stream);

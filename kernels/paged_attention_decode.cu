@@ -17,25 +17,34 @@
 //     tile are copied to shared memory with cp.async into a ring of kStages stages (rows outside
 //     the visible range zero-filled, reading nothing), so the copies of the next kStages − 1
 //     tiles are in flight while one tile is computed; one barrier per tile; the table entry of
-//     the next tile to copy is fetched one iteration ahead;
-//   * kTile / 16 warps; warp w owns tokens 16w .. 16w + 15 of every tile with its own online
-//     softmax (m, l) and fp32 O accumulators; the warps merge through shared memory at the end;
+//     the next tile to copy is fetched one iteration ahead; each thread's 16-byte copies step
+//     through (row, unit) pairs with precomputed increments (no division per copy);
+//   * kCols · kTile / 16 warps; warp w owns tokens 16·(w mod kTile/16) .. + 15 of every tile
+//     and the value columns [c0, c0 + kD / kCols), c0 = (w div kTile/16) · kD / kCols, with its
+//     own online softmax (m, l) and fp32 O accumulators (the kCols warps of a token slice
+//     compute the same S and (m, l)); the token slices merge through shared memory at the end.
+//     kCols > 1 buys warps per SM where one CTA fills the SM (head dim 256: 66 KB per 64-token
+//     stage, so 4 warps per SM at kCols = 1) and halves the accumulator registers;
 //   * S = Q·Kᵀ and O += P·V with mma.sync.m16n8k16 bf16 → fp32 (K by ldmatrix, V by
 //     ldmatrix.trans). The 16 MMA rows are the ≤ 8 query heads twice: rows g hold bf16(x), rows
 //     g + 8 hold bf16(x − bf16(x)) for x = q·scale·log2(e) (A of S) and x = p (A of P·V), and
 //     the two halves of each result are summed: 16 significant bits of q and p at no extra MMA,
 //     so fp32 queries keep fp32-level accuracy (~1e-5) over bf16 blocks;
-//   * variants (tile, stages, target waves of the automatic split count) are selectable through
-//     PagedAttentionDecodeParams::variant for the benchmark; automatic splits aim at
-//     waves · (resident CTAs per SM) · SMs CTAs, capped by the entries a window can cover.
+//   * variants (tile, stages, column slices, target waves of the automatic split count) are
+//     selectable through PagedAttentionDecodeParams::variant for the benchmark; automatic
+//     splits aim at waves · (resident CTAs per SM) · SMs CTAs (or at SMs CTAs: "wS" variants,
+//     no split and no combine when the (sequence, head) pairs already fill the SMs), capped by
+//     the entries a window can cover.
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16; lane = 4·g + t): A reg0 (row g, k 2t..2t+1),
 // reg1 (row g+8, k 2t..), reg2 (row g, k 2t+8..), reg3 (row g+8, k 2t+8..); B reg0 (k 2t..,
 // n g), reg1 (k 2t+8.., n g); C c0, c1 (row g, n 2t, 2t+1), c2, c3 (row g+8, n 2t, 2t+1).
 // Shared K/V rows are padded to an odd number of 16-byte units (conflict-free ldmatrix).
 //
-// CUDA-core kernel (PagedAttentionSplitKernel; fp32 blocks, other head dims, variant 1), 128
-// threads: per table entry it copies the visible K and V rows of its head into shared memory
-// with cp.async (16-byte copies, all in flight at once), then
+// CUDA-core kernel (PagedAttentionSplitKernel; fp32 blocks, other head dims, variants
+// cuda_cores and cc_*), 128 threads; automatic splits aim at whole waves of resident CTAs
+// (cc_w1, the default; cuda_cores keeps the original 4 · SMs plan): per table entry it copies the
+// visible K and V rows of its head into shared memory with cp.async (16-byte copies, all in flight
+// at once), then
 //   scores  [heads, 64]: thread (token, head) dot products over dk from shared memory,
 //   softmax: online (running max m, sum l, rescale factor α) per head, one warp per head,
 //   P·V:     thread d owns output dims d and d + 128 of every head.
@@ -389,13 +398,26 @@ int SmCount() {
   return sms;
 }
 
+int ChooseSplits(const PagedAttentionDecodeParams& p, int64_t base, int64_t want_ctas);
+
+// waves > 0: the automatic split count aims at waves x (resident CTAs per SM) x SMs CTAs (the
+// plan's splits otherwise).
 template <typename Tq, typename Tkv, int kHeads, bool kAsync>
-int LaunchTyped(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cudaStream_t stream) {
+int LaunchTyped(const PagedAttentionDecodeParams& p, SplitPlan plan, int waves,
+                cudaStream_t stream) {
   const size_t smem = SplitSmemBytes<Tkv>(p.dk, p.dv);
   cudaError_t err =
       cudaFuncSetAttribute(PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return static_cast<int>(err);
+  if (waves > 0) {
+    int per_sm = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>, kThreads, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
+    plan.splits = ChooseSplits(p, base, int64_t{waves} * std::max(1, per_sm) * SmCount());
+  }
   const int64_t ctas =
       static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * plan.head_chunks * plan.splits;
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
@@ -411,23 +433,25 @@ int LaunchTyped(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cuda
 }
 
 template <typename Tq, typename Tkv, bool kAsync>
-int LaunchHeads(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cudaStream_t stream) {
+int LaunchHeads(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves,
+                cudaStream_t stream) {
   const int heads = std::min(kMaxHeadsPerCta, p.num_heads / p.num_kv_heads);
-  if (heads <= 1) return LaunchTyped<Tq, Tkv, 1, kAsync>(p, plan, stream);
-  if (heads <= 2) return LaunchTyped<Tq, Tkv, 2, kAsync>(p, plan, stream);
-  if (heads <= 4) return LaunchTyped<Tq, Tkv, 4, kAsync>(p, plan, stream);
-  return LaunchTyped<Tq, Tkv, 8, kAsync>(p, plan, stream);
+  if (heads <= 1) return LaunchTyped<Tq, Tkv, 1, kAsync>(p, plan, waves, stream);
+  if (heads <= 2) return LaunchTyped<Tq, Tkv, 2, kAsync>(p, plan, waves, stream);
+  if (heads <= 4) return LaunchTyped<Tq, Tkv, 4, kAsync>(p, plan, waves, stream);
+  return LaunchTyped<Tq, Tkv, 8, kAsync>(p, plan, waves, stream);
 }
 
 template <typename Tq, typename Tkv>
-int LaunchKv(const PagedAttentionDecodeParams& p, const SplitPlan& plan, cudaStream_t stream) {
+int LaunchKv(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves,
+             cudaStream_t stream) {
   const int64_t row_bytes_k = int64_t{p.dk} * sizeof(Tkv);
   const int64_t row_bytes_v = int64_t{p.dv} * sizeof(Tkv);
   const bool async = row_bytes_k % 16 == 0 && row_bytes_v % 16 == 0 &&
                      (p.block_stride * static_cast<int64_t>(sizeof(Tkv))) % 16 == 0 &&
                      IsAligned(p.kv, 16);
-  return async ? LaunchHeads<Tq, Tkv, true>(p, plan, stream)
-               : LaunchHeads<Tq, Tkv, false>(p, plan, stream);
+  return async ? LaunchHeads<Tq, Tkv, true>(p, plan, waves, stream)
+               : LaunchHeads<Tq, Tkv, false>(p, plan, waves, stream);
 }
 
 // ---- Tensor-core path (bf16 KV, dk and dv multiples of 16) ----------------------------------
@@ -439,25 +463,46 @@ struct DecodeVariant {
   const char* name;
   int tile;    // tokens per pipeline stage (0: default / CUDA-core kernel)
   int stages;  // cp.async stages
-  int waves;   // automatic splits aim at waves x resident CTAs
+  int waves;   // automatic splits aim at waves x resident CTAs; kWavesSms: one CTA per SM
+               // (CUDA-core variants: 0 = the original 4 x SMs plan)
+  int cols;    // value-column slices (warps = cols x tile / 16); 0 = 1
 };
+// DecodeVariant::waves: automatic splits aim at one CTA per SM (however many are resident), so
+// short contexts with many (sequence, head) pairs get no split and no combine kernel.
+constexpr int kWavesSms = -1;
 constexpr DecodeVariant kVariants[] = {
-    {"default", 0, 0, 0},
-    {"cuda_cores", 0, 0, 0},
-    {"t64s2", 64, 2, 2},
-    {"t64s3", 64, 3, 2},
-    {"t64s4", 64, 4, 2},
-    {"t32s3", 32, 3, 2},
-    {"t32s4", 32, 4, 2},
-    {"t32s6", 32, 6, 2},
-    {"t64s3w1", 64, 3, 1},
-    {"t64s3w4", 64, 3, 4},
-    {"t32s4w1", 32, 4, 1},
-    {"t32s4w4", 32, 4, 4},
+    {"default", 0, 0, 0, 0},
+    {"cuda_cores", 0, 0, 0, 0},
+    {"t64s2", 64, 2, 2, 1},
+    {"t64s3", 64, 3, 2, 1},
+    {"t64s4", 64, 4, 2, 1},
+    {"t32s3", 32, 3, 2, 1},
+    {"t32s4", 32, 4, 2, 1},
+    {"t32s6", 32, 6, 2, 1},
+    {"t64s3w1", 64, 3, 1, 1},
+    {"t64s3w4", 64, 3, 4, 1},
+    {"t32s4w1", 32, 4, 1, 1},
+    {"t32s4w4", 32, 4, 4, 1},
     // Deep rings at one wave (fewest splits; t64s4 at head dim 128: one CTA per SM, often no
     // split and no combine kernel).
-    {"t64s4w1", 64, 4, 1},
-    {"t32s6w1", 32, 6, 1},
+    {"t64s4w1", 64, 4, 1, 1},
+    {"t32s6w1", 32, 6, 1, 1},
+    // Value columns split over cols warps that share a token slice (each computes S of its 16
+    // tokens, P·V of kD / cols columns): more warps per SM and fewer accumulator registers
+    // where one CTA fills the SM (head dim 256: a 64-token stage is 66 KB).
+    {"t64s3w1c2", 64, 3, 1, 2},
+    {"t64s2w1c2", 64, 2, 1, 2},
+    {"t32s3w1c2", 32, 3, 1, 2},
+    {"t64s3w1c4", 64, 3, 1, 4},
+    {"t32s6w1c4", 32, 6, 1, 4},
+    {"t64s3w2c2", 64, 3, 2, 2},
+    // One CTA per SM for the split count (short contexts: no split, no combine kernel).
+    {"t64s3wS", 64, 3, kWavesSms, 1},
+    {"t64s3wSc2", 64, 3, kWavesSms, 2},
+    // CUDA-core kernel (fp32 blocks; any head dims) with the split count aimed at whole waves of
+    // resident CTAs (variant 1 keeps the original 4 x SMs plan, which leaves a partial wave).
+    {"cc_w1", 0, 0, 1, 0},
+    {"cc_w2", 0, 0, 2, 0},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
@@ -465,10 +510,17 @@ constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVarian
 // wave of resident CTAs (t64s3w1) is the fastest or within 0.3 points of it on every bf16 row:
 // 64 seqs x 32K 91.9% of copy, 8 x 32K 89.0%, 1 x 128K 83.1% (t64s3: 76.2%), d 256 group 8
 // 64.1% (t32s3: 47.5%), window 4096 74.8%, 64 x 1K 46.1% (t64s3: 41.2%).
+// Head dims above 128 (one 64-token CTA fills an SM: 4 warps per SM, 64% of copy at d 256,
+// group 8): the value columns split over 2 warps (8 warps per SM, half the accumulators); not
+// measured yet, see the t64s3w1c2 rows.
 DecodeVariant MmaDefaultVariant(int d) {
-  (void)d;
-  return DecodeVariant{"t64s3w1", 64, 3, 1};
+  if (d > 128) return DecodeVariant{"t64s3w1c2", 64, 3, 1, 2};
+  return DecodeVariant{"t64s3w1", 64, 3, 1, 1};
 }
+// The CUDA-core kernel's split plan when no CUDA-core variant is named (fp32 blocks, head dims
+// that are not multiples of 16): whole waves of resident CTAs (the original plan, variant
+// cuda_cores, left 576 CTAs for 396 slots at fp32 8 x 16K, Hq 32 / Hkv 8: 75.0% of copy).
+constexpr DecodeVariant kCudaCoreDefault = {"cc_w1", 0, 0, 1, 0};
 
 // Shared row stride in bf16 elements: an odd number of 16-byte units (ldmatrix reads of 8 rows
 // are conflict-free).
@@ -535,6 +587,15 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32
   *lo = Bf16Bits(__floats2bfloat162_rn(x - hf.x, y - hf.y));
 }
 
+// The 16-byte copies of thread tid among `threads` over rows of u units: copy j = tid +
+// n·threads is (row j / u, unit j % u); consecutive ones differ by (dr, dc) plus a carry.
+struct CopySlots {
+  int r0, c0, dr, dc, u;
+};
+__device__ __forceinline__ CopySlots MakeCopySlots(int u, int tid, int threads) {
+  return CopySlots{tid / u, tid % u, threads / u, threads % u, u};
+}
+
 // grid: num_seqs · Hkv · head_chunks · splits (as the CUDA-core kernel); 2·kTile threads =
 // kTile / 16 warps. kD >= dk, dv (64, 128 or 256; both multiples of 16).
 //
@@ -545,18 +606,20 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32
 // Query rows: the M = 16 rows of the MMAs are the ≤ 8 query heads twice, rows g = bf16(q), rows
 // g + 8 = bf16(q − bf16(q)) (q·scale·log2 e), so S = hi + lo carries 16 bits of q; likewise the P
 // fragments hold bf16(p) in rows g and bf16(p − bf16(p)) in rows g + 8, and O = rows g + g + 8.
-template <typename Tq, int kD, int kTile, int kStages>
-__global__ void __launch_bounds__(2 * kTile)
+template <typename Tq, int kD, int kTile, int kStages, int kCols>
+__global__ void __launch_bounds__(2 * kTile * kCols)
     PagedAttentionMmaKernel(PagedAttentionDecodeParams p, SplitPlan plan, float* ws_acc,
                             float* ws_ml) {
-  constexpr int kNumThreads = 2 * kTile;
-  constexpr int kNumWarps = kTile / 16;
+  constexpr int kNumThreads = 2 * kTile * kCols;
+  constexpr int kTokWarps = kTile / 16;  // warps per column slice (one per 16 tokens)
+  constexpr int kColDims = kD / kCols;   // value columns of one warp
   constexpr int kTilesPerEntry = kBlockTokens / kTile;
   constexpr int kQw = MmaQWords(kD);
   static_assert(kStages >= 2 && kBlockTokens % kTile == 0 && kTile % 16 == 0, "tiles");
+  static_assert(kCols >= 1 && kColDims % 16 == 0, "column slices");
   extern __shared__ float4 smem4[];
-  __shared__ float Mw[kNumWarps][kMaxHeadsPerCta];
-  __shared__ float Lw[kNumWarps][kMaxHeadsPerCta];
+  __shared__ float Mw[kTokWarps][kMaxHeadsPerCta];
+  __shared__ float Lw[kTokWarps][kMaxHeadsPerCta];
   __shared__ int tile_range[kStages][2];  // visible rows [lo, hi) of the tile in each stage
 
   const int dk = p.dk, dv = p.dv, Hkv = p.num_kv_heads;
@@ -577,6 +640,8 @@ __global__ void __launch_bounds__(2 * kTile)
   const int nh = min(kMaxHeadsPerCta, group - chunk_of_heads * kMaxHeadsPerCta);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;
+  const int tw = warp % kTokWarps;                 // token slice: tokens 16·tw .. of every tile
+  const int col0 = (warp / kTokWarps) * kColDims;  // first value column of this warp
 
   // This split's table entries (a chain of dependent loads), then the first copies, then the
   // query staging, whose latency overlaps the copies.
@@ -602,6 +667,9 @@ __global__ void __launch_bounds__(2 * kTile)
       next_chunk = p.block_chunks != nullptr ? p.block_chunks[row_base + e] : e;
     }
   };
+  const CopySlots ck = MakeCopySlots(dk / 8, tid, kNumThreads);
+  const CopySlots cv = MakeCopySlots(dv / 8, tid, kNumThreads);
+  const int k_gstride = Hkv * dk, v_gstride = Hkv * dv;  // elements between token rows
   auto load = [&](int i) {  // tile i into stage i % kStages, with the fetched entry
     if (i >= n_tiles) return;
     const int sub = i % kTilesPerEntry;
@@ -611,20 +679,34 @@ __global__ void __launch_bounds__(2 * kTile)
     __nv_bfloat16* ks = ring + (i % kStages) * stage_elems;
     __nv_bfloat16* vs = ks + kTile * sk;
     const __nv_bfloat16* block = pool + static_cast<int64_t>(next_block) * p.block_stride;
-    const int uk = dk / 8, uv = dv / 8;
-    for (int j = tid; j < kTile * uk; j += kNumThreads) {
-      const int r = j / uk, c = (j % uk) * 8;
-      const bool vis = r >= lo && r < hi;
-      const __nv_bfloat16* src =
-          block + (static_cast<int64_t>(sub * kTile + r) * Hkv + kvh) * dk + c;
-      CpAsync16Fill(ks + r * sk + c, vis ? src : block, vis);
+    // Copy j = tid + n·kNumThreads is (row j / u, 16-byte unit j % u): the (row, unit) pairs of
+    // this thread step by (kNumThreads / u, kNumThreads % u) with a carry (no divisions here).
+    {
+      const __nv_bfloat16* src = block + (static_cast<int64_t>(sub) * kTile * Hkv + kvh) * dk;
+      for (int r = ck.r0, c = ck.c0; r < kTile;) {
+        const bool vis = r >= lo && r < hi;
+        CpAsync16Fill(ks + r * sk + 8 * c, vis ? src + r * k_gstride + 8 * c : block, vis);
+        r += ck.dr;
+        c += ck.dc;
+        if (c >= ck.u) {
+          c -= ck.u;
+          ++r;
+        }
+      }
     }
-    for (int j = tid; j < kTile * uv; j += kNumThreads) {
-      const int r = j / uv, c = (j % uv) * 8;
-      const bool vis = r >= lo && r < hi;
+    {
       const __nv_bfloat16* src =
-          block + v_off + (static_cast<int64_t>(sub * kTile + r) * Hkv + kvh) * dv + c;
-      CpAsync16Fill(vs + r * sv + c, vis ? src : block, vis);
+          block + v_off + (static_cast<int64_t>(sub) * kTile * Hkv + kvh) * dv;
+      for (int r = cv.r0, c = cv.c0; r < kTile;) {
+        const bool vis = r >= lo && r < hi;
+        CpAsync16Fill(vs + r * sv + 8 * c, vis ? src + r * v_gstride + 8 * c : block, vis);
+        r += cv.dr;
+        c += cv.dc;
+        if (c >= cv.u) {
+          c -= cv.u;
+          ++r;
+        }
+      }
     }
     if (tid == 0) {
       tile_range[i % kStages][0] = lo;
@@ -633,9 +715,9 @@ __global__ void __launch_bounds__(2 * kTile)
   };
 
   float m_run = -INFINITY, l_run = 0.0f;  // of query head g, over this warp's tokens
-  float acc[kD / 8][4];                   // O: [n][0..1] rows g (p hi), [n][2..3] rows g + 8
+  float acc[kColDims / 8][4];  // O columns col0 + 8n ..: [n][0..1] rows g (p hi), [2..3] g + 8
 #pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
+  for (int n = 0; n < kColDims / 8; ++n) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
   }
@@ -669,7 +751,7 @@ __global__ void __launch_bounds__(2 * kTile)
   }  // (read after the first barrier of the loop)
 
   const int mat = lane / 8, mrow = lane % 8;  // ldmatrix: this lane's matrix and row
-  const int r0 = warp * 16;                   // this warp's first token of each tile
+  const int r0 = tw * 16;                     // this warp's first token of each tile
   for (int i = 0; i < n_tiles; ++i) {
     CpAsyncWaitPending<kStages - 2>();  // this thread's copies of tile i have landed
     __syncthreads();                    // everyone's; and stage (i − 1) % kStages is free
@@ -736,10 +818,10 @@ __global__ void __launch_bounds__(2 * kTile)
     SplitBf16(pr[1][0], pr[1][1], &pa[2], &pa[3]);
 
     // O = α·O + P·V (V fragments by ldmatrix.trans: rows = tokens, 8 dims each).
-    const __nv_bfloat16* vrow = vs + (r0 + mrow + (mat % 2) * 8) * sv + (mat / 2) * 8;
+    const __nv_bfloat16* vrow = vs + (r0 + mrow + (mat % 2) * 8) * sv + (mat / 2) * 8 + col0;
 #pragma unroll
-    for (int dn = 0; dn < kD / 16; ++dn) {
-      if (dn * 16 < dv) {
+    for (int dn = 0; dn < kColDims / 16; ++dn) {
+      if (col0 + dn * 16 < dv) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
           acc[2 * dn][c] *= alpha;
@@ -758,20 +840,20 @@ __global__ void __launch_bounds__(2 * kTile)
   __syncthreads();
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
-  if (t4 == 0) {
-    Mw[warp][g] = m_run;
-    Lw[warp][g] = l_run;
+  if (t4 == 0 && col0 == 0) {  // the column slices of a token slice share (m, l)
+    Mw[tw][g] = m_run;
+    Lw[tw][g] = l_run;
   }
   __syncthreads();
   float m_all = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kNumWarps; ++w) m_all = fmaxf(m_all, Mw[w][g]);
+  for (int w = 0; w < kTokWarps; ++w) m_all = fmaxf(m_all, Mw[w][g]);
   const float f = m_run == -INFINITY ? 0.0f : exp2f(m_run - m_all);
-  float* Ob = reinterpret_cast<float*>(smem4);
+  float* Ob = reinterpret_cast<float*>(smem4);  // [kTokWarps][8][dv]
 #pragma unroll
-  for (int n = 0; n < kD / 8; ++n) {
-    if (n * 8 < dv) {
-      float* o = Ob + (warp * kMaxHeadsPerCta + g) * dv + 8 * n + 2 * t4;
+  for (int n = 0; n < kColDims / 8; ++n) {
+    if (col0 + n * 8 < dv) {
+      float* o = Ob + (tw * kMaxHeadsPerCta + g) * dv + col0 + 8 * n + 2 * t4;
       o[0] = (acc[n][0] + acc[n][2]) * f;
       o[1] = (acc[n][1] + acc[n][3]) * f;
     }
@@ -781,10 +863,10 @@ __global__ void __launch_bounds__(2 * kTile)
     const int gg = i / dv, d = i % dv;
     float m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kNumWarps; ++w) m = fmaxf(m, Mw[w][gg]);
+    for (int w = 0; w < kTokWarps; ++w) m = fmaxf(m, Mw[w][gg]);
     float l = 0.0f, o = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kNumWarps; ++w) {
+    for (int w = 0; w < kTokWarps; ++w) {
       const float mw = Mw[w][gg];
       l += mw == -INFINITY ? 0.0f : Lw[w][gg] * exp2f(mw - m);
       o += Ob[(w * kMaxHeadsPerCta + gg) * dv + d];
@@ -808,15 +890,24 @@ __global__ void __launch_bounds__(2 * kTile)
 using DecodeKernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, float*);
 
 template <typename Tq, int kD>
-DecodeKernel PickMmaKernel(int tile, int stages) {
-  if (tile == 64) {
-    if (stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2>;
-    if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3>;
-    if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4>;
-  } else if (tile == 32) {
-    if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3>;
-    if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 32, 4>;
-    if (stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6>;
+DecodeKernel PickMmaKernel(int tile, int stages, int cols) {
+  if (cols <= 1) {
+    if (tile == 64) {
+      if (stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 1>;
+      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 1>;
+      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4, 1>;
+    } else if (tile == 32) {
+      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 1>;
+      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 32, 4, 1>;
+      if (stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 1>;
+    }
+  } else if (cols == 2) {
+    if (tile == 64 && stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2>;
+    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 2>;
+    if (tile == 32 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 2>;
+  } else if (cols == 4) {
+    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 4>;
+    if (tile == 32 && stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 4>;
   }
   return nullptr;
 }
@@ -869,10 +960,10 @@ DecodeKernel MmaKernelFor(const PagedAttentionDecodeParams& p, const DecodeVaria
   const int d = std::max(p.dk, p.dv);
   const int kd = d <= 128 ? 128 : 256;
   const bool q32 = p.q_dtype == KernelDType::kF32;
-  DecodeKernel k = kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages)
-                                    : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages))
-                             : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages)
-                                    : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages));
+  DecodeKernel k = kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages, v.cols)
+                                    : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages, v.cols))
+                             : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages, v.cols)
+                                    : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages, v.cols));
   *smem = MmaSmemBytes(kd, v.tile, v.stages, p.dk, p.dv);
   const int optin = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 227 * 1024);
   return *smem + 2 * 1024 <= static_cast<size_t>(optin) ? k : nullptr;
@@ -883,12 +974,14 @@ int LaunchMma(const PagedAttentionDecodeParams& p, SplitPlan plan, const DecodeV
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return static_cast<int>(err);
-  const int threads = 2 * v.tile;
+  const int threads = 2 * v.tile * std::max(1, v.cols);
   int per_sm = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
   if (err != cudaSuccess) return static_cast<int>(err);
   const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
-  plan.splits = ChooseSplits(p, base, int64_t{v.waves} * std::max(1, per_sm) * SmCount());
+  const int64_t want = v.waves == kWavesSms ? int64_t{SmCount()}
+                                            : int64_t{v.waves} * std::max(1, per_sm) * SmCount();
+  plan.splits = ChooseSplits(p, base, want);
   const int64_t ctas = base * plan.splits;
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   float* ws_acc = static_cast<float*>(p.workspace);
@@ -932,7 +1025,8 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
   // Tensor cores: bf16 blocks, head dims multiples of 16, 16-byte aligned rows.
   const bool mma_ok = p.kv_dtype == KernelDType::kBf16 && p.dk % 16 == 0 && p.dv % 16 == 0 &&
                       (p.block_stride * 2) % 16 == 0 && IsAligned(p.kv, 16);
-  if (mma_ok && p.variant != 1) {
+  const bool cuda_core_variant = p.variant != 0 && kVariants[p.variant].tile == 0;
+  if (mma_ok && !cuda_core_variant) {
     DecodeVariant v =
         p.variant == 0 ? MmaDefaultVariant(std::max(p.dk, p.dv)) : kVariants[p.variant];
     size_t smem = 0;
@@ -944,14 +1038,15 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
     if (k != nullptr) return LaunchMma(p, plan, v, k, smem, st);
   }
 
-  // CUDA cores.
-  plan.splits = ChooseSplits(p, base, 4 * int64_t{SmCount()} + base - 1);
+  // CUDA cores: the named CUDA-core variant's split plan, else kCudaCoreDefault's.
+  const int waves = cuda_core_variant ? kVariants[p.variant].waves : kCudaCoreDefault.waves;
+  plan.splits = ChooseSplits(p, base, 4 * int64_t{SmCount()} + base - 1);  // waves == 0
   const bool q32 = p.q_dtype == KernelDType::kF32;
   const bool kv32 = p.kv_dtype == KernelDType::kF32;
-  if (q32 && kv32) return LaunchKv<float, float>(p, plan, st);
-  if (q32) return LaunchKv<float, __nv_bfloat16>(p, plan, st);
-  if (kv32) return LaunchKv<__nv_bfloat16, float>(p, plan, st);
-  return LaunchKv<__nv_bfloat16, __nv_bfloat16>(p, plan, st);
+  if (q32 && kv32) return LaunchKv<float, float>(p, plan, waves, st);
+  if (q32) return LaunchKv<float, __nv_bfloat16>(p, plan, waves, st);
+  if (kv32) return LaunchKv<__nv_bfloat16, float>(p, plan, waves, st);
+  return LaunchKv<__nv_bfloat16, __nv_bfloat16>(p, plan, waves, st);
 }
 
 }  // namespace hyla::kernels

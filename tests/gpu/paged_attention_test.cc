@@ -63,6 +63,21 @@ struct AttnCase {
   int variant = 0;  // PagedAttentionDecodeParams::variant
 };
 
+// The PagedAttentionDecodeParams::variant named `name` (fails the test when there is none).
+int VariantByName(const std::string& name) {
+  for (int v = 0; kernels::PagedAttentionDecodeVariantName(v) != nullptr; ++v) {
+    if (name == kernels::PagedAttentionDecodeVariantName(v)) return v;
+  }
+  ADD_FAILURE() << "no PagedAttentionDecode variant " << name;
+  return 0;
+}
+
+// Whether variant v runs the CUDA-core kernel whatever the blocks ("cuda_cores", "cc_*").
+bool IsCudaCoreVariant(int v) {
+  const std::string name = kernels::PagedAttentionDecodeVariantName(v);
+  return name == "cuda_cores" || name.rfind("cc_", 0) == 0;
+}
+
 std::string CaseName(const AttnCase& c) {
   return "Hq" + std::to_string(c.shape.Hq) + " Hkv" + std::to_string(c.shape.Hkv) + " dk" +
          std::to_string(c.shape.dk) + " dv" + std::to_string(c.shape.dv) + " window " +
@@ -315,6 +330,20 @@ TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
     c.variant = v;
     RunCase(c, 6 + v);
   }
+  // Value-column slices (2 and 4 warps per token slice) at head dim 256 and 64, automatic
+  // splits; the CUDA-core kernel with splits for whole waves over fp32 blocks.
+  uint32_t seed = 20;
+  for (const char* name : {"t64s3w1c2", "t32s6w1c4", "t64s3wSc2"}) {
+    AttnCase c{{16, 2, 256, 256}, seqs, 0, 0, true, true};
+    c.variant = VariantByName(name);
+    RunCase(c, ++seed);
+    AttnCase m{{8, 2, 64, 64}, seqs, 100, 0, false, true};
+    m.variant = c.variant;
+    RunCase(m, ++seed);
+  }
+  AttnCase cc{{8, 2, 128, 128}, seqs, 0, 0, false, false};
+  cc.variant = VariantByName("cc_w1");
+  RunCase(cc, ++seed);
 }
 
 // table_rows: shuffled rows, and tables with more rows than sequences (decoy rows), with
@@ -440,6 +469,27 @@ TEST_F(GpuTest, PagedAttentionEveryVariant) {
         w.num_splits = 5;
         RunCase(w, ++seed);
       }
+    }
+    // fp32 blocks (the exactness mode: always the CUDA-core kernel) for the default and the
+    // CUDA-core variants (their own split plans): odd lengths, table_rows, windows, automatic
+    // splits and more splits than blocks.
+    if (v != 0 && !IsCudaCoreVariant(v)) continue;
+    for (const AttnShape& s : {AttnShape{16, 2, 128, 128}, AttnShape{4, 4, 64, 64},
+                               AttnShape{16, 2, 256, 256}, AttnShape{3, 1, 36, 20}}) {
+      AttnCase c{s, mixed, 0, 0, false, false};
+      c.variant = v;
+      RunCase(c, ++seed);
+      c.shuffle_rows = true;
+      c.q_bf16 = true;
+      RunCase(c, ++seed);
+      AttnCase w{s,     {{3000, SeqSpec::kAll}, {100, SeqSpec::kSparse}, {700, SeqSpec::kAll}},
+                 200,   0,
+                 false, false};
+      w.variant = v;
+      RunCase(w, ++seed);
+      w.num_splits = 40;  // more than the window's blocks
+      w.pad_blocks = 7;
+      RunCase(w, ++seed);
     }
   }
 }
