@@ -78,6 +78,27 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
 __device__ __forceinline__ void CpAsyncWaitAll() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
+__device__ __forceinline__ void CpAsyncCommitGroup() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWaitGroup() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// The 16-byte copies of thread tid among `threads` over rows of u units: copy j = tid +
+// n·threads is (row j / u, unit j % u); consecutive ones differ by (dr, dc) plus a carry.
+struct CopySlots {
+  int r0, c0, dr, dc, u;
+};
+__device__ __forceinline__ CopySlots MakeCopySlots(int u, int tid, int threads) {
+  return CopySlots{tid / u, tid % u, threads / u, threads % u, u};
+}
 
 // Row strides in shared memory, in elements of T.
 template <typename T>
@@ -349,6 +370,248 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The CUDA-core kernel with a cp.async ring (fp32 blocks at long context): the split's table
+// entries are cut into tiles of 32 tokens (two per entry); the visible K and V rows of each
+// tile go into a kStages-deep ring of shared buffers, so the copies of the next kStages − 1
+// tiles are in flight while one tile is computed (the kernel above waits for every block it
+// copies). Per tile, 128 threads: scores [heads, 32] (thread (token tid mod 32, heads
+// tid / 32 + 4r)), the online softmax one warp per head (one token per lane), P·V with thread d
+// owning output dims d and d + 128. One barrier at the top of each tile (its copies landed;
+// the stage of the previous tile and Sc are free) and two inside. 16-byte copies only (kAsync
+// rows). Same grid, split plan semantics and outputs as PagedAttentionSplitKernel.
+constexpr int kRingTile = 32;
+
+template <typename Tkv>
+size_t RingSmemBytes(int stages, int dk, int dv) {
+  const size_t kv = sizeof(Tkv) * static_cast<size_t>(stages) * kRingTile *
+                    static_cast<size_t>(KRowStride<Tkv>(dk) + VRowStride<Tkv>(dv));
+  const size_t f = sizeof(float) * (kMaxHeadsPerCta * static_cast<size_t>((dk + 3) / 4 * 4) +
+                                    kMaxHeadsPerCta * kRingTile + 4 * kMaxHeadsPerCta);
+  return kv + f;
+}
+
+template <typename Tq, typename Tkv, int kHeads, int kStages>
+__global__ void __launch_bounds__(kThreads)
+    PagedAttentionRingKernel(PagedAttentionDecodeParams p, SplitPlan plan, float* ws_acc,
+                             float* ws_ml) {
+  static_assert(kStages >= 2 && kBlockTokens % kRingTile == 0, "ring");
+  constexpr int kTilesPerEntry = kBlockTokens / kRingTile;
+  constexpr int kPer16 = 16 / sizeof(Tkv);
+  extern __shared__ float4 smem4[];
+  __shared__ int tile_range[kStages][2];  // visible rows [lo, hi) of the tile in each stage
+  const int dk = p.dk, dv = p.dv, Hkv = p.num_kv_heads;
+  const int sk = KRowStride<Tkv>(dk), sv = VRowStride<Tkv>(dv);
+  const int ldq = (dk + 3) / 4 * 4;
+  const int stage_elems = kRingTile * (sk + sv);
+  Tkv* ring = reinterpret_cast<Tkv*>(smem4);
+  float* Qs = reinterpret_cast<float*>(ring + kStages * stage_elems);  // [8, ldq]
+  float* Sc = Qs + kMaxHeadsPerCta * ldq;                              // [8, 32] scores, then p
+  float* Ms = Sc + kMaxHeadsPerCta * kRingTile;                        // [8] running max
+  float* Ls = Ms + kMaxHeadsPerCta;                                    // [8] running sum
+  float* Al = Ls + kMaxHeadsPerCta;                                    // [8] rescale of a tile
+
+  int64_t bid = blockIdx.x;
+  const int split = static_cast<int>(bid % plan.splits);
+  bid /= plan.splits;
+  const int chunk_of_heads = static_cast<int>(bid % plan.head_chunks);
+  bid /= plan.head_chunks;
+  const int kvh = static_cast<int>(bid % Hkv);
+  const int s = static_cast<int>(bid / Hkv);
+  const int group = p.num_heads / Hkv;
+  const int h0 = kvh * group + chunk_of_heads * kMaxHeadsPerCta;  // first query head
+  const int nh = min(kMaxHeadsPerCta, group - chunk_of_heads * kMaxHeadsPerCta);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+
+  const int kv_len = p.kv_len[s];
+  const int first_visible = p.window > 0 ? max(0, kv_len - p.window) : 0;
+  const int row = p.table_rows != nullptr ? p.table_rows[s] : s;
+  int v0, v1;
+  VisibleEntries(p, row, first_visible, kv_len, &v0, &v1);
+  const int64_t n_visible = v1 - v0;
+  const int e_begin = v0 + static_cast<int>(n_visible * split / plan.splits);
+  const int e_end = v0 + static_cast<int>(n_visible * (split + 1) / plan.splits);
+  const int n_tiles = (e_end - e_begin) * kTilesPerEntry;
+  const Tkv* pool = static_cast<const Tkv*>(p.kv);
+  const int64_t v_off = static_cast<int64_t>(kBlockTokens) * Hkv * dk;
+  const int64_t row_base = static_cast<int64_t>(row) * p.max_blocks;
+
+  int next_block = 0, next_chunk = 0;  // table entry of the next tile to load (one ahead)
+  auto fetch = [&](int i) {
+    if (i < n_tiles) {
+      const int e = e_begin + i / kTilesPerEntry;
+      next_block = p.block_table[row_base + e];
+      next_chunk = p.block_chunks != nullptr ? p.block_chunks[row_base + e] : e;
+    }
+  };
+  const CopySlots ck = MakeCopySlots(dk / kPer16, tid, kThreads);
+  const CopySlots cv = MakeCopySlots(dv / kPer16, tid, kThreads);
+  const int k_gstride = Hkv * dk, v_gstride = Hkv * dv;  // elements between token rows
+  auto load = [&](int i) {  // the visible rows of tile i into stage i % kStages
+    if (i >= n_tiles) return;
+    const int sub = i % kTilesPerEntry;
+    const int pos0 = next_chunk * kBlockTokens + sub * kRingTile;
+    const int lo = min(max(first_visible - pos0, 0), kRingTile);
+    const int hi = max(min(kv_len - pos0, kRingTile), 0);
+    Tkv* ks = ring + (i % kStages) * stage_elems;
+    Tkv* vs = ks + kRingTile * sk;
+    const Tkv* block = pool + static_cast<int64_t>(next_block) * p.block_stride;
+    const Tkv* ksrc = block + (static_cast<int64_t>(sub) * kRingTile * Hkv + kvh) * dk;
+    for (int r = ck.r0, c = ck.c0; r < kRingTile;) {
+      if (r >= lo && r < hi) CpAsync16(ks + r * sk + kPer16 * c, ksrc + r * k_gstride + kPer16 * c);
+      r += ck.dr;
+      c += ck.dc;
+      if (c >= ck.u) {
+        c -= ck.u;
+        ++r;
+      }
+    }
+    const Tkv* vsrc = block + v_off + (static_cast<int64_t>(sub) * kRingTile * Hkv + kvh) * dv;
+    for (int r = cv.r0, c = cv.c0; r < kRingTile;) {
+      if (r >= lo && r < hi) CpAsync16(vs + r * sv + kPer16 * c, vsrc + r * v_gstride + kPer16 * c);
+      r += cv.dr;
+      c += cv.dc;
+      if (c >= cv.u) {
+        c -= cv.u;
+        ++r;
+      }
+    }
+    if (tid == 0) {
+      tile_range[i % kStages][0] = lo;
+      tile_range[i % kStages][1] = hi;
+    }
+  };
+
+  fetch(0);
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    load(st);
+    fetch(st + 1);
+    CpAsyncCommitGroup();
+  }
+
+  const Tq* q = static_cast<const Tq*>(p.q) + static_cast<int64_t>(s) * p.q_stride;
+  for (int i = tid; i < kMaxHeadsPerCta * ldq; i += kThreads) {
+    const int g = i / ldq, d = i % ldq;
+    Qs[i] = (g < nh && d < dk) ? ToFloat(q[static_cast<int64_t>(h0 + g) * dk + d]) : 0.0f;
+  }
+  if (tid < kMaxHeadsPerCta) {
+    Ms[tid] = -INFINITY;
+    Ls[tid] = 0.0f;
+  }
+  float acc[kHeads][kDimsPerThread];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+    for (int r = 0; r < kDimsPerThread; ++r) acc[g][r] = 0.0f;
+  }
+
+  for (int i = 0; i < n_tiles; ++i) {
+    CpAsyncWaitGroup<kStages - 2>();  // this thread's copies of tile i have landed
+    __syncthreads();                  // everyone's; the previous stage, Sc and Al are free
+    load(i + kStages - 1);
+    fetch(i + kStages);
+    CpAsyncCommitGroup();
+
+    const int stage = i % kStages;
+    const int lo = tile_range[stage][0], hi = tile_range[stage][1];
+    if (lo >= hi) continue;  // uniform over the CTA
+    const Tkv* ks = ring + stage * stage_elems;
+    const Tkv* vs = ks + kRingTile * sk;
+
+    // Scores: thread (t = tid % 32, heads tid / 32 + 4r).
+    {
+      const int t = tid % kRingTile;
+      const bool visible = t >= lo && t < hi;
+#pragma unroll
+      for (int r = 0; r < (kHeads + 3) / 4; ++r) {
+        const int g = tid / kRingTile + 4 * r;
+        if (g >= nh) continue;
+        float dot = -INFINITY;
+        if (visible) {
+          const Tkv* kr = ks + t * sk;
+          const float* qg = Qs + g * ldq;
+          float d0 = 0.0f;
+          for (int d = 0; d < dk; d += kPer16) {
+            const Pack<Tkv, kPer16> kp = LoadPack<Tkv, kPer16>(kr + d);
+#pragma unroll
+            for (int c = 0; c < kPer16; ++c) d0 += qg[d + c] * ToFloat(kp.v[c]);
+          }
+          dot = d0 * p.scale;
+        }
+        Sc[g * kRingTile + t] = dot;
+      }
+    }
+    __syncthreads();
+
+    // Online softmax, one warp per head, one token per lane.
+    for (int g = warp; g < nh; g += kWarps) {
+      const float s0 = Sc[g * kRingTile + lane];
+      const float mx = WarpMax(s0);
+      const float m_old = Ms[g];
+      const float m_new = fmaxf(m_old, mx);  // finite: the tile has a visible token
+      const float p0 = expf(s0 - m_new);
+      const float sum = WarpSum(p0);
+      Sc[g * kRingTile + lane] = p0;
+      __syncwarp();
+      if (lane == 0) {
+        const float alpha = expf(m_old - m_new);  // 0 for the first visible tile
+        Al[g] = alpha;
+        Ms[g] = m_new;
+        Ls[g] = Ls[g] * alpha + sum;
+      }
+    }
+    __syncthreads();
+
+    // acc ← α·acc + P·V over the visible rows.
+#pragma unroll
+    for (int r = 0; r < kDimsPerThread; ++r) {
+      const int d = tid + kThreads * r;
+      if (d >= dv) continue;
+      float part[kHeads] = {};
+      for (int t = lo; t < hi; ++t) {
+        const float vt = ToFloat(vs[t * sv + d]);
+#pragma unroll
+        for (int g = 0; g < kHeads; ++g) part[g] += Sc[g * kRingTile + t] * vt;
+      }
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+        if (g < nh) acc[g][r] = acc[g][r] * Al[g] + part[g];
+      }
+    }
+  }
+  CpAsyncWaitGroup<0>();
+  __syncthreads();  // Ms, Ls (also when no tile was visible)
+
+  // Write the result (one split) or the partial state.
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    if (g >= nh) break;
+    const int h = h0 + g;
+    const float l = Ls[g];
+    if (plan.splits == 1) {
+      Tq* out = static_cast<Tq*>(p.out) + static_cast<int64_t>(s) * p.out_stride +
+                static_cast<int64_t>(h) * dv;
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+      for (int r = 0; r < kDimsPerThread; ++r) {
+        const int d = tid + kThreads * r;
+        if (d < dv) out[d] = FromFloat<Tq>(acc[g][r] * inv);
+      }
+    } else {
+      const int64_t part = (static_cast<int64_t>(s) * p.num_heads + h) * plan.splits + split;
+#pragma unroll
+      for (int r = 0; r < kDimsPerThread; ++r) {
+        const int d = tid + kThreads * r;
+        if (d < dv) ws_acc[part * dv + d] = acc[g][r];
+      }
+      if (tid == 0) {
+        ws_ml[part * 2] = Ms[g];
+        ws_ml[part * 2 + 1] = l;
+      }
+    }
+  }
+}
+
 // grid: num_seqs · Hq; merges the splits of one (sequence, query head).
 template <typename Tq>
 __global__ void __launch_bounds__(kThreads)
@@ -399,21 +662,33 @@ int SmCount() {
 }
 
 int ChooseSplits(const PagedAttentionDecodeParams& p, int64_t base, int64_t want_ctas);
+int DeviceAttribute(cudaDeviceAttr attr, int fallback);
 
 // waves > 0: the automatic split count aims at waves x (resident CTAs per SM) x SMs CTAs (the
-// plan's splits otherwise).
+// plan's splits otherwise). ring: stages of PagedAttentionRingKernel (2, 3 or 4; 16-byte rows
+// only, and only where the ring fits), else 0: PagedAttentionSplitKernel.
 template <typename Tq, typename Tkv, int kHeads, bool kAsync>
-int LaunchTyped(const PagedAttentionDecodeParams& p, SplitPlan plan, int waves,
+int LaunchTyped(const PagedAttentionDecodeParams& p, SplitPlan plan, int waves, int ring,
                 cudaStream_t stream) {
-  const size_t smem = SplitSmemBytes<Tkv>(p.dk, p.dv);
-  cudaError_t err =
-      cudaFuncSetAttribute(PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  using Kernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, float*);
+  Kernel kernel = PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>;
+  size_t smem = SplitSmemBytes<Tkv>(p.dk, p.dv);
+  if (kAsync && ring >= 2 && ring <= 4) {
+    const size_t ring_smem = RingSmemBytes<Tkv>(ring, p.dk, p.dv);
+    const int optin = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 227 * 1024);
+    if (ring_smem + 2 * 1024 <= static_cast<size_t>(optin)) {
+      smem = ring_smem;
+      kernel = ring == 2   ? PagedAttentionRingKernel<Tq, Tkv, kHeads, 2>
+               : ring == 3 ? PagedAttentionRingKernel<Tq, Tkv, kHeads, 3>
+                           : PagedAttentionRingKernel<Tq, Tkv, kHeads, 4>;
+    }
+  }
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
   if (err != cudaSuccess) return static_cast<int>(err);
   if (waves > 0) {
     int per_sm = 0;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>, kThreads, smem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
     const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;
     plan.splits = ChooseSplits(p, base, int64_t{waves} * std::max(1, per_sm) * SmCount());
@@ -425,33 +700,32 @@ int LaunchTyped(const PagedAttentionDecodeParams& p, SplitPlan plan, int waves,
   float* ws_ml = plan.splits > 1
                      ? ws_acc + static_cast<int64_t>(p.num_seqs) * p.num_heads * plan.splits * p.dv
                      : nullptr;
-  PagedAttentionSplitKernel<Tq, Tkv, kHeads, kAsync>
-      <<<static_cast<unsigned>(ctas), kThreads, smem, stream>>>(p, plan, ws_acc, ws_ml);
+  kernel<<<static_cast<unsigned>(ctas), kThreads, smem, stream>>>(p, plan, ws_acc, ws_ml);
   err = cudaGetLastError();
   if (err != cudaSuccess || plan.splits == 1) return static_cast<int>(err);
   return LaunchCombine<Tq>(p, plan, ws_acc, ws_ml, stream);
 }
 
 template <typename Tq, typename Tkv, bool kAsync>
-int LaunchHeads(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves,
+int LaunchHeads(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves, int ring,
                 cudaStream_t stream) {
   const int heads = std::min(kMaxHeadsPerCta, p.num_heads / p.num_kv_heads);
-  if (heads <= 1) return LaunchTyped<Tq, Tkv, 1, kAsync>(p, plan, waves, stream);
-  if (heads <= 2) return LaunchTyped<Tq, Tkv, 2, kAsync>(p, plan, waves, stream);
-  if (heads <= 4) return LaunchTyped<Tq, Tkv, 4, kAsync>(p, plan, waves, stream);
-  return LaunchTyped<Tq, Tkv, 8, kAsync>(p, plan, waves, stream);
+  if (heads <= 1) return LaunchTyped<Tq, Tkv, 1, kAsync>(p, plan, waves, ring, stream);
+  if (heads <= 2) return LaunchTyped<Tq, Tkv, 2, kAsync>(p, plan, waves, ring, stream);
+  if (heads <= 4) return LaunchTyped<Tq, Tkv, 4, kAsync>(p, plan, waves, ring, stream);
+  return LaunchTyped<Tq, Tkv, 8, kAsync>(p, plan, waves, ring, stream);
 }
 
 template <typename Tq, typename Tkv>
-int LaunchKv(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves,
+int LaunchKv(const PagedAttentionDecodeParams& p, const SplitPlan& plan, int waves, int ring,
              cudaStream_t stream) {
   const int64_t row_bytes_k = int64_t{p.dk} * sizeof(Tkv);
   const int64_t row_bytes_v = int64_t{p.dv} * sizeof(Tkv);
   const bool async = row_bytes_k % 16 == 0 && row_bytes_v % 16 == 0 &&
                      (p.block_stride * static_cast<int64_t>(sizeof(Tkv))) % 16 == 0 &&
                      IsAligned(p.kv, 16);
-  return async ? LaunchHeads<Tq, Tkv, true>(p, plan, waves, stream)
-               : LaunchHeads<Tq, Tkv, false>(p, plan, waves, stream);
+  return async ? LaunchHeads<Tq, Tkv, true>(p, plan, waves, ring, stream)
+               : LaunchHeads<Tq, Tkv, false>(p, plan, waves, ring, stream);
 }
 
 // ---- Tensor-core path (bf16 KV, dk and dv multiples of 16) ----------------------------------
@@ -464,7 +738,8 @@ struct DecodeVariant {
   int tile;    // tokens per pipeline stage (0: default / CUDA-core kernel)
   int stages;  // cp.async stages
   int waves;   // automatic splits aim at waves x resident CTAs; kWavesSms: one CTA per SM
-               // (CUDA-core variants: 0 = the original 4 x SMs plan)
+               // (CUDA-core variants: 0 = the original 4 x SMs plan; stages: ring stages of
+               // PagedAttentionRingKernel, 0 = PagedAttentionSplitKernel)
   int cols;    // value-column slices (warps = cols x tile / 16); 0 = 1
 };
 // DecodeVariant::waves: automatic splits aim at one CTA per SM (however many are resident), so
@@ -503,6 +778,12 @@ constexpr DecodeVariant kVariants[] = {
     // resident CTAs (variant 1 keeps the original 4 x SMs plan, which leaves a partial wave).
     {"cc_w1", 0, 0, 1, 0},
     {"cc_w2", 0, 0, 2, 0},
+    // CUDA-core ring kernel (PagedAttentionRingKernel; stages = ring stages of 32 tokens; rows
+    // of 16-byte multiples, else the kernel above).
+    {"cc_r2w1", 0, 2, 1, 0},
+    {"cc_r3w1", 0, 3, 1, 0},
+    {"cc_r4w1", 0, 4, 1, 0},
+    {"cc_r3w2", 0, 3, 2, 0},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
@@ -585,15 +866,6 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32
   const float2 hf = __bfloat1622float2(h);
   *hi = Bf16Bits(h);
   *lo = Bf16Bits(__floats2bfloat162_rn(x - hf.x, y - hf.y));
-}
-
-// The 16-byte copies of thread tid among `threads` over rows of u units: copy j = tid +
-// n·threads is (row j / u, unit j % u); consecutive ones differ by (dr, dc) plus a carry.
-struct CopySlots {
-  int r0, c0, dr, dc, u;
-};
-__device__ __forceinline__ CopySlots MakeCopySlots(int u, int tid, int threads) {
-  return CopySlots{tid / u, tid % u, threads / u, threads % u, u};
 }
 
 // grid: num_seqs · Hkv · head_chunks · splits (as the CUDA-core kernel); 2·kTile threads =
@@ -1039,14 +1311,15 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
   }
 
   // CUDA cores: the named CUDA-core variant's split plan, else kCudaCoreDefault's.
-  const int waves = cuda_core_variant ? kVariants[p.variant].waves : kCudaCoreDefault.waves;
+  const DecodeVariant& cv = cuda_core_variant ? kVariants[p.variant] : kCudaCoreDefault;
+  const int waves = cv.waves, ring = cv.stages;
   plan.splits = ChooseSplits(p, base, 4 * int64_t{SmCount()} + base - 1);  // waves == 0
   const bool q32 = p.q_dtype == KernelDType::kF32;
   const bool kv32 = p.kv_dtype == KernelDType::kF32;
-  if (q32 && kv32) return LaunchKv<float, float>(p, plan, waves, st);
-  if (q32) return LaunchKv<float, __nv_bfloat16>(p, plan, waves, st);
-  if (kv32) return LaunchKv<__nv_bfloat16, float>(p, plan, waves, st);
-  return LaunchKv<__nv_bfloat16, __nv_bfloat16>(p, plan, waves, st);
+  if (q32 && kv32) return LaunchKv<float, float>(p, plan, waves, ring, st);
+  if (q32) return LaunchKv<float, __nv_bfloat16>(p, plan, waves, ring, st);
+  if (kv32) return LaunchKv<__nv_bfloat16, float>(p, plan, waves, ring, st);
+  return LaunchKv<__nv_bfloat16, __nv_bfloat16>(p, plan, waves, ring, st);
 }
 
 }  // namespace hyla::kernels

@@ -341,9 +341,14 @@ TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
     m.variant = c.variant;
     RunCase(m, ++seed);
   }
-  AttnCase cc{{8, 2, 128, 128}, seqs, 0, 0, false, false};
-  cc.variant = VariantByName("cc_w1");
-  RunCase(cc, ++seed);
+  for (const char* name : {"cc_w1", "cc_r3w1"}) {  // cc_r3w1: the 32-token cp.async ring
+    AttnCase cc{{8, 2, 128, 128}, seqs, 100, 0, false, false};
+    cc.variant = VariantByName(name);
+    RunCase(cc, ++seed);
+    cc.num_splits = 3;
+    cc.q_bf16 = true;
+    RunCase(cc, ++seed);
+  }
 }
 
 // table_rows: shuffled rows, and tables with more rows than sequences (decoy rows), with
