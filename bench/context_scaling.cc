@@ -102,8 +102,8 @@ the top of bench/context_scaling.cc and docs/performance.md.
   --pair ID --role R      carried into the JSON for bench/plot_results.py (e.g. a / hybrid)
   --backend cpu|cuda      default: cuda when built with the CUDA backend, else cpu
   --precision bf16|f32    CUDA weights/KV precision (default bf16); the CPU backend is fp32
-  --gemm skinny|cublas    CUDA GEMMs of <= 64 rows: the skinny tensor-core kernel (default) or
-                          cuBLAS (CudaBackendOptions::skinny_gemm)
+  --gemm cublas|skinny    CUDA GEMMs of <= 64 rows: cuBLAS (default) or the skinny tensor-core
+                          kernel (CudaBackendOptions::skinny_gemm)
   --threads N             CPU backend threads (default: hardware threads)
   --contexts L            ascending contexts in tokens (default 1024,4096,16384,32768,65536,131072)
   --decode-steps N        timed batch-1 decode steps per context (default 16)
@@ -167,7 +167,7 @@ struct Options {
   std::string role;
   std::string backend;
   std::string precision = "bf16";
-  std::string gemm = "skinny";
+  std::string gemm = "cublas";
   int threads = 0;
   std::vector<int64_t> contexts = {1024, 4096, 16384, 32768, 65536, 131072};
   int decode_steps = 16;

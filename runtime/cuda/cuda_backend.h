@@ -54,8 +54,10 @@ struct CudaBackendOptions {
   // else 131072.
   int64_t max_context = 0;
   // bf16 GEMMs of at most 64 rows on the skinny tensor-core kernel instead of cuBLAS
-  // (DeviceContext::skinny_gemm).
-  bool skinny_gemm = true;
+  // (DeviceContext::skinny_gemm). Off: on the H100 it is slower than cuBLAS at every decode
+  // shape measured (kernels_bench 2026-11-23: 40.0 vs 29.0 us at 64 x 12352 x 2048; a
+  // qwen3next-1b decode step at batch 64 and 1K context 4.88 vs 4.00 ms).
+  bool skinny_gemm = false;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's

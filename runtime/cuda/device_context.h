@@ -62,7 +62,7 @@ class DeviceContext {
   // Number of streaming multiprocessors (for launch heuristics).
   int sm_count() const { return sm_count_; }
   // Whether Linear may use the skinny tensor-core GEMM (kernels SkinnyGemmBf16) for bf16 weights
-  // and at most 64 rows instead of cuBLAS (default true; benchmarks compare both).
+  // and at most 64 rows instead of cuBLAS (default false: CudaBackendOptions::skinny_gemm).
   bool skinny_gemm() const { return skinny_gemm_; }
   void set_skinny_gemm(bool on) { skinny_gemm_ = on; }
 
@@ -92,7 +92,7 @@ class DeviceContext {
 
   int device_ = 0;
   int sm_count_ = 0;
-  bool skinny_gemm_ = true;
+  bool skinny_gemm_ = false;
   CudaStream stream_;
   CublasHandle cublas_;
   DeviceBuffer cublas_workspace_;  // cuBLAS's workspace (no allocation inside graph capture)
