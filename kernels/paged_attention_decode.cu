@@ -85,6 +85,19 @@ template <int kPending>
 __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
+// Programmatic dependent launch (sm_90): the split kernels let the combine kernel launch once
+// all their CTAs are past their main loops; the combine kernel waits for their completion (and
+// memory) before it reads the workspace, so its launch latency overlaps their epilogues.
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WaitPrerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ float WarpMax(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -339,6 +352,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
+  LaunchDependents();
   // Write the result (one split) or the partial state.
   const int q_heads = p.num_heads;
 #pragma unroll
@@ -582,6 +596,7 @@ __global__ void __launch_bounds__(kThreads)
   CpAsyncWaitGroup<0>();
   __syncthreads();  // Ms, Ls (also when no tile was visible)
 
+  LaunchDependents();
   // Write the result (one split) or the partial state.
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) {
@@ -620,6 +635,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t sh = blockIdx.x;  // s · Hq + h
   const int s = static_cast<int>(sh / p.num_heads);
   const int h = static_cast<int>(sh % p.num_heads);
+  WaitPrerequisites();  // the split kernel has completed (launched as its dependent)
   const float* ml = ws_ml + sh * splits * 2;
   float m = -INFINITY;
   for (int i = 0; i < splits; ++i) m = fmaxf(m, ml[2 * i]);
@@ -645,10 +661,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename Tq>
 int LaunchCombine(const PagedAttentionDecodeParams& p, const SplitPlan& plan, const float* ws_acc,
                   const float* ws_ml, cudaStream_t stream) {
-  PagedAttentionCombineKernel<Tq>
-      <<<static_cast<unsigned>(static_cast<int64_t>(p.num_seqs) * p.num_heads), kThreads, 0,
-         stream>>>(p, plan.splits, ws_acc, ws_ml);
-  return LaunchResult();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(static_cast<int64_t>(p.num_seqs) * p.num_heads));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return static_cast<int>(
+      cudaLaunchKernelEx(&config, PagedAttentionCombineKernel<Tq>, p, plan.splits, ws_acc, ws_ml));
 }
 
 int SmCount() {
@@ -1108,6 +1132,7 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
   }
 
   // Merge the warps: the ring becomes Ob [warps][8][dv] (fp32, scaled to the common max).
+  LaunchDependents();
   CpAsyncWaitPending<0>();
   __syncthreads();
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
