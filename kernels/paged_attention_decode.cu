@@ -50,6 +50,13 @@
 //   P·V:     thread d owns output dims d and d + 128 of every head.
 // K rows in shared memory are padded so that their stride is an odd number of 16-byte units
 // (conflict-free 16-byte reads by 8 consecutive rows).
+// CUDA-core ring kernel (PagedAttentionRingKernel; variants cc_r*; 16-byte rows): the same
+// computation over 32-token tiles (two per table entry) copied into a kStages-deep cp.async
+// ring, so the next tiles' copies stay in flight while one is computed (the kernel above waits
+// for each block it copies; fp32 blocks at d 128: 66 KB per block, 3 CTAs per SM).
+//
+// The combine kernel is a programmatic dependent launch of the split kernels (they trigger it
+// after their main loops; it waits for their completion before reading the workspace).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -808,6 +815,8 @@ constexpr DecodeVariant kVariants[] = {
     {"cc_r3w1", 0, 3, 1, 0},
     {"cc_r4w1", 0, 4, 1, 0},
     {"cc_r3w2", 0, 3, 2, 0},
+    // One CTA per SM with a deeper ring (short contexts: 3 tiles ahead, no combine).
+    {"t64s4wS", 64, 4, kWavesSms, 1},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
