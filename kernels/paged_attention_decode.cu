@@ -1071,7 +1071,14 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
     const __nv_bfloat16* vs = ks + kTile * sk;
 
     // S (rows: heads hi/lo, cols: tokens r0 .. r0 + 15 as two n-tiles of 8).
-    float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    // Even and odd k-steps accumulate separately (four independent MMA chains, half as long),
+    // then add.
+    float sc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) sc[j][c] = 0.0f;
+    }
     const __nv_bfloat16* krow = ks + (r0 + mrow + (mat / 2) * 8) * sk + (mat % 2) * 8;
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
@@ -1083,9 +1090,14 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
         a[3] = Qs[(kMaxHeadsPerCta + g) * kQw + 8 * kk + 4 + t4];
         uint32_t b[4];
         LdMatrixX4(b, krow + kk * 16);
-        MmaBf16(sc[0], a, b[0], b[1]);
-        MmaBf16(sc[1], a, b[2], b[3]);
+        MmaBf16(sc[2 * (kk % 2)], a, b[0], b[1]);
+        MmaBf16(sc[2 * (kk % 2) + 1], a, b[2], b[3]);
       }
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      sc[0][c] += sc[2][c];
+      sc[1][c] += sc[3][c];
     }
 
     // Online softmax of head g over tokens r0 + 8j + 2·t4 + c (4 lanes of a quad share a head).
