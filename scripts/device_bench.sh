@@ -131,6 +131,11 @@ if ((QUICK)); then
   BATCH_STEPS="${HYLA_BATCH_STEPS:-4}"
 fi
 BIN_PATH="${HYLA_BENCH_BIN_PATH:-${HERE}/bin}"
+# scrape FILE: hyla-server's Prometheus metrics (the serving stage's metrics port) into FILE.
+scrape() {
+  python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$((S_PORT + 1))/metrics', timeout=5).read().decode())" \
+    >"$1" 2>/dev/null || echo "(metrics not reachable)" >"$1"
+}
 # prog NAME: the program's path (the first of BIN_PATH's directories holding it).
 prog() {
   local d
@@ -279,7 +284,8 @@ if has_stage serving; then
       "$(prog hyla-server)" --model "${dir}" "${S_SERVER[@]}" --max-batch "${S_BATCH}" \
         --prefill-chunk "${S_CHUNK}" --token-budget "${S_TOKENS}" --max-context "${S_MAXCTX}" \
         --queue-bound $((4 * S_BATCH)) --listen "127.0.0.1:${S_PORT}" \
-        --metrics-listen 127.0.0.1:0 --drain-deadline 2s >"${RAW}/serving/server.log" 2>&1 &
+        --metrics-listen "127.0.0.1:$((S_PORT + 1))" --drain-deadline 2s \
+        >"${RAW}/serving/server.log" 2>&1 &
       server_pid=$!
       ready=0
       for ((i = 0; i < 120; ++i)); do
@@ -297,11 +303,41 @@ if has_stage serving; then
           --output-len 8 --seed 7 >>"${LOG}" 2>&1
         { echo "===== serving: hyla-bench --concurrency ${S_BATCH} --num-requests $((2 * S_BATCH))" \
             "--input-len ${S_IN} --output-len ${S_OUT}"; } >>"${LOG}"
+        scrape "${RAW}/serving/metrics_before.txt"
         timeout "$(limit 120)" "$(prog hyla-bench)" --server "127.0.0.1:${S_PORT}" \
           --concurrency "${S_BATCH}" --num-requests $((2 * S_BATCH)) --input-len "${S_IN}" \
           --output-len "${S_OUT}" --seed 1 --timeout-s 100 \
           --json "${RAW}/serving/hyla_bench.json" >>"${LOG}" 2>&1
         rc=$?
+        scrape "${RAW}/serving/metrics_after.txt"
+        # The served steps of the measured run, from the server's own histograms (the mean
+        # decode Backend::Step and the scheduler thread's host time per step).
+        python3 - "${RAW}/serving/metrics_before.txt" "${RAW}/serving/metrics_after.txt" \
+          >"${RAW}/serving/served_steps.json" 2>>"${LOG}" <<'PYEOF'
+import json, re, sys
+def read(path):
+    out = {}
+    try:
+        for line in open(path):
+            m = re.match(r'^(hyla_step_(?:backend|host|duration)_seconds_(?:sum|count))\{([^}]*)\} (\S+)', line)
+            if m:
+                out[(m.group(1), m.group(2))] = float(m.group(3))
+    except OSError:
+        pass
+    return out
+a, b = read(sys.argv[1]), read(sys.argv[2])
+res = {}
+for (name, labels), v in b.items():
+    if not name.endswith("_sum"):
+        continue
+    cnt = (name[:-4] + "_count", labels)
+    n = b.get(cnt, 0) - a.get(cnt, 0)
+    if n > 0:
+        res[f"{name[:-4]}{{{labels}}}"] = {"steps": n, "mean_ms": 1e3 * (v - a.get((name, labels), 0)) / n}
+json.dump(res, sys.stdout, indent=1)
+PYEOF
+        { echo "===== serving: served steps during the measured run (server histograms)";
+          cat "${RAW}/serving/served_steps.json"; echo; } >>"${LOG}"
       else
         say "serving: hyla-server did not become ready"
         rc=1
