@@ -252,7 +252,9 @@ void RunCase(const AttnCase& c, uint32_t seed) {
   }
   const std::string tag = std::string("paged_attention_decode q ") + (c.q_bf16 ? "bf16" : "f32") +
                           " kv " + (c.kv_bf16 ? "bf16" : "f32");
-  ExpectClose(got, want, c.q_bf16 ? 1e-2 : 1e-4, tag);
+  // fp32 queries over fp32 blocks is the exactness mode: 1e-5 (H100, 2026-11-23: at most
+  // 3.6e-6 over every case); fp32 queries over bf16 blocks 1e-4 (6.0e-6 seen).
+  ExpectClose(got, want, c.q_bf16 ? 1e-2 : (c.kv_bf16 ? 1e-4 : 1e-5), tag);
 }
 
 class PagedAttentionTest : public GpuTest,
