@@ -120,6 +120,8 @@ fi
 ls "${BUNDLE}/bin" "${BUNDLE}/svc" "${BUNDLE}/lib"
 echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) unpacked"
 # The device tool carries at most 64 MiB: pack everything but run.sh, which unpacks it there.
-XZ_OPT="-T2 -6" tar -C "${BUNDLE}" -cJf "${BUNDLE}/payload.tar.xz" bin lib svc $([[ -d "${BUNDLE}/golden" ]] && echo golden)
+# -9 on one thread: its 64 MiB dictionary spans whole programs, so the kernel images that every
+# statically linked program repeats are stored about once (209 MB → 21 MB instead of 52 MB).
+XZ_OPT="-9 -T1" tar -C "${BUNDLE}" -cJf "${BUNDLE}/payload.tar.xz" bin lib svc $([[ -d "${BUNDLE}/golden" ]] && echo golden)
 rm -rf "${BUNDLE}/bin" "${BUNDLE}/lib" "${BUNDLE}/svc" "${BUNDLE}/golden"
 echo "bundle: $(du -sh "${BUNDLE}" | cut -f1) packed in ${BUNDLE}"
