@@ -386,8 +386,6 @@ constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols64Split2Solve2,
      "mma fused cols64 split2 solve2"},
     {hyla::kernels::GdnPrefillMmaVariant::kCols32Solve2, "mma cols32 solve2"},
-    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split4Solve2,
-     "mma fused cols32 split4 solve2"},
 };
 
 // bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores);

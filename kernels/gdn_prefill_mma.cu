@@ -35,8 +35,7 @@
 // (raw q rows copied with the piece), staged through shared memory and written out while the
 // next piece is computed. With Split2, two warps share 16 value rows, each holding half of dk's
 // columns of Sᵀ; they add their partial Sᵀ·Wᵀ and Sᵀ·Qᵀ through shared memory (one extra
-// barrier per piece) and halve the per-warp mma work on the sequential critical path; Split4
-// (kFusedCols32Split4Solve2, dk = 128): four warps of 32 columns each, each adding three parts.
+// barrier per piece) and halve the per-warp mma work on the sequential critical path.
 // Γ_ij = e^{G_i − G_j} is evaluated only for i >= j, as in the fp32 kernels. Padding rows of a
 // short piece have k = v = 0, β = g = 0 and r = 0: W, U and V_new rows are zero there.
 //
@@ -842,7 +841,7 @@ struct StateOutSmem {
   static constexpr int kWarps = kCols / 16 * kSplit;
   // Per stage: bf16 W, K, Q [64, kLdk], UT [kCols, kLdt], P [64, kLdt]; fp32 G, r_k, r_q e^G
   // [64 each]. After the stages: two O tiles [64, kLdo] bf16 (piece lp is written out while
-  // lp + 1 is computed), then (kSplit > 1) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
+  // lp + 1 is computed), then (kSplit 2) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
   static constexpr int64_t kW = 0, kK = kW + kChunk * kLdk, kQ = kK + kChunk * kLdk;
   static constexpr int64_t kUT = kQ + kChunk * kLdk, kP = kUT + kCols * kLdt;
   static constexpr int64_t kG = kP + kChunk * kLdt;
@@ -868,8 +867,7 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
   constexpr int kDkw = kDk / kSplit;     // columns of Sᵀ per warp
   constexpr int kNt = kDkw / 8;          // their 8-column tiles
   constexpr int kTokTiles = 8 / kSplit;  // 8-token tiles of O per warp
-  static_assert(kSplit == 1 || kSplit == 2 || kSplit == 4, "split");
-  static_assert(kSplit == 1 || kDkw >= 32, "a warp's Sᵀ columns are whole 32-column k-steps");
+  static_assert(kSplit == 1 || kSplit == 2, "split");
 
   const int HV = p.num_v_heads;
   const int tile = cta % kTiles;
@@ -987,9 +985,10 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
         Mma(oq[nt], a1, b[2], b[3]);
       }
     }
-    if (kSplit > 1) {  // add the partner warps' parts (the other Sᵀ columns)
+    if (kSplit > 1) {  // add the partner warp's half (the other Sᵀ columns)
       float* xs = reinterpret_cast<float*>(smem + L::kX);
       float* mine = xs + warp * L::kXFloats;
+      const float* other = xs + (vb + (1 - dh) * kRowBlocks) * L::kXFloats;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -1000,15 +999,11 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
       }
       SyncThreads();
 #pragma unroll
-      for (int o = 1; o < kSplit; ++o) {
-        const float* other = xs + (vb + ((dh + o) % kSplit) * kRowBlocks) * L::kXFloats;
+      for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
-            oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
-          }
+        for (int e = 0; e < 4; ++e) {
+          vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
+          oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
         }
       }
     }
@@ -1371,9 +1366,6 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
       return LaunchVariant<kDk, kDv, 64, 2, true, 2, true>(p, acc, stream, only);
     case V::kCols32Solve2:
       return LaunchVariant<kDk, kDv, 32, 1, false, 2, true>(p, acc, stream, only);
-    case V::kFusedCols32Split4Solve2:  // Split4 needs dk = 128 (32 Sᵀ columns a warp): else 2
-      return LaunchVariant < kDk, kDv, 32, kDk >= 128 ? 4 : 2, true, 2,
-             true > (p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }

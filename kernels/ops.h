@@ -155,7 +155,6 @@ enum class GdnPrefillMmaVariant : int {
   kFusedCols32Split2Solve2 = 11,
   kFusedCols64Split2Solve2 = 12,
   kCols32Solve2 = 13,
-  kFusedCols32Split4Solve2 = 14,  // four warps per 16 value rows (dk = 128; else Split2)
 };
 
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
