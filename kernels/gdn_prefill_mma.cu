@@ -11,11 +11,6 @@
 //     blocks by forward substitution, then block distances 1, 2, 3), and on mma with T rounded
 //     to bf16:  W = T·diag(β e^G r_k)K  [64, dk] and Uᵀ = (diag(β)V)ᵀ·Tᵀ  [dv, 64].
 //     Stored per (piece, head) in the workspace: W, Uᵀ (bf16), G and r_k (fp32).
-//     The *Solve2 variants (PieceBody's kFastSolve; kDefault is kFusedCols32Split2Solve2) do the
-//     same in parallel form: G by warp scans, and each off-diagonal block as two small fp32
-//     products T_ij = −T_ii·(Σ_k A_ik T_kj), one warp per block of a distance, instead of a
-//     forward substitution per column after each distance (4 CTA barriers instead of 7); V is
-//     loaded only once T is dead, into its space, so the CTA takes 52 KB (four per SM, not 3).
 //  2. GdnMmaStateKernel, one CTA of kCols/16 warps per (sequence, value head, kCols value
 //     columns), sequential over the sequence's pieces. Sᵀ [kCols, dk] lives in fp32 registers as
 //     mma accumulators (warp w: rows 16w..16w+15, all dk columns), so it is also directly the A
@@ -74,7 +69,7 @@ constexpr int kLdt = kChunk + kPad;  // shared row stride of 64-wide bf16 tiles
 constexpr int kPieceThreads = 128;   // launches 1 and 3: 4 warps of 16 rows
 constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
 // GdnPrefillMmaVariant::kDefault (kernels/ops.h).
-constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2Solve2;
+constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2;
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline
@@ -86,8 +81,6 @@ void LdMatrixX4Trans(uint32_t (&r)[4], const uint16_t* row);
 void CpAsync16(void* dst, const void* src, bool fill);
 void CpAsyncCommit();
 void CpAsyncWaitN(int n);
-void SyncWarp();
-float ShflUpF(float v, int delta);
 template <int kN>
 inline void CpAsyncWait() {
   CpAsyncWaitN(kN);
@@ -99,9 +92,6 @@ float Bf16ToF(uint16_t v);
 #define HYLA_GDN_DEV __device__ __forceinline__
 
 HYLA_GDN_DEV void SyncThreads() { __syncthreads(); }
-HYLA_GDN_DEV void SyncWarp() { __syncwarp(); }
-// v of lane (lane − delta) of the warp (this lane's own v when lane < delta).
-HYLA_GDN_DEV float ShflUpF(float v, int delta) { return __shfl_up_sync(0xffffffffu, v, delta); }
 
 // c += A·B, A 16x16 bf16 (row), B 16x8 bf16 (col), c 16x8 fp32.
 HYLA_GDN_DEV void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -289,37 +279,29 @@ HYLA_GDN_DEV void AFromC(uint32_t (&a)[4], const float (&c0)[4], const float (&c
 
 // ---- launch 1: per (piece, value head) -------------------------------------------------------
 
-template <int kDk, int kDv, bool kWithP, bool kLateV = false>
+template <int kDk, int kDv, bool kWithP>
 struct PieceSmem {
   static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 4;
   // bf16: K [64, kLdk], V [64, kLdv]; fp32: A [64, kLdf], T [64, kLdf], G, β, r_k, the W row
   // scale β e^G r_k, r_q [64 each]. Reused space: (kWithP) Q [64, kLdk] bf16 lives in T's space
   // until P is computed (before T is), Tb [64, kLdt] (bf16 T) in A's once A is dead. 68 KB at
-  // dk = dv = 128: three CTAs per SM. kLateV (the kFastSolve kernels): V is loaded only once T
-  // is converted to Tb, into T's space (its load overlaps the W product): 52 KB at dk = dv =
-  // 128, four CTAs per SM.
-  static constexpr int64_t kK = 0, kVOwn = kK + kChunk * kLdk;
-  static constexpr int64_t kF32 = (kLateV ? kVOwn : kVOwn + kChunk * kLdv) / 2;  // float offset
+  // dk = dv = 128: three CTAs per SM.
+  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk;
+  static constexpr int64_t kF32 = (kV + kChunk * kLdv) / 2;  // float offset
   static constexpr int64_t kA = kF32, kT = kA + kChunk * kLdf, kG = kT + kChunk * kLdf;
   static constexpr int64_t kBeta = kG + kChunk, kRk = kBeta + kChunk, kSk = kRk + kChunk;
   static constexpr int64_t kRq = kSk + kChunk;
   static constexpr int64_t kTb = 2 * kA, kQ = 2 * kT;  // bf16 offsets
-  static constexpr int64_t kV = kLateV ? 2 * kT : kVOwn;
   static constexpr size_t kBytes = sizeof(float) * (kRq + kChunk);
   static_assert(kF32 % 4 == 0 && kLdf % 4 == 0, "fp32 arrays 16-byte aligned");
   static_assert(kChunk * kLdt <= 2 * kChunk * kLdf, "Tb fits in A");
   static_assert(kChunk * kLdk <= 2 * kChunk * kLdf, "Q fits in T");
-  static_assert(kChunk * kLdv <= 2 * kChunk * kLdf, "V fits in T");
 };
 
-// kFastSolve (the *Solve2 variants): the cumulative gate by warp scans, and the off-diagonal
-// blocks of T as two fp32 products per block, T_ij = −T_ii·(Σ_k A_ik T_kj), one warp per block of
-// a distance (register-blocked: a lane computes rows r, r + 8 × 4 columns), instead of a serial
-// forward substitution per column; 4 block barriers instead of 7 and no single-thread loop.
-template <int kDk, int kDv, bool kWithP, bool kFastSolve>
+template <int kDk, int kDv, bool kWithP>
 HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                             uint16_t* smem) {
-  using L = PieceSmem<kDk, kDv, kWithP, kFastSolve>;
+  using L = PieceSmem<kDk, kDv, kWithP>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdv = L::kLdv, kLdf = L::kLdf;
   uint16_t* Ks = smem + L::kK;
@@ -350,11 +332,8 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
 
   LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
            p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
-  const uint16_t* v_rows =
-      static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv;
-  if (!kFastSolve) {  // else V goes to T's space once T is dead (PieceSmem kLateV)
-    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
-  }
+  LoadRows(Vs, kLdv, static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv,
+           p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
   if (kWithP) {
     LoadRows(Qs, kLdk,
              static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
@@ -372,21 +351,12 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
       beta = SigmoidF(b);
       if (p.allow_neg_eigval) beta *= 2.0f;
     }
-    if (kFastSolve) {  // inclusive scan within warps 0 and 1 (warp 1 adds warp 0's total below)
-#pragma unroll
-      for (int d = 1; d < 32; d *= 2) {
-        const float up = ShflUpF(g, d);
-        if (lane >= d) g += up;
-      }
-    }
     Gs[tid] = g;
     Bs[tid] = beta;
   }
   CpAsyncWait<0>();
   SyncThreads();
-  if (kFastSolve && tid < kChunk) {
-    if (tid >= 32) Gs[tid] += Gs[31];    // Gs[31] is warp 0's total, final since the barrier
-  } else if (!kFastSolve && tid == 0) {  // in-piece cumulative gate, in token order
+  if (tid == 0) {  // in-piece cumulative gate, in token order
     float a = 0.0f;
     for (int t = 0; t < kChunk; ++t) {
       a += Gs[t];
@@ -485,118 +455,49 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
   }
   SyncThreads();
   // Block (i, j), i > j, by distance d = i − j: T_ij = −T_ii · Σ_{k=j}^{i−1} A_ik T_kj.
-  if (kFastSolve) {
-    // Warp w < 4 − d: block j = w, i = w + d. Lane: rows r, r + 8 of the block, columns
-    // c..c + 3. M = Σ_k A_ik T_kj goes to A's block (j, i) (above the diagonal: never read as
-    // A), then T_ij = −T_ii·M (T_ii is the full diagonal block, zeros and the unit included).
-    const int r = lane / 4, c = 4 * (lane % 4);
-    for (int d = 1; d < 4; ++d) {
-      if (warp < 4 - d) {
-        const int j = warp, i = warp + d;
-        float m[2][4] = {};
-        for (int k = 16 * j; k < 16 * i; ++k) {
-          const float a0 = As[(16 * i + r) * kLdf + k], a1 = As[(16 * i + r + 8) * kLdf + k];
-          const float4 t = *reinterpret_cast<const float4*>(Ts + k * kLdf + 16 * j + c);
-          m[0][0] += a0 * t.x;
-          m[0][1] += a0 * t.y;
-          m[0][2] += a0 * t.z;
-          m[0][3] += a0 * t.w;
-          m[1][0] += a1 * t.x;
-          m[1][1] += a1 * t.y;
-          m[1][2] += a1 * t.z;
-          m[1][3] += a1 * t.w;
-        }
-        float* mb = As + 16 * j * kLdf + 16 * i;  // M [16, 16] at A's block (j, i)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          *reinterpret_cast<float4*>(mb + (r + 8 * hh) * kLdf + c) =
-              make_float4(m[hh][0], m[hh][1], m[hh][2], m[hh][3]);
-        }
-        SyncWarp();
-        float t[2][4] = {};
-#pragma unroll
-        for (int q = 0; q < 16; ++q) {
-          const float d0 = Ts[(16 * i + r) * kLdf + 16 * i + q];
-          const float d1 = Ts[(16 * i + r + 8) * kLdf + 16 * i + q];
-          const float4 mq = *reinterpret_cast<const float4*>(mb + q * kLdf + c);
-          t[0][0] -= d0 * mq.x;
-          t[0][1] -= d0 * mq.y;
-          t[0][2] -= d0 * mq.z;
-          t[0][3] -= d0 * mq.w;
-          t[1][0] -= d1 * mq.x;
-          t[1][1] -= d1 * mq.y;
-          t[1][2] -= d1 * mq.z;
-          t[1][3] -= d1 * mq.w;
-        }
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          *reinterpret_cast<float4*>(Ts + (16 * i + r + 8 * hh) * kLdf + 16 * j + c) =
-              make_float4(t[hh][0], t[hh][1], t[hh][2], t[hh][3]);
-        }
-      }
-      SyncThreads();
+  for (int d = 1; d < 4; ++d) {
+    const int blocks = 4 - d;
+    for (int idx = tid; idx < blocks * 256; idx += kPieceThreads) {
+      const int j = idx / 256, i = j + d;
+      const int r = (idx % 256) / 16, c = idx % 16;
+      float m = 0.0f;
+      for (int k = 16 * j; k < 16 * i; ++k)
+        m += As[(16 * i + r) * kLdf + k] * Ts[k * kLdf + 16 * j + c];
+      Ts[(16 * i + r) * kLdf + 16 * j + c] = m;  // M, replaced by T_ij below
     }
-  } else {
-    for (int d = 1; d < 4; ++d) {
-      const int blocks = 4 - d;
-      for (int idx = tid; idx < blocks * 256; idx += kPieceThreads) {
-        const int j = idx / 256, i = j + d;
-        const int r = (idx % 256) / 16, c = idx % 16;
-        float m = 0.0f;
-        for (int k = 16 * j; k < 16 * i; ++k)
-          m += As[(16 * i + r) * kLdf + k] * Ts[k * kLdf + 16 * j + c];
-        Ts[(16 * i + r) * kLdf + 16 * j + c] = m;  // M, replaced by T_ij below
+    SyncThreads();
+    for (int idx = tid; idx < blocks * 16; idx += kPieceThreads) {
+      const int j = idx / 16, i = j + d, c = idx % 16;
+      float m[16];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) m[r] = Ts[(16 * i + r) * kLdf + 16 * j + c];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) {
+        float v = m[r];
+#pragma unroll
+        for (int k = 0; k < r; ++k) v += Ts[(16 * i + r) * kLdf + 16 * i + k] * m[k];
+        Ts[(16 * i + r) * kLdf + 16 * j + c] = -v;
       }
-      SyncThreads();
-      for (int idx = tid; idx < blocks * 16; idx += kPieceThreads) {
-        const int j = idx / 16, i = j + d, c = idx % 16;
-        float m[16];
-#pragma unroll
-        for (int r = 0; r < 16; ++r) m[r] = Ts[(16 * i + r) * kLdf + 16 * j + c];
-#pragma unroll
-        for (int r = 0; r < 16; ++r) {
-          float v = m[r];
-#pragma unroll
-          for (int k = 0; k < r; ++k) v += Ts[(16 * i + r) * kLdf + 16 * i + k] * m[k];
-          Ts[(16 * i + r) * kLdf + 16 * j + c] = -v;
-        }
-      }
-      SyncThreads();
     }
+    SyncThreads();
   }
 
   // Tb = bf16(T) (zero above the diagonal); K ← diag(β e^G r_k) K, V ← diag(β) V in bf16.
-  if (kFastSolve) {  // two elements per thread and step
-    for (int idx = tid; idx < kChunk * kChunk / 2; idx += kPieceThreads) {
-      const int i = idx / (kChunk / 2), j = 2 * (idx % (kChunk / 2));
-      const float2 t = *reinterpret_cast<const float2*>(Ts + i * kLdf + j);
-      *reinterpret_cast<uint32_t*>(Tb + i * kLdt + j) =
-          PackBf16(j <= i ? t.x : 0.0f, j + 1 <= i ? t.y : 0.0f);
-    }
-  } else {
-    for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
-      const int i = idx / kChunk, j = idx % kChunk;
-      Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
-    }
+  for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
+    const int i = idx / kChunk, j = idx % kChunk;
+    Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
   }
   for (int idx = tid; idx < kChunk * kDk / 2; idx += kPieceThreads) {
     const int r = idx / (kDk / 2), c = 2 * (idx % (kDk / 2));
     uint32_t* x = reinterpret_cast<uint32_t*>(Ks + r * kLdk + c);
     *x = PackBf16(LoBf16(*x) * Sk[r], HiBf16(*x) * Sk[r]);
   }
-  auto scale_v = [&] {
-    for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
-      const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
-      uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
-      *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
-    }
-  };
-  if (!kFastSolve) scale_v();
-  SyncThreads();
-  if (kFastSolve) {  // T (read above) is dead: V into its space while W is computed
-    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
-    CpAsyncCommit();
+  for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
+    const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
+    uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
+    *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
   }
+  SyncThreads();
 
   // W = Tb·K' [64, dk]: warp w rows 16w.. (T is zero right of the diagonal: k-steps <= w).
   {
@@ -624,12 +525,6 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
             PackBf16(c[nt][2 * hh], c[nt][2 * hh + 1]);
       }
     }
-  }
-  if (kFastSolve) {
-    CpAsyncWait<0>();
-    SyncThreads();
-    scale_v();
-    SyncThreads();
   }
   // Uᵀ = V'ᵀ·Tbᵀ [dv, 64]: warp w value rows 16(w + 4m)..
   {
@@ -1233,11 +1128,11 @@ HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int c
 }
 
 #ifndef HYLA_GDN_MMA_EMULATION
-template <int kDk, int kDv, bool kWithP, bool kFastSolve>
+template <int kDk, int kDv, bool kWithP>
 __global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  PieceBody<kDk, kDv, kWithP, kFastSolve>(p, acc, static_cast<int>(blockIdx.x),
-                                          static_cast<int>(threadIdx.x), gdn_smem);
+  PieceBody<kDk, kDv, kWithP>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
+                              gdn_smem);
 }
 template <int kDk, int kDv, int kCols, int kStages>
 __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams p, Access acc) {
@@ -1300,24 +1195,22 @@ int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
   }
 }
 
-template <int kDk, int kDv, bool kFused, bool kFastSolve>
+template <int kDk, int kDv, bool kFused>
 int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
-  constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused, kFastSolve>::kBytes;
-  const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>, kSmem);
+  constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused>::kBytes;
+  const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused>, kSmem);
   if (err != cudaSuccess) return static_cast<int>(err);
   const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
-  GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>
+  GdnMmaPieceKernel<kDk, kDv, kFused>
       <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kSmem, stream>>>(p, acc);
   return LaunchResult();
 }
 
 // only: 0 runs every launch, 1..3 that launch alone (internal::GdnPrefillMmaLaunch).
-// kFastSolve: launch 1's T by PieceBody's kFastSolve (the *Solve2 variants).
-template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages,
-          bool kFastSolve = false>
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages>
 int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   if (only == 0 || only == 1) {
-    const int rc = LaunchPieces<kDk, kDv, kFused, kFastSolve>(p, acc, stream);
+    const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
     if (rc != 0 || only == 1) return rc;
   }
   return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages>(p, acc, stream, only);
@@ -1360,12 +1253,6 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
       return LaunchVariant<kDk, kDv, 32, 1, false, 3>(p, acc, stream, only);
     case V::kFusedCols16Split2Stages3:
       return LaunchVariant<kDk, kDv, 16, 2, true, 3>(p, acc, stream, only);
-    case V::kFusedCols32Split2Solve2:
-      return LaunchVariant<kDk, kDv, 32, 2, true, 2, true>(p, acc, stream, only);
-    case V::kFusedCols64Split2Solve2:
-      return LaunchVariant<kDk, kDv, 64, 2, true, 2, true>(p, acc, stream, only);
-    case V::kCols32Solve2:
-      return LaunchVariant<kDk, kDv, 32, 1, false, 2, true>(p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }
