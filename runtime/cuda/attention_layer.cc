@@ -100,6 +100,14 @@ class CudaAttentionLayer : public CudaLayer {
                                  const float* v, float* o);
   // Entries a decode-graph table row can need at most.
   int64_t TableWidth(int64_t max_context) const;
+  // KvAppend of `rows` new K/V rows (strided like the fused projection) into their blocks.
+  absl::Status AppendKv(const CudaContext& ctx, int64_t rows, const float* k, const float* v,
+                        const int32_t* row_block, const int32_t* row_pos) const;
+  // PagedAttentionDecode of the first n query rows over tables [n, max_blocks] (device), with
+  // the split count of DecodeSplits(split_blocks); split-K workspace from step scratch.
+  absl::Status Decode(const CudaContext& ctx, int n, const float* q, float* o, const int32_t* table,
+                      const int32_t* chunks, const int32_t* num_blocks, int max_blocks,
+                      const int32_t* kv_len, int split_blocks) const;
   // Split-K pieces of a PagedAttentionDecode launch of `n` sequences over tables of `max_blocks`
   // entries: enough CTAs for ~4 per SM.
   int DecodeSplits(const DeviceContext& dev, int n, int max_blocks) const {
@@ -420,59 +428,15 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
                         dev.Upload(h, total, absl::StrCat(Where(), " block tables")));
 
   void* stream = dev.kernel_stream();
-  const int64_t row_pos_off = row_lo;
-  kernels::KvAppendParams ap;
-  ap.rows = span;
-  ap.num_kv_heads = cfg_.num_kv_heads;
-  ap.dk = static_cast<int>(hd_);
-  ap.dv = static_cast<int>(hd_);
-  ap.k = k + row_lo * qkv_stride_;
-  ap.k_stride = qkv_stride_;
-  ap.v = v + row_lo * qkv_stride_;
-  ap.v_stride = qkv_stride_;
-  ap.row_block = d_ints + off_rows;
-  ap.row_pos = ctx.batch->row_pos + row_pos_off;
-  ap.kv_dtype = kv_dtype_;
-  ap.kv = ctx.block_pool;
-  ap.block_stride = block_stride_;
-  HYLA_KERNEL_RETURN_IF_ERROR(kernels::KvAppend(ap, stream), absl::StrCat(Where(), " KvAppend"));
+  HYLA_RETURN_IF_ERROR(AppendKv(ctx, span, k + row_lo * qkv_stride_, v + row_lo * qkv_stride_,
+                                d_ints + off_rows, ctx.batch->row_pos + row_lo));
 
   if (num_decode > 0) {
-    // The decode-graph path's split count when it could run this batch (DecodeSplits), so that
-    // eager and replayed decode steps give the same sums.
-    const int splits =
-        DecodeSplits(dev, num_decode, width_ > 0 && max_blocks <= width_ ? width_ : max_blocks);
-    const size_t ws_bytes = kernels::PagedAttentionDecodeWorkspaceBytes(
-        num_decode, cfg_.num_heads, static_cast<int>(hd_), splits);
-    void* ws = nullptr;
-    if (ws_bytes > 0) {
-      HYLA_ASSIGN_OR_RETURN(ws, dev.scratch().Alloc(ws_bytes, absl::StrCat(Where(), " split-K")));
-    }
-    kernels::PagedAttentionDecodeParams dp;
-    dp.num_seqs = num_decode;
-    dp.num_heads = cfg_.num_heads;
-    dp.num_kv_heads = cfg_.num_kv_heads;
-    dp.dk = static_cast<int>(hd_);
-    dp.dv = static_cast<int>(hd_);
-    dp.q_dtype = kernels::KernelDType::kF32;
-    dp.kv_dtype = kv_dtype_;
-    dp.q = q;  // decode item i is row i
-    dp.q_stride = qkv_stride_;
-    dp.kv = ctx.block_pool;
-    dp.block_stride = block_stride_;
-    dp.block_table = d_ints;
-    dp.block_chunks = d_ints + off_chunks;
-    dp.num_blocks = d_ints + off_num;
-    dp.max_blocks = max_blocks;
-    dp.kv_len = d_ints + off_len;
-    dp.window = cfg_.window_size;
-    dp.scale = scale_;
-    dp.out = o;
-    dp.out_stride = q_width_;
-    dp.workspace = ws;
-    dp.workspace_bytes = ws_bytes;
-    HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(dp, stream),
-                                absl::StrCat(Where(), " PagedAttentionDecode"));
+    // The decode-graph path's split count when it could run this batch, so that eager and
+    // replayed decode steps give the same sums. Decode item i is row i.
+    HYLA_RETURN_IF_ERROR(Decode(ctx, num_decode, q, o, d_ints, d_ints + off_chunks,
+                                d_ints + off_num, max_blocks, d_ints + off_len,
+                                width_ > 0 && max_blocks <= width_ ? width_ : max_blocks));
   }
   if (num_tiles > 0) {
     kernels::PagedAttentionPrefillParams pp;
@@ -504,15 +468,21 @@ absl::Status CudaAttentionLayer::AttendItems(const CudaContext& ctx, const std::
 
 absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const float* q,
                                                    const float* k, const float* v, float* o) {
-  DeviceContext& dev = *ctx.dev;
   const CudaBatch& batch = *ctx.batch;
   const int n = batch.num_seqs();
   if (width_ == 0 || n > max_rows_ || batch.total_rows != n || batch.kv_len == nullptr) {
     return absl::InternalError(absl::StrCat(Where(), ": not a prepared decode step"));
   }
-  void* stream = dev.kernel_stream();
+  HYLA_RETURN_IF_ERROR(AppendKv(ctx, n, k, v, d_row_block_, batch.row_pos));
+  // The launch depends only on n and the table width (the kernel splits each row's own blocks).
+  return Decode(ctx, n, q, o, d_blocks_, d_chunks_, d_num_, width_, batch.kv_len, width_);
+}
+
+absl::Status CudaAttentionLayer::AppendKv(const CudaContext& ctx, int64_t rows, const float* k,
+                                          const float* v, const int32_t* row_block,
+                                          const int32_t* row_pos) const {
   kernels::KvAppendParams ap;
-  ap.rows = n;
+  ap.rows = rows;
   ap.num_kv_heads = cfg_.num_kv_heads;
   ap.dk = static_cast<int>(hd_);
   ap.dv = static_cast<int>(hd_);
@@ -520,15 +490,22 @@ absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const
   ap.k_stride = qkv_stride_;
   ap.v = v;
   ap.v_stride = qkv_stride_;
-  ap.row_block = d_row_block_;
-  ap.row_pos = batch.row_pos;
+  ap.row_block = row_block;
+  ap.row_pos = row_pos;
   ap.kv_dtype = kv_dtype_;
   ap.kv = ctx.block_pool;
   ap.block_stride = block_stride_;
-  HYLA_KERNEL_RETURN_IF_ERROR(kernels::KvAppend(ap, stream), absl::StrCat(Where(), " KvAppend"));
+  HYLA_KERNEL_RETURN_IF_ERROR(kernels::KvAppend(ap, ctx.dev->kernel_stream()),
+                              absl::StrCat(Where(), " KvAppend"));
+  return absl::OkStatus();
+}
 
-  // The launch depends only on n and the table width (the kernel splits each row's own blocks).
-  const int splits = DecodeSplits(dev, n, width_);
+absl::Status CudaAttentionLayer::Decode(const CudaContext& ctx, int n, const float* q, float* o,
+                                        const int32_t* table, const int32_t* chunks,
+                                        const int32_t* num_blocks, int max_blocks,
+                                        const int32_t* kv_len, int split_blocks) const {
+  DeviceContext& dev = *ctx.dev;
+  const int splits = DecodeSplits(dev, n, split_blocks);
   const size_t ws_bytes =
       kernels::PagedAttentionDecodeWorkspaceBytes(n, cfg_.num_heads, static_cast<int>(hd_), splits);
   void* ws = nullptr;
@@ -547,18 +524,18 @@ absl::Status CudaAttentionLayer::AttendDecodeGraph(const CudaContext& ctx, const
   dp.q_stride = qkv_stride_;
   dp.kv = ctx.block_pool;
   dp.block_stride = block_stride_;
-  dp.block_table = d_blocks_;
-  dp.block_chunks = d_chunks_;
-  dp.num_blocks = d_num_;
-  dp.max_blocks = width_;
-  dp.kv_len = batch.kv_len;
+  dp.block_table = table;
+  dp.block_chunks = chunks;
+  dp.num_blocks = num_blocks;
+  dp.max_blocks = max_blocks;
+  dp.kv_len = kv_len;
   dp.window = cfg_.window_size;
   dp.scale = scale_;
   dp.out = o;
   dp.out_stride = q_width_;
   dp.workspace = ws;
   dp.workspace_bytes = ws_bytes;
-  HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(dp, stream),
+  HYLA_KERNEL_RETURN_IF_ERROR(kernels::PagedAttentionDecode(dp, dev.kernel_stream()),
                               absl::StrCat(Where(), " PagedAttentionDecode"));
   return absl::OkStatus();
 }
