@@ -4,11 +4,13 @@
 #
 # Generates a dummy bf16 model (default: gdn qwen3next-1b, the end-to-end benchmark's model),
 # then runs hyla-context-scaling --fixed-batch N in logits mode `sample` under
-#   ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum
+#   ncu --profile-from-start off --clock-control none --cache-control none
+#       --metrics gpu__time_duration.sum
 # with HYLA_PROFILE_STEPS=sample, so only the timed steps (cudaProfilerStart/Stop around them)
 # are profiled, and summarises the kernels per step: time by kernel name and by kind (GEMM,
 # attention decode, GDN decode, norms, …), as a share of the step's summed kernel time. ncu
-# serialises kernels and flushes nothing between them, so the sum is the kernels' own time
+# serialises kernels; --cache-control none keeps the L2 warm between them as in a real step
+# (ncu's default flushes it before every kernel), so the sum is the kernels' own time
 # without launch gaps; the step's wall time (from the run without ncu) minus that sum is what
 # launches, host work and gaps cost.
 #
@@ -58,6 +60,7 @@ for c in ${CONTEXTS//,/ }; do
   [[ -n "${NCU}" && "${HYLA_PROFILE_NCU:-1}" != 0 ]] || continue
   echo "===== context ${c}: ncu, ${STEPS} steps" | tee -a "${LOG}"
   HYLA_PROFILE_STEPS=sample timeout 420 "${NCU}" --profile-from-start off --clock-control none \
+    --cache-control none \
     --metrics gpu__time_duration.sum --csv --log-file "${RAW}/ncu_${c}.log" \
     "${HERE}/bin/hyla-context-scaling" --model "${MODEL}" --label "${preset}" --backend cuda \
     --precision bf16 --memory-budget-gib 20 --contexts "${c}" --max-batch "${BATCH}" \
