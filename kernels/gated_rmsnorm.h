@@ -9,6 +9,15 @@
 namespace hyla::kernels {
 
 // ---- gated_rmsnorm.cu ----------------------------------------------------------------------
+// Launch shapes of GatedRmsNorm (GatedRmsNormParams::variant), the same values:
+//   kScalar: one warp per (row, head), lane-strided scalar loads, x read twice (the first version;
+//            also the fallback when kVec does not apply);
+//   kVec:    one warp per (row, head), 16-byte packs held in registers (x, gate and w read once,
+//            all loads issued before the reduction); needs n % 4 == 0, n <= 512, strides % 4 == 0
+//            and 16-byte aligned pointers (8-byte for out_bf16).
+// kDefault = kVec where it applies (kernels_bench times both: the gated_rmsnorm rows).
+enum class GatedRmsNormVariant : int { kDefault = 0, kScalar = 1, kVec = 2 };
+
 // Per (row r, head h), over the n values of the head (CPU reference: GatedRmsNorm / RmsNorm of
 // runtime/cpu/gdn_core.h / ops.h, norm before gate):
 //   y = x[r, h, :] / sqrt(mean(x[r, h, :]²) + eps) · w          (w nullptr: no affine weight)
@@ -30,6 +39,7 @@ struct GatedRmsNormParams {
   // Optional: the same values rounded to bf16 (FloatToBf16), dense [rows, heads·n], for a bf16
   // GEMM after the norm.
   uint16_t* out_bf16 = nullptr;
+  GatedRmsNormVariant variant = GatedRmsNormVariant::kDefault;
 };
 int GatedRmsNorm(const GatedRmsNormParams& params, void* stream);
 

@@ -545,6 +545,102 @@ __global__ void __launch_bounds__(kConvThreads) ShortConvDecodeKernel(ShortConvD
   }
 }
 
+// Four channels per thread: grid (ceil(C / 4 / kConvVecThreads), num_seqs), block
+// kConvVecThreads. x, the kK weights of the 4 channels and the slot index are loaded together
+// (x and w do not depend on the slot), then the kK - 1 tail rows as 16-byte packs; the shifted
+// tail and out are stored after every load. Per channel the arithmetic of the scalar kernel.
+constexpr int kConvVecThreads = 128;
+
+template <typename T, int kK>
+__global__ void __launch_bounds__(kConvVecThreads)
+    ShortConvDecodeVecKernel(ShortConvDecodeParams p) {
+  constexpr int kTaps = kK - 1;
+  const int64_t s = blockIdx.y;
+  const int c =
+      (static_cast<int>(blockIdx.x) * kConvVecThreads + static_cast<int>(threadIdx.x)) * 4;
+  if (c >= p.channels) return;
+  T* out = static_cast<T*>(p.out) + s * p.out_stride + c;
+  const int32_t slot = p.slots[s];
+  const Pack<T, 4> xp = LoadPack<T, 4>(static_cast<const T*>(p.x) + s * p.x_stride + c);
+  float w[4][kK];
+  const float* wp = p.weight + static_cast<int64_t>(c) * kK;
+  if constexpr (kK == 4) {
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const Pack<float, 4> wm = LoadPack<float, 4>(wp + 4 * m);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w[m][j] = wm.v[j];
+    }
+  } else {
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+#pragma unroll
+      for (int j = 0; j < kK; ++j) w[m][j] = wp[m * kK + j];
+    }
+  }
+  if (slot < 0) {
+    Pack<T, 4> zero;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) zero.v[m] = FromFloat<T>(0.0f);
+    StorePack<T, 4>(out, zero);
+    return;
+  }
+  float* tail = p.tail + static_cast<int64_t>(slot) * p.tail_slot_stride + c;
+  Pack<float, 4> t[kTaps > 0 ? kTaps : 1];
+#pragma unroll
+  for (int j = 0; j < kTaps; ++j)
+    t[j] = LoadPack<float, 4>(tail + static_cast<int64_t>(j) * p.channels);
+  Pack<float, 4> xf;
+#pragma unroll
+  for (int m = 0; m < 4; ++m) xf.v[m] = ToFloat(xp.v[m]);
+  Pack<T, 4> res;
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    // Oldest tap first, the current input last (cpu::ShortConv's order).
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kTaps; ++j) acc += t[j].v[m] * w[m][j];
+    acc += xf.v[m] * w[m][kTaps];
+    res.v[m] = FromFloat<T>(p.silu ? acc / (1.0f + expf(-acc)) : acc);
+  }
+#pragma unroll
+  for (int j = 1; j < kTaps; ++j)
+    StorePack<float, 4>(tail + static_cast<int64_t>(j - 1) * p.channels, t[j]);
+  if constexpr (kTaps > 0)
+    StorePack<float, 4>(tail + static_cast<int64_t>(kTaps - 1) * p.channels, xf);
+  StorePack<T, 4>(out, res);
+}
+
+template <typename T>
+int LaunchShortConvVec(const ShortConvDecodeParams& p, cudaStream_t stream) {
+  const int64_t bx = (p.channels / 4 + kConvVecThreads - 1) / kConvVecThreads;
+  const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(p.num_seqs));
+  switch (p.kernel) {
+    case 1:
+      ShortConvDecodeVecKernel<T, 1><<<grid, kConvVecThreads, 0, stream>>>(p);
+      break;
+    case 2:
+      ShortConvDecodeVecKernel<T, 2><<<grid, kConvVecThreads, 0, stream>>>(p);
+      break;
+    case 3:
+      ShortConvDecodeVecKernel<T, 3><<<grid, kConvVecThreads, 0, stream>>>(p);
+      break;
+    default:
+      ShortConvDecodeVecKernel<T, 4><<<grid, kConvVecThreads, 0, stream>>>(p);
+      break;
+  }
+  return LaunchResult();
+}
+
+// True when ShortConvDecodeVecKernel applies to p.
+bool ShortConvVecApplies(const ShortConvDecodeParams& p) {
+  const uintptr_t elem = p.dtype == KernelDType::kBf16 ? 2 : 4;
+  return p.kernel >= 1 && p.kernel <= 4 && p.num_seqs <= 65535 && p.channels % 4 == 0 &&
+         p.x_stride % 4 == 0 && p.out_stride % 4 == 0 && IsAligned(p.x, 4 * elem) &&
+         IsAligned(p.out, 4 * elem) && IsAligned(p.weight, p.kernel == 4 ? 16 : 4) &&
+         (p.kernel == 1 || (p.tail_slot_stride % 4 == 0 && IsAligned(p.tail, 16)));
+}
+
 }  // namespace
 
 int GdnDecode(const GdnDecodeParams& p, void* stream) {
@@ -575,7 +671,16 @@ int ShortConvDecode(const ShortConvDecodeParams& p, void* stream) {
   if (p.channels < 1 || p.kernel < 1 || p.x == nullptr || p.weight == nullptr ||
       p.slots == nullptr || p.out == nullptr || (p.kernel > 1 && p.tail == nullptr) ||
       p.x_stride < p.channels || p.out_stride < p.channels ||
-      (p.kernel > 1 && p.tail_slot_stride < static_cast<int64_t>(p.kernel - 1) * p.channels)) {
+      (p.kernel > 1 && p.tail_slot_stride < static_cast<int64_t>(p.kernel - 1) * p.channels) ||
+      static_cast<int>(p.variant) < 0 ||
+      static_cast<int>(p.variant) > static_cast<int>(ShortConvDecodeVariant::kVec4)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (p.variant != ShortConvDecodeVariant::kScalar && ShortConvVecApplies(p)) {
+    if (p.dtype == KernelDType::kF32) return LaunchShortConvVec<float>(p, AsStream(stream));
+    if (p.dtype == KernelDType::kBf16) {
+      return LaunchShortConvVec<__nv_bfloat16>(p, AsStream(stream));
+    }
     return static_cast<int>(cudaErrorInvalidValue);
   }
   const int64_t total = static_cast<int64_t>(p.num_seqs) * p.channels;

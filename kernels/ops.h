@@ -115,6 +115,7 @@ int GdnDecode(const GdnDecodeParams& params, void* stream);
 // tail: [(K-1), channels] fp32 at tail + slots[s] · tail_slot_stride, oldest first (the bf16 x
 // is stored exactly). slots[s] < 0: padding row, out zeroed, nothing else touched. out may alias
 // x (same stride).
+enum class ShortConvDecodeVariant : int { kDefault = 0, kScalar = 1, kVec4 = 2 };
 struct ShortConvDecodeParams {
   int num_seqs = 0;
   int channels = 0;                       // C >= 1
@@ -129,6 +130,11 @@ struct ShortConvDecodeParams {
   bool silu = true;
   void* out = nullptr;  // [num_seqs, C]
   int64_t out_stride = 0;
+  // Launch shape (same values): kScalar one channel per thread (the first version); kVec4 four
+  // channels per thread in 16-byte packs, a 2-D grid (channel blocks × sequences), needs C, the
+  // strides and tail_slot_stride % 4 == 0, aligned pointers and K <= 4 (else kScalar runs).
+  // kDefault = kVec4 where it applies (kernels_bench: the short_conv_decode rows).
+  ShortConvDecodeVariant variant = ShortConvDecodeVariant::kDefault;
 };
 int ShortConvDecode(const ShortConvDecodeParams& params, void* stream);
 
