@@ -1,8 +1,8 @@
 // Host-only API of kernels/sampling.cu: part of kernels/ops.h (include that, never this).
 //
 // Token sampling on the device with exactly the semantics of the engine's CPU sampler,
-// hyla::Sampler::Sample (runtime/engine/sampling.cc, vLLM's order), one block per row of
-// [rows, vocab] fp32 logits:
+// hyla::Sampler::Sample (runtime/engine/sampling.cc, vLLM's order), one cluster of CTAs per row
+// of [rows, vocab] fp32 logits (each CTA a slice of the row, kept in shared memory):
 //   0. NaN logits become -inf; suppressed tokens become -inf.
 //   1. repetition penalty on every token seen (prompt or output): x > 0 ? x / r : x · r;
 //      then on every output token x -= frequency · count + presence (fp32, no FMA).
@@ -87,11 +87,22 @@ struct SampleRowsParams {
   const int32_t* history_offsets = nullptr;     // [rows + 1]: row r's entries are
   const SamplingTokenCount* history = nullptr;  // history[offsets[r] .. offsets[r+1])
   SampledRow* out = nullptr;                    // [rows]
+  // CTAs per row (a thread-block cluster sharing the row's reductions through distributed
+  // shared memory): 1, 2, 4, 8 or 16 (16: a non-portable cluster size); 0: SampleRowsClusterFor.
+  // Every choice gives the same results but for the association order of the double sums.
+  int cluster = 0;
+  // Keep exp(x − max) of the row in shared memory (when it fits) instead of recomputing it in
+  // each pass (top-p, min-p, the normalisers, the CDF weights); false: recompute (for
+  // comparison in kernels_bench; the same results up to the CDF weights' last bits).
+  bool exp_cache = true;
 };
 
+// The default CTAs per row for a vocabulary: slices of at least 4096 ids, at most 8 CTAs.
+int SampleRowsClusterFor(int vocab);
+
 // Samples one token per row. cudaErrorInvalidValue for a null pointer, rows < 0, vocab < 1,
-// a stride < vocab or a partial overlap of work and logits; a vocabulary whose token bitmap
-// does not fit in shared memory (vocab > ~1.8M) fails at launch.
+// a stride < vocab, a partial overlap of work and logits or a cluster size not listed; a slice
+// whose token bitmap does not fit in shared memory (vocab / cluster > ~1.8M) fails at launch.
 int SampleRows(const SampleRowsParams& params, void* stream);
 
 }  // namespace hyla::kernels
