@@ -11,6 +11,13 @@
 //     blocks by forward substitution, then block distances 1, 2, 3), and on mma with T rounded
 //     to bf16:  W = T·diag(β e^G r_k)K  [64, dk] and Uᵀ = (diag(β)V)ᵀ·Tᵀ  [dv, 64].
 //     Stored per (piece, head) in the workspace: W, Uᵀ (bf16), G and r_k (fp32).
+//     The *Solve2 variants (PieceBody's kFastSolve) do the same in parallel form: G by warp
+//     scans, and each off-diagonal block as two small fp32 products T_ij = −T_ii·(Σ_k A_ik T_kj),
+//     one warp per block of a distance, instead of a forward substitution per column after each
+//     distance (4 CTA barriers instead of 7); V is loaded only once T is dead, into its space, so
+//     the CTA takes 52 KB (four per SM, not 3). They also trim launch 1's instruction count (it
+//     is issue-bound at 12-16 warps per SM): Γ by the hardware exp2 (__expf) and only on key
+//     tiles at or left of the warp's rows, and K, V row scaling 8 elements (16 bytes) a step.
 //  2. GdnMmaStateKernel, one CTA of kCols/16 warps per (sequence, value head, kCols value
 //     columns), sequential over the sequence's pieces. Sᵀ [kCols, dk] lives in fp32 registers as
 //     mma accumulators (warp w: rows 16w..16w+15, all dk columns), so it is also directly the A
@@ -30,7 +37,10 @@
 // (raw q rows copied with the piece), staged through shared memory and written out while the
 // next piece is computed. With Split2, two warps share 16 value rows, each holding half of dk's
 // columns of Sᵀ; they add their partial Sᵀ·Wᵀ and Sᵀ·Qᵀ through shared memory (one extra
-// barrier per piece) and halve the per-warp mma work on the sequential critical path.
+// barrier per piece) and halve the per-warp mma work on the sequential critical path; Split4
+// (kFusedCols32Split4Solve2, dk = 128): four warps of 32 columns each, each adding three parts
+// (8 warps a CTA: two per SM sub-partition hide each other's latency). A warp stores its partial
+// Oᵀ only for its partners' token tiles and adds the partners' only on its own.
 // Γ_ij = e^{G_i − G_j} is evaluated only for i >= j, as in the fp32 kernels. Padding rows of a
 // short piece have k = v = 0, β = g = 0 and r = 0: W, U and V_new rows are zero there.
 //
@@ -81,6 +91,8 @@ void LdMatrixX4Trans(uint32_t (&r)[4], const uint16_t* row);
 void CpAsync16(void* dst, const void* src, bool fill);
 void CpAsyncCommit();
 void CpAsyncWaitN(int n);
+void SyncWarp();
+float ShflUpF(float v, int delta);
 template <int kN>
 inline void CpAsyncWait() {
   CpAsyncWaitN(kN);
@@ -92,6 +104,9 @@ float Bf16ToF(uint16_t v);
 #define HYLA_GDN_DEV __device__ __forceinline__
 
 HYLA_GDN_DEV void SyncThreads() { __syncthreads(); }
+HYLA_GDN_DEV void SyncWarp() { __syncwarp(); }
+// v of lane (lane − delta) of the warp (this lane's own v when lane < delta).
+HYLA_GDN_DEV float ShflUpF(float v, int delta) { return __shfl_up_sync(0xffffffffu, v, delta); }
 
 // c += A·B, A 16x16 bf16 (row), B 16x8 bf16 (col), c 16x8 fp32.
 HYLA_GDN_DEV void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -148,6 +163,16 @@ HYLA_GDN_DEV float HiBf16(uint32_t v) { return Bf16ToF(static_cast<uint16_t>(v >
 HYLA_GDN_DEV int MinI(int a, int b) { return a < b ? a : b; }
 HYLA_GDN_DEV float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 HYLA_GDN_DEV float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+// e^x: kFast (the *Solve2 variants' launch 1) by the hardware exp2 (__expf: a relative error of
+// about 2^-22·(2 + 1.16|x|), far below the bf16 rounding of the products it scales).
+template <bool kFast>
+HYLA_GDN_DEV float ExpF(float x) {
+#ifdef HYLA_GDN_MMA_EMULATION
+  return expf(x);
+#else
+  return kFast ? __expf(x) : expf(x);
+#endif
+}
 
 // Which global accesses may be 16-byte (cp.async) or 4-byte wide; decided on the host.
 struct Access {
@@ -250,6 +275,20 @@ HYLA_GDN_DEV float RowSumSq(const uint16_t* row, int cols, int rot) {
   return ss;
 }
 
+// x[0..7] ← bf16(x · f) for 8 bf16 in shared memory (16-byte aligned).
+HYLA_GDN_DEV void Scale8(uint16_t* x, float f) {
+#ifdef HYLA_GDN_MMA_EMULATION
+  for (int e = 0; e < 8; ++e) x[e] = ToBf16(Bf16ToF(x[e]) * f);
+#else
+  uint4 v = *reinterpret_cast<const uint4*>(x);
+  v.x = PackBf16(LoBf16(v.x) * f, HiBf16(v.x) * f);
+  v.y = PackBf16(LoBf16(v.y) * f, HiBf16(v.y) * f);
+  v.z = PackBf16(LoBf16(v.z) * f, HiBf16(v.z) * f);
+  v.w = PackBf16(LoBf16(v.w) * f, HiBf16(v.w) * f);
+  *reinterpret_cast<uint4*>(x) = v;
+#endif
+}
+
 // A fragment (16x16 at rows r0.., columns c0..) of a row-major bf16 shared matrix.
 HYLA_GDN_DEV void LoadA(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0, int lane) {
   LdMatrixX4(a, m + (r0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + c0 + 8 * (lane >> 4));
@@ -279,29 +318,37 @@ HYLA_GDN_DEV void AFromC(uint32_t (&a)[4], const float (&c0)[4], const float (&c
 
 // ---- launch 1: per (piece, value head) -------------------------------------------------------
 
-template <int kDk, int kDv, bool kWithP>
+template <int kDk, int kDv, bool kWithP, bool kLateV = false>
 struct PieceSmem {
   static constexpr int kLdk = kDk + kPad, kLdv = kDv + kPad, kLdf = kChunk + 4;
   // bf16: K [64, kLdk], V [64, kLdv]; fp32: A [64, kLdf], T [64, kLdf], G, β, r_k, the W row
   // scale β e^G r_k, r_q [64 each]. Reused space: (kWithP) Q [64, kLdk] bf16 lives in T's space
   // until P is computed (before T is), Tb [64, kLdt] (bf16 T) in A's once A is dead. 68 KB at
-  // dk = dv = 128: three CTAs per SM.
-  static constexpr int64_t kK = 0, kV = kK + kChunk * kLdk;
-  static constexpr int64_t kF32 = (kV + kChunk * kLdv) / 2;  // float offset
+  // dk = dv = 128: three CTAs per SM. kLateV (the kFastSolve kernels): V is loaded only once T
+  // is converted to Tb, into T's space (its load overlaps the W product): 52 KB at dk = dv =
+  // 128, four CTAs per SM.
+  static constexpr int64_t kK = 0, kVOwn = kK + kChunk * kLdk;
+  static constexpr int64_t kF32 = (kLateV ? kVOwn : kVOwn + kChunk * kLdv) / 2;  // float offset
   static constexpr int64_t kA = kF32, kT = kA + kChunk * kLdf, kG = kT + kChunk * kLdf;
   static constexpr int64_t kBeta = kG + kChunk, kRk = kBeta + kChunk, kSk = kRk + kChunk;
   static constexpr int64_t kRq = kSk + kChunk;
   static constexpr int64_t kTb = 2 * kA, kQ = 2 * kT;  // bf16 offsets
+  static constexpr int64_t kV = kLateV ? 2 * kT : kVOwn;
   static constexpr size_t kBytes = sizeof(float) * (kRq + kChunk);
   static_assert(kF32 % 4 == 0 && kLdf % 4 == 0, "fp32 arrays 16-byte aligned");
   static_assert(kChunk * kLdt <= 2 * kChunk * kLdf, "Tb fits in A");
   static_assert(kChunk * kLdk <= 2 * kChunk * kLdf, "Q fits in T");
+  static_assert(kChunk * kLdv <= 2 * kChunk * kLdf, "V fits in T");
 };
 
-template <int kDk, int kDv, bool kWithP>
+// kFastSolve (the *Solve2 variants): the cumulative gate by warp scans, and the off-diagonal
+// blocks of T as two fp32 products per block, T_ij = −T_ii·(Σ_k A_ik T_kj), one warp per block of
+// a distance (register-blocked: a lane computes rows r, r + 8 × 4 columns), instead of a serial
+// forward substitution per column; 4 block barriers instead of 7 and no single-thread loop.
+template <int kDk, int kDv, bool kWithP, bool kFastSolve>
 HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                             uint16_t* smem) {
-  using L = PieceSmem<kDk, kDv, kWithP>;
+  using L = PieceSmem<kDk, kDv, kWithP, kFastSolve>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdv = L::kLdv, kLdf = L::kLdf;
   uint16_t* Ks = smem + L::kK;
@@ -332,8 +379,11 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
 
   LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
            p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
-  LoadRows(Vs, kLdv, static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv,
-           p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+  const uint16_t* v_rows =
+      static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv;
+  if (!kFastSolve) {  // else V goes to T's space once T is dead (PieceSmem kLateV)
+    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+  }
   if (kWithP) {
     LoadRows(Qs, kLdk,
              static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
@@ -351,12 +401,21 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
       beta = SigmoidF(b);
       if (p.allow_neg_eigval) beta *= 2.0f;
     }
+    if (kFastSolve) {  // inclusive scan within warps 0 and 1 (warp 1 adds warp 0's total below)
+#pragma unroll
+      for (int d = 1; d < 32; d *= 2) {
+        const float up = ShflUpF(g, d);
+        if (lane >= d) g += up;
+      }
+    }
     Gs[tid] = g;
     Bs[tid] = beta;
   }
   CpAsyncWait<0>();
   SyncThreads();
-  if (tid == 0) {  // in-piece cumulative gate, in token order
+  if (kFastSolve && tid < kChunk) {
+    if (tid >= 32) Gs[tid] += Gs[31];    // Gs[31] is warp 0's total, final since the barrier
+  } else if (!kFastSolve && tid == 0) {  // in-piece cumulative gate, in token order
     float a = 0.0f;
     for (int t = 0; t < kChunk; ++t) {
       a += Gs[t];
@@ -398,12 +457,33 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
         Mma(c[nt], a1, b[2], b[3]);
       }
     }
+    if (kFastSolve) {  // row factors once, no exponentials on the key tiles above the rows
+      float fi[2], gi[2];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int hh = 0; hh < 2; ++hh) {
+        const int i = 16 * warp + lg + 8 * hh;
+        fi[hh] = Bs[i] * Rk[i];
+        gi[hh] = Gs[i];
+      }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = 16 * warp + lg + 8 * (e >> 1), j = 8 * nt + 2 * lt + (e & 1);
-        As[i * kLdf + j] = i > j ? Bs[i] * Rk[i] * Rk[j] * expf(Gs[i] - Gs[j]) * c[nt][e] : 0.0f;
+      for (int nt = 0; nt < 8; ++nt) {
+        const bool live = nt <= 2 * warp + 1;  // warp-uniform
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hh = e >> 1;
+          const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt + (e & 1);
+          As[i * kLdf + j] =
+              live && i > j ? fi[hh] * Rk[j] * ExpF<true>(gi[hh] - Gs[j]) * c[nt][e] : 0.0f;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 16 * warp + lg + 8 * (e >> 1), j = 8 * nt + 2 * lt + (e & 1);
+          As[i * kLdf + j] = i > j ? Bs[i] * Rk[i] * Rk[j] * expf(Gs[i] - Gs[j]) * c[nt][e] : 0.0f;
+        }
       }
     }
   }
@@ -428,12 +508,15 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
     uint16_t* P = entry + E::kP;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
+      const bool live = !kFastSolve || nt <= 2 * warp + 1;  // warp-uniform
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt;
-        const float x0 = j <= i ? c[nt][2 * hh] * Rq[i] * Rk[j] * expf(Gs[i] - Gs[j]) : 0.0f;
-        const float x1 =
-            j + 1 <= i ? c[nt][2 * hh + 1] * Rq[i] * Rk[j + 1] * expf(Gs[i] - Gs[j + 1]) : 0.0f;
+        const float x0 =
+            live && j <= i ? c[nt][2 * hh] * Rq[i] * Rk[j] * ExpF<kFastSolve>(Gs[i] - Gs[j]) : 0.0f;
+        const float x1 = live && j + 1 <= i ? c[nt][2 * hh + 1] * Rq[i] * Rk[j + 1] *
+                                                  ExpF<kFastSolve>(Gs[i] - Gs[j + 1])
+                                            : 0.0f;
         *reinterpret_cast<uint32_t*>(P + i * kChunk + j) = PackBf16(x0, x1);
       }
     }
@@ -455,49 +538,132 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
   }
   SyncThreads();
   // Block (i, j), i > j, by distance d = i − j: T_ij = −T_ii · Σ_{k=j}^{i−1} A_ik T_kj.
-  for (int d = 1; d < 4; ++d) {
-    const int blocks = 4 - d;
-    for (int idx = tid; idx < blocks * 256; idx += kPieceThreads) {
-      const int j = idx / 256, i = j + d;
-      const int r = (idx % 256) / 16, c = idx % 16;
-      float m = 0.0f;
-      for (int k = 16 * j; k < 16 * i; ++k)
-        m += As[(16 * i + r) * kLdf + k] * Ts[k * kLdf + 16 * j + c];
-      Ts[(16 * i + r) * kLdf + 16 * j + c] = m;  // M, replaced by T_ij below
-    }
-    SyncThreads();
-    for (int idx = tid; idx < blocks * 16; idx += kPieceThreads) {
-      const int j = idx / 16, i = j + d, c = idx % 16;
-      float m[16];
+  if (kFastSolve) {
+    // Warp w < 4 − d: block j = w, i = w + d. Lane: rows r, r + 8 of the block, columns
+    // c..c + 3. M = Σ_k A_ik T_kj goes to A's block (j, i) (above the diagonal: never read as
+    // A), then T_ij = −T_ii·M (T_ii is the full diagonal block, zeros and the unit included).
+    const int r = lane / 4, c = 4 * (lane % 4);
+    for (int d = 1; d < 4; ++d) {
+      if (warp < 4 - d) {
+        const int j = warp, i = warp + d;
+        float m[2][4] = {};
+        for (int k = 16 * j; k < 16 * i; ++k) {
+          const float a0 = As[(16 * i + r) * kLdf + k], a1 = As[(16 * i + r + 8) * kLdf + k];
+          const float4 t = *reinterpret_cast<const float4*>(Ts + k * kLdf + 16 * j + c);
+          m[0][0] += a0 * t.x;
+          m[0][1] += a0 * t.y;
+          m[0][2] += a0 * t.z;
+          m[0][3] += a0 * t.w;
+          m[1][0] += a1 * t.x;
+          m[1][1] += a1 * t.y;
+          m[1][2] += a1 * t.z;
+          m[1][3] += a1 * t.w;
+        }
+        float* mb = As + 16 * j * kLdf + 16 * i;  // M [16, 16] at A's block (j, i)
 #pragma unroll
-      for (int r = 0; r < 16; ++r) m[r] = Ts[(16 * i + r) * kLdf + 16 * j + c];
+        for (int hh = 0; hh < 2; ++hh) {
+          *reinterpret_cast<float4*>(mb + (r + 8 * hh) * kLdf + c) =
+              make_float4(m[hh][0], m[hh][1], m[hh][2], m[hh][3]);
+        }
+        SyncWarp();
+        float t[2][4] = {};
 #pragma unroll
-      for (int r = 0; r < 16; ++r) {
-        float v = m[r];
+        for (int q = 0; q < 16; ++q) {
+          const float d0 = Ts[(16 * i + r) * kLdf + 16 * i + q];
+          const float d1 = Ts[(16 * i + r + 8) * kLdf + 16 * i + q];
+          const float4 mq = *reinterpret_cast<const float4*>(mb + q * kLdf + c);
+          t[0][0] -= d0 * mq.x;
+          t[0][1] -= d0 * mq.y;
+          t[0][2] -= d0 * mq.z;
+          t[0][3] -= d0 * mq.w;
+          t[1][0] -= d1 * mq.x;
+          t[1][1] -= d1 * mq.y;
+          t[1][2] -= d1 * mq.z;
+          t[1][3] -= d1 * mq.w;
+        }
 #pragma unroll
-        for (int k = 0; k < r; ++k) v += Ts[(16 * i + r) * kLdf + 16 * i + k] * m[k];
-        Ts[(16 * i + r) * kLdf + 16 * j + c] = -v;
+        for (int hh = 0; hh < 2; ++hh) {
+          *reinterpret_cast<float4*>(Ts + (16 * i + r + 8 * hh) * kLdf + 16 * j + c) =
+              make_float4(t[hh][0], t[hh][1], t[hh][2], t[hh][3]);
+        }
       }
+      SyncThreads();
     }
-    SyncThreads();
+  } else {
+    for (int d = 1; d < 4; ++d) {
+      const int blocks = 4 - d;
+      for (int idx = tid; idx < blocks * 256; idx += kPieceThreads) {
+        const int j = idx / 256, i = j + d;
+        const int r = (idx % 256) / 16, c = idx % 16;
+        float m = 0.0f;
+        for (int k = 16 * j; k < 16 * i; ++k)
+          m += As[(16 * i + r) * kLdf + k] * Ts[k * kLdf + 16 * j + c];
+        Ts[(16 * i + r) * kLdf + 16 * j + c] = m;  // M, replaced by T_ij below
+      }
+      SyncThreads();
+      for (int idx = tid; idx < blocks * 16; idx += kPieceThreads) {
+        const int j = idx / 16, i = j + d, c = idx % 16;
+        float m[16];
+#pragma unroll
+        for (int r = 0; r < 16; ++r) m[r] = Ts[(16 * i + r) * kLdf + 16 * j + c];
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+          float v = m[r];
+#pragma unroll
+          for (int k = 0; k < r; ++k) v += Ts[(16 * i + r) * kLdf + 16 * i + k] * m[k];
+          Ts[(16 * i + r) * kLdf + 16 * j + c] = -v;
+        }
+      }
+      SyncThreads();
+    }
   }
 
   // Tb = bf16(T) (zero above the diagonal); K ← diag(β e^G r_k) K, V ← diag(β) V in bf16.
-  for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
-    const int i = idx / kChunk, j = idx % kChunk;
-    Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
+  if (kFastSolve) {  // two elements per thread and step
+    for (int idx = tid; idx < kChunk * kChunk / 2; idx += kPieceThreads) {
+      const int i = idx / (kChunk / 2), j = 2 * (idx % (kChunk / 2));
+      const float2 t = *reinterpret_cast<const float2*>(Ts + i * kLdf + j);
+      *reinterpret_cast<uint32_t*>(Tb + i * kLdt + j) =
+          PackBf16(j <= i ? t.x : 0.0f, j + 1 <= i ? t.y : 0.0f);
+    }
+  } else {
+    for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
+      const int i = idx / kChunk, j = idx % kChunk;
+      Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
+    }
   }
-  for (int idx = tid; idx < kChunk * kDk / 2; idx += kPieceThreads) {
-    const int r = idx / (kDk / 2), c = 2 * (idx % (kDk / 2));
-    uint32_t* x = reinterpret_cast<uint32_t*>(Ks + r * kLdk + c);
-    *x = PackBf16(LoBf16(*x) * Sk[r], HiBf16(*x) * Sk[r]);
+  if (kFastSolve) {  // 8 elements a step
+    for (int idx = tid; idx < kChunk * kDk / 8; idx += kPieceThreads) {
+      const int r = idx / (kDk / 8), c = 8 * (idx % (kDk / 8));
+      Scale8(Ks + r * kLdk + c, Sk[r]);
+    }
+  } else {
+    for (int idx = tid; idx < kChunk * kDk / 2; idx += kPieceThreads) {
+      const int r = idx / (kDk / 2), c = 2 * (idx % (kDk / 2));
+      uint32_t* x = reinterpret_cast<uint32_t*>(Ks + r * kLdk + c);
+      *x = PackBf16(LoBf16(*x) * Sk[r], HiBf16(*x) * Sk[r]);
+    }
   }
-  for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
-    const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
-    uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
-    *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
-  }
+  auto scale_v = [&] {
+    if (kFastSolve) {
+      for (int idx = tid; idx < kChunk * kDv / 8; idx += kPieceThreads) {
+        const int r = idx / (kDv / 8), c = 8 * (idx % (kDv / 8));
+        Scale8(Vs + r * kLdv + c, Bs[r]);
+      }
+    } else {
+      for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
+        const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
+        uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
+        *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
+      }
+    }
+  };
+  if (!kFastSolve) scale_v();
   SyncThreads();
+  if (kFastSolve) {  // T (read above) is dead: V into its space while W is computed
+    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+    CpAsyncCommit();
+  }
 
   // W = Tb·K' [64, dk]: warp w rows 16w.. (T is zero right of the diagonal: k-steps <= w).
   {
@@ -525,6 +691,12 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
             PackBf16(c[nt][2 * hh], c[nt][2 * hh + 1]);
       }
     }
+  }
+  if (kFastSolve) {
+    CpAsyncWait<0>();
+    SyncThreads();
+    scale_v();
+    SyncThreads();
   }
   // Uᵀ = V'ᵀ·Tbᵀ [dv, 64]: warp w value rows 16(w + 4m)..
   {
@@ -736,7 +908,7 @@ struct StateOutSmem {
   static constexpr int kWarps = kCols / 16 * kSplit;
   // Per stage: bf16 W, K, Q [64, kLdk], UT [kCols, kLdt], P [64, kLdt]; fp32 G, r_k, r_q e^G
   // [64 each]. After the stages: two O tiles [64, kLdo] bf16 (piece lp is written out while
-  // lp + 1 is computed), then (kSplit 2) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
+  // lp + 1 is computed), then (kSplit > 1) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
   static constexpr int64_t kW = 0, kK = kW + kChunk * kLdk, kQ = kK + kChunk * kLdk;
   static constexpr int64_t kUT = kQ + kChunk * kLdk, kP = kUT + kCols * kLdt;
   static constexpr int64_t kG = kP + kChunk * kLdt;
@@ -762,7 +934,8 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
   constexpr int kDkw = kDk / kSplit;     // columns of Sᵀ per warp
   constexpr int kNt = kDkw / 8;          // their 8-column tiles
   constexpr int kTokTiles = 8 / kSplit;  // 8-token tiles of O per warp
-  static_assert(kSplit == 1 || kSplit == 2, "split");
+  static_assert(kSplit == 1 || kSplit == 2 || kSplit == 4, "split");
+  static_assert(kSplit == 1 || kDkw >= 32, "a warp's Sᵀ columns are whole 32-column k-steps");
 
   const int HV = p.num_v_heads;
   const int tile = cta % kTiles;
@@ -880,25 +1053,32 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
         Mma(oq[nt], a1, b[2], b[3]);
       }
     }
-    if (kSplit > 1) {  // add the partner warp's half (the other Sᵀ columns)
+    if (kSplit > 1) {  // add the partner warps' parts (the other Sᵀ columns)
+      // Every warp needs all of V_newᵀ but only its own token tiles of Oᵀ (nt / kTokTiles ==
+      // dh): the Oᵀ parts of a warp's own tiles are neither stored nor read by its partners.
       float* xs = reinterpret_cast<float*>(smem + L::kX);
       float* mine = xs + warp * L::kXFloats;
-      const float* other = xs + (vb + (1 - dh) * kRowBlocks) * L::kXFloats;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
+        const bool own = nt / kTokTiles == dh;  // warp-uniform
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           mine[(nt * 4 + e) * 32 + lane] = vn[nt][e];
-          mine[((8 + nt) * 4 + e) * 32 + lane] = oq[nt][e];
+          if (!own) mine[((8 + nt) * 4 + e) * 32 + lane] = oq[nt][e];
         }
       }
       SyncThreads();
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+      for (int o = 1; o < kSplit; ++o) {
+        const float* other = xs + (vb + ((dh + o) % kSplit) * kRowBlocks) * L::kXFloats;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
-          oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
+        for (int nt = 0; nt < 8; ++nt) {
+          const bool own = nt / kTokTiles == dh;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
+            if (own) oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
+          }
         }
       }
     }
@@ -1128,11 +1308,11 @@ HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int c
 }
 
 #ifndef HYLA_GDN_MMA_EMULATION
-template <int kDk, int kDv, bool kWithP>
+template <int kDk, int kDv, bool kWithP, bool kFastSolve>
 __global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  PieceBody<kDk, kDv, kWithP>(p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x),
-                              gdn_smem);
+  PieceBody<kDk, kDv, kWithP, kFastSolve>(p, acc, static_cast<int>(blockIdx.x),
+                                          static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv, int kCols, int kStages>
 __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams p, Access acc) {
@@ -1195,22 +1375,24 @@ int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
   }
 }
 
-template <int kDk, int kDv, bool kFused>
+template <int kDk, int kDv, bool kFused, bool kFastSolve>
 int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
-  constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused>::kBytes;
-  const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused>, kSmem);
+  constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused, kFastSolve>::kBytes;
+  const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>, kSmem);
   if (err != cudaSuccess) return static_cast<int>(err);
   const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
-  GdnMmaPieceKernel<kDk, kDv, kFused>
+  GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>
       <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kSmem, stream>>>(p, acc);
   return LaunchResult();
 }
 
 // only: 0 runs every launch, 1..3 that launch alone (internal::GdnPrefillMmaLaunch).
-template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages>
+// kFastSolve: launch 1's T by PieceBody's kFastSolve (the *Solve2 variants).
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages,
+          bool kFastSolve = false>
 int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   if (only == 0 || only == 1) {
-    const int rc = LaunchPieces<kDk, kDv, kFused>(p, acc, stream);
+    const int rc = LaunchPieces<kDk, kDv, kFused, kFastSolve>(p, acc, stream);
     if (rc != 0 || only == 1) return rc;
   }
   return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages>(p, acc, stream, only);
@@ -1253,6 +1435,15 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
       return LaunchVariant<kDk, kDv, 32, 1, false, 3>(p, acc, stream, only);
     case V::kFusedCols16Split2Stages3:
       return LaunchVariant<kDk, kDv, 16, 2, true, 3>(p, acc, stream, only);
+    case V::kFusedCols32Split2Solve2:
+      return LaunchVariant<kDk, kDv, 32, 2, true, 2, true>(p, acc, stream, only);
+    case V::kFusedCols64Split2Solve2:
+      return LaunchVariant<kDk, kDv, 64, 2, true, 2, true>(p, acc, stream, only);
+    case V::kCols32Solve2:
+      return LaunchVariant<kDk, kDv, 32, 1, false, 2, true>(p, acc, stream, only);
+    case V::kFusedCols32Split4Solve2:  // Split4 needs dk = 128 (32 Sᵀ columns a warp): else 2
+      return LaunchVariant < kDk, kDv, 32, kDk >= 128 ? 4 : 2, true, 2,
+             true > (p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }

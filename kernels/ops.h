@@ -157,6 +157,11 @@ enum class GdnPrefillMmaVariant : int {
   kFusedCols64Split2 = 8,
   kCols32Stages3 = 9,              // kCols32 with three pieces in shared memory (two by default)
   kFusedCols16Split2Stages3 = 10,  // kFusedCols16Split2 likewise
+  // Launch 1 with the parallel T solve (warp-scan gates, T_ij = −T_ii·Σ A_ik T_kj per warp):
+  kFusedCols32Split2Solve2 = 11,
+  kFusedCols64Split2Solve2 = 12,
+  kCols32Solve2 = 13,
+  kFusedCols32Split4Solve2 = 14,  // four warps per 16 value rows (dk = 128; else Split2)
 };
 
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
