@@ -262,9 +262,14 @@ std::vector<int> PagedDecodeVariants() {
 // Times PagedAttentionDecode (default, then every PagedDecodeVariants() variant on the same
 // buffers); prints each one's max |out − out of the CUDA-core kernel| / max |that| as a check.
 void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, int d, bool bf16,
-                      int window) {
+                      int window, bool backend = false, bool clean_l2 = false) {
   const size_t es = bf16 ? 2 : 4;
   const int blocks_per_seq = (context + 63) / 64;
+// backend: as the CUDA attention layer launches it (fp32 queries and output, block_chunks
+// given; name suffix " qf32"). clean_l2: also rows "[clean-L2]" / "[<variant>, clean-L2]",
+// timed after the memset flush AND a read-only sweep (PagedAttentionDecode over another 128 MB
+// pool), so that L2 holds clean lines: the memset alone leaves up to an L2 of dirty lines whose
+// write-back a read-only kernel pays for (~17 us at copy bandwidth on the H100).
   const int64_t block_elems = int64_t{64} * Hkv * 2 * d;
   const int64_t total_blocks = int64_t{num_seqs} * blocks_per_seq;
   void* kv = DeviceAlloc(static_cast<size_t>(total_blocks * block_elems) * es);
@@ -279,9 +284,18 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   BENCH_CHECK(cudaMemcpy(d_table, perm.data(), total_blocks * 4, cudaMemcpyHostToDevice));
   BENCH_CHECK(cudaMemcpy(d_n, nblocks.data(), num_seqs * 4, cudaMemcpyHostToDevice));
   BENCH_CHECK(cudaMemcpy(d_len, lens.data(), num_seqs * 4, cudaMemcpyHostToDevice));
-  void* q = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * es);
-  FillRandom(q, static_cast<size_t>(num_seqs) * Hq * d * es, bf16, 8);
-  void* out = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * es);
+  const size_t qes = backend ? 4 : es;  // of q and out
+  const bool q_bf16 = bf16 && !backend;
+  void* q = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * qes);
+  FillRandom(q, static_cast<size_t>(num_seqs) * Hq * d * qes, q_bf16, 8);
+  void* out = DeviceAlloc(static_cast<size_t>(num_seqs) * Hq * d * qes);
+  int32_t* d_chunks = nullptr;  // backend: dense chunks 0 .. n − 1 (as a table without holes)
+  if (backend) {
+    std::vector<int32_t> chunks(total_blocks);
+    for (int64_t i = 0; i < total_blocks; ++i) chunks[i] = static_cast<int32_t>(i % blocks_per_seq);
+    d_chunks = static_cast<int32_t*>(DeviceAlloc(total_blocks * 4));
+    BENCH_CHECK(cudaMemcpy(d_chunks, chunks.data(), total_blocks * 4, cudaMemcpyHostToDevice));
+  }
   const size_t ws_bytes =
       hyla::kernels::PagedAttentionDecodeWorkspaceBytes(num_seqs, Hq, d, blocks_per_seq);
   void* ws = DeviceAlloc(ws_bytes);
@@ -297,6 +311,8 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   p.q_stride = int64_t{Hq} * d;
   p.kv = kv;
   p.block_stride = block_elems;
+  if (backend) p.q_dtype = hyla::kernels::KernelDType::kF32;
+  p.block_chunks = d_chunks;
   p.block_table = d_table;
   p.num_blocks = d_n;
   p.max_blocks = blocks_per_seq;
@@ -308,19 +324,20 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
   const int visible = window > 0 ? std::min(window, context) : context;
-  const double bytes = double(num_seqs) * visible * Hkv * 2 * d * es + 2.0 * num_seqs * Hq * d * es;
+  const double bytes =
+      double(num_seqs) * visible * Hkv * 2 * d * es + 2.0 * num_seqs * Hq * d * qes;
   const std::string name = "paged_decode " + std::string(bf16 ? "bf16" : "f32") + " seqs " +
                            std::to_string(num_seqs) + " ctx " + std::to_string(context) +
                            (window > 0 ? " win " + std::to_string(window) : std::string()) +
                            " Hq " + std::to_string(Hq) + " Hkv " + std::to_string(Hkv) + " d " +
-                           std::to_string(d);
+                           std::to_string(d) + (backend ? " qf32" : "");
   const size_t out_count = static_cast<size_t>(num_seqs) * Hq * d;
   auto output = [&](int variant) {
     p.variant = variant;
     LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr));
     BENCH_CHECK(cudaDeviceSynchronize());
     std::vector<float> host(out_count);
-    if (bf16) {
+    if (q_bf16) {
       std::vector<uint16_t> bits(out_count);
       BENCH_CHECK(cudaMemcpy(bits.data(), out, out_count * 2, cudaMemcpyDeviceToHost));
       for (size_t i = 0; i < out_count; ++i) {
@@ -358,8 +375,77 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
            bytes);
   }
   for (void* ptr : {kv, static_cast<void*>(d_table), static_cast<void*>(d_n),
-                    static_cast<void*>(d_len), q, out, ws}) {
+                    static_cast<void*>(d_len), q, out, ws, static_cast<void*>(d_chunks)}) {
     BENCH_CHECK(cudaFree(ptr));
+  }
+  if (clean_l2) {
+    // The sweep: 64 sequences x 2048 positions, Hkv 2, d 128, bf16 (128 MiB, read only).
+    const int sw_seqs = 64, sw_blocks = 32;
+    const int64_t sw_block_elems = int64_t{64} * 2 * 2 * 128;
+    const size_t sw_bytes = static_cast<size_t>(sw_seqs) * sw_blocks * sw_block_elems * 2;
+    void* sw_kv = DeviceAlloc(sw_bytes);
+    FillRandom(sw_kv, sw_bytes, true, 9);
+    std::vector<int32_t> sw_table(sw_seqs * sw_blocks), sw_n(sw_seqs, sw_blocks),
+        sw_len(sw_seqs, sw_blocks * 64);
+    std::iota(sw_table.begin(), sw_table.end(), 0);
+    int32_t* sw_d = static_cast<int32_t*>(DeviceAlloc((sw_table.size() + 2 * sw_seqs) * 4));
+    BENCH_CHECK(cudaMemcpy(sw_d, sw_table.data(), sw_table.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(
+        cudaMemcpy(sw_d + sw_table.size(), sw_n.data(), sw_seqs * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK(cudaMemcpy(sw_d + sw_table.size() + sw_seqs, sw_len.data(), sw_seqs * 4,
+                           cudaMemcpyHostToDevice));
+    void* sw_q = DeviceAlloc(static_cast<size_t>(sw_seqs) * 16 * 128 * 2);
+    FillRandom(sw_q, static_cast<size_t>(sw_seqs) * 16 * 128 * 2, true, 10);
+    void* sw_out = DeviceAlloc(static_cast<size_t>(sw_seqs) * 16 * 128 * 2);
+    hyla::kernels::PagedAttentionDecodeParams sw;
+    sw.num_seqs = sw_seqs;
+    sw.num_heads = 16;
+    sw.num_kv_heads = 2;
+    sw.dk = sw.dv = 128;
+    sw.q_dtype = sw.kv_dtype = hyla::kernels::KernelDType::kBf16;
+    sw.q = sw_q;
+    sw.q_stride = 16 * 128;
+    sw.kv = sw_kv;
+    sw.block_stride = sw_block_elems;
+    sw.block_table = sw_d;
+    sw.num_blocks = sw_d + sw_table.size();
+    sw.max_blocks = sw_blocks;
+    sw.kv_len = sw_d + sw_table.size() + sw_seqs;
+    sw.scale = 0.088f;
+    sw.out = sw_out;
+    sw.out_stride = 16 * 128;
+    sw.variant = 1;  // the CUDA-core kernel: plain cp.async, no split (no workspace)
+    cudaEvent_t start, stop;
+    BENCH_CHECK(cudaEventCreate(&start));
+    BENCH_CHECK(cudaEventCreate(&stop));
+    auto clean_us = [&] {
+      for (int i = 0; i < kWarmup; ++i)
+        LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr));
+      std::vector<double> us;
+      for (int i = 0; i < kReps; ++i) {
+        timer->MedianUs([] {}, /*flush=*/true, /*reps=*/1, /*warmup=*/0);  // the memset flush
+        LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(sw, nullptr));
+        BENCH_CHECK(cudaEventRecord(start));
+        LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr));
+        BENCH_CHECK(cudaEventRecord(stop));
+        BENCH_CHECK(cudaEventSynchronize(stop));
+        float ms = 0.0f;
+        BENCH_CHECK(cudaEventElapsedTime(&ms, start, stop));
+        us.push_back(ms * 1000.0);
+      }
+      std::sort(us.begin(), us.end());
+      return us[us.size() / 2];
+    };
+    p.variant = 0;
+    Report(name + " [clean-L2]", clean_us(), bytes);
+    for (const int v : variants) {
+      p.variant = v;
+      Report(name + " [" + hyla::kernels::PagedAttentionDecodeVariantName(v) + ", clean-L2]",
+             clean_us(), bytes);
+    }
+    BENCH_CHECK(cudaEventDestroy(start));
+    BENCH_CHECK(cudaEventDestroy(stop));
+    for (void* ptr : {sw_kv, static_cast<void*>(sw_d), sw_q, sw_out}) BENCH_CHECK(cudaFree(ptr));
   }
 }
 
@@ -765,7 +851,7 @@ int main(int argc, char** argv) {
   BenchPagedDecode(&timer, 64, 4096, 32, 8, 128, true, 0);
   if (!quick) {
     BenchPagedDecode(&timer, 8, 16384, 32, 8, 128, false, 0);
-    BenchPagedDecode(&timer, 4, 32768, 16, 2, 256, true, 0);
+    BenchPagedDecode(&timer, 4, 32768, 16, 2, 256, true, 0, /*backend=*/false, /*clean_l2=*/true);
     BenchPagedDecode(&timer, 16, 32768, 32, 8, 128, true, 4096);
   }
   // The Qwen3-Next-style hybrid's attention (the end-to-end benchmark's decode batch).
@@ -791,3 +877,7 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+  // ... as the backend launches it (fp32 queries, block_chunks), with clean-L2 rows beside.
+  for (const int ctx : {1024, 8192}) {
+    BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0, /*backend=*/true, /*clean_l2=*/true);
+  }

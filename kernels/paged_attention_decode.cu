@@ -16,15 +16,23 @@
 //   * the split's entries are cut into tiles of kTile (32 or 64) tokens; the K and V rows of the
 //     tile are copied to shared memory with cp.async into a ring of kStages stages (rows outside
 //     the visible range zero-filled, reading nothing), so the copies of the next kStages − 1
-//     tiles are in flight while one tile is computed; one barrier per tile; the table entry of
-//     the next tile to copy is fetched one iteration ahead; each thread's 16-byte copies step
-//     through (row, unit) pairs with precomputed increments (no division per copy);
+//     tiles are in flight while one tile is computed; one barrier per tile; the table entries
+//     of the first kStages tiles are loaded at once (one latency before the first copies, not
+//     a chain), later ones one iteration ahead; each thread's 16-byte copies step through
+//     (row, unit) pairs with precomputed increments (no division per copy); "e" variants give
+//     the copies an L2 evict_first policy (K/V rows are read once: they do not evict other
+//     lines, e.g. dirty ones a preceding kernel left, whose write-back would slow this
+//     read-only kernel);
 //   * kCols · kTile / 16 warps; warp w owns tokens 16·(w mod kTile/16) .. + 15 of every tile
 //     and the value columns [c0, c0 + kD / kCols), c0 = (w div kTile/16) · kD / kCols, with its
 //     own online softmax (m, l) and fp32 O accumulators (the kCols warps of a token slice
 //     compute the same S and (m, l)); the token slices merge through shared memory at the end.
 //     kCols > 1 buys warps per SM where one CTA fills the SM (head dim 256: 66 KB per 64-token
-//     stage, so 4 warps per SM at kCols = 1) and halves the accumulator registers;
+//     stage, so 4 warps per SM at kCols = 1) and halves the accumulator registers; with
+//     kSplitS ("s" variants) the kCols warps of a token slice instead split the dims of S (kD /
+//     kCols each: S is 2/3 of the MMAs at head dim 256), publish their partial S in shared
+//     memory, meet at a named barrier (one per token slice) and each add the kCols partials in
+//     the same order, so they agree bit for bit on S, m and l;
 //   * S = Q·Kᵀ and O += P·V with mma.sync.m16n8k16 bf16 → fp32 (K by ldmatrix, V by
 //     ldmatrix.trans). The 16 MMA rows are the ≤ 8 query heads twice: rows g hold bf16(x), rows
 //     g + 8 hold bf16(x − bf16(x)) for x = q·scale·log2(e) (A of S) and x = p (A of P·V), and
@@ -145,6 +153,7 @@ size_t SplitSmemBytes(int dk, int dv) {
 struct SplitPlan {
   int head_chunks;  // CTAs per KV head (ceil(group / 8))
   int splits;       // pieces of each sequence's visible table entries
+  int evict_first;  // tensor-core kernel: K/V copies with an L2 evict_first policy (streaming)
 };
 
 // The table entries [*e0, *e1) of row `row` whose chunks hold a position in
@@ -772,69 +781,99 @@ struct DecodeVariant {
                // (CUDA-core variants: 0 = the original 4 x SMs plan; stages: ring stages of
                // PagedAttentionRingKernel, 0 = PagedAttentionSplitKernel)
   int cols;    // value-column slices (warps = cols x tile / 16); 0 = 1
+  int flags;   // kEvictFirst | kSplitS (tensor-core variants)
 };
+// DecodeVariant::flags. kEvictFirst: the K/V copies carry an L2 evict_first policy (each K/V
+// row is read once per step: they do not push out other data, e.g. the dirty lines a
+// preceding kernel left, whose write-back a read-only kernel would otherwise pay for).
+// kSplitS: the cols warps of a token slice split the dims of S = Q·Kᵀ (each kD / cols of
+// them) and add their partials through shared memory (one named barrier per tile), instead of
+// each computing the whole S (head dim 256: S is 2/3 of the MMAs and of the K reads).
+constexpr int kEvictFirst = 1;
+constexpr int kSplitS = 2;
 // DecodeVariant::waves: automatic splits aim at one CTA per SM (however many are resident), so
 // short contexts with many (sequence, head) pairs get no split and no combine kernel.
 constexpr int kWavesSms = -1;
 constexpr DecodeVariant kVariants[] = {
-    {"default", 0, 0, 0, 0},
-    {"cuda_cores", 0, 0, 0, 0},
-    {"t64s2", 64, 2, 2, 1},
-    {"t64s3", 64, 3, 2, 1},
-    {"t64s4", 64, 4, 2, 1},
-    {"t32s3", 32, 3, 2, 1},
-    {"t32s4", 32, 4, 2, 1},
-    {"t32s6", 32, 6, 2, 1},
-    {"t64s3w1", 64, 3, 1, 1},
-    {"t64s3w4", 64, 3, 4, 1},
-    {"t32s4w1", 32, 4, 1, 1},
-    {"t32s4w4", 32, 4, 4, 1},
+    {"default", 0, 0, 0, 0, 0},
+    {"cuda_cores", 0, 0, 0, 0, 0},
+    {"t64s2", 64, 2, 2, 1, 0},
+    {"t64s3", 64, 3, 2, 1, 0},
+    {"t64s4", 64, 4, 2, 1, 0},
+    {"t32s3", 32, 3, 2, 1, 0},
+    {"t32s4", 32, 4, 2, 1, 0},
+    {"t32s6", 32, 6, 2, 1, 0},
+    {"t64s3w1", 64, 3, 1, 1, 0},
+    {"t64s3w4", 64, 3, 4, 1, 0},
+    {"t32s4w1", 32, 4, 1, 1, 0},
+    {"t32s4w4", 32, 4, 4, 1, 0},
     // Deep rings at one wave (fewest splits; t64s4 at head dim 128: one CTA per SM, often no
     // split and no combine kernel).
-    {"t64s4w1", 64, 4, 1, 1},
-    {"t32s6w1", 32, 6, 1, 1},
+    {"t64s4w1", 64, 4, 1, 1, 0},
+    {"t32s6w1", 32, 6, 1, 1, 0},
     // Value columns split over cols warps that share a token slice (each computes S of its 16
     // tokens, P·V of kD / cols columns): more warps per SM and fewer accumulator registers
     // where one CTA fills the SM (head dim 256: a 64-token stage is 66 KB).
-    {"t64s3w1c2", 64, 3, 1, 2},
-    {"t64s2w1c2", 64, 2, 1, 2},
-    {"t32s3w1c2", 32, 3, 1, 2},
-    {"t64s3w1c4", 64, 3, 1, 4},
-    {"t32s6w1c4", 32, 6, 1, 4},
-    {"t64s3w2c2", 64, 3, 2, 2},
+    {"t64s3w1c2", 64, 3, 1, 2, 0},
+    {"t64s2w1c2", 64, 2, 1, 2, 0},
+    {"t32s3w1c2", 32, 3, 1, 2, 0},
+    {"t64s3w1c4", 64, 3, 1, 4, 0},
+    {"t32s6w1c4", 32, 6, 1, 4, 0},
+    {"t64s3w2c2", 64, 3, 2, 2, 0},
     // One CTA per SM for the split count (short contexts: no split, no combine kernel).
-    {"t64s3wS", 64, 3, kWavesSms, 1},
-    {"t64s3wSc2", 64, 3, kWavesSms, 2},
+    {"t64s3wS", 64, 3, kWavesSms, 1, 0},
+    {"t64s3wSc2", 64, 3, kWavesSms, 2, 0},
     // CUDA-core kernel (fp32 blocks; any head dims) with the split count aimed at whole waves of
     // resident CTAs (variant 1 keeps the original 4 x SMs plan, which leaves a partial wave).
-    {"cc_w1", 0, 0, 1, 0},
-    {"cc_w2", 0, 0, 2, 0},
+    {"cc_w1", 0, 0, 1, 0, 0},
+    {"cc_w2", 0, 0, 2, 0, 0},
     // CUDA-core ring kernel (PagedAttentionRingKernel; stages = ring stages of 32 tokens; rows
     // of 16-byte multiples, else the kernel above).
-    {"cc_r2w1", 0, 2, 1, 0},
-    {"cc_r3w1", 0, 3, 1, 0},
-    {"cc_r4w1", 0, 4, 1, 0},
-    {"cc_r3w2", 0, 3, 2, 0},
+    {"cc_r2w1", 0, 2, 1, 0, 0},
+    {"cc_r3w1", 0, 3, 1, 0, 0},
+    {"cc_r4w1", 0, 4, 1, 0, 0},
+    {"cc_r3w2", 0, 3, 2, 0, 0},
     // One CTA per SM with a deeper ring (short contexts: 3 tiles ahead, no combine).
-    {"t64s4wS", 64, 4, kWavesSms, 1},
+    {"t64s4wS", 64, 4, kWavesSms, 1, 0},
+    // Suffix e: K/V copies with an L2 evict_first policy; s: S split over the column warps.
+    {"t64s2w1c2e", 64, 2, 1, 2, kEvictFirst},
+    {"t64s3w1e", 64, 3, 1, 1, kEvictFirst},
+    {"t64s3w1c2e", 64, 3, 1, 2, kEvictFirst},
+    {"t64s3w1c4e", 64, 3, 1, 4, kEvictFirst},
+    {"t64s3wSc2e", 64, 3, kWavesSms, 2, kEvictFirst},
+    {"t64s2w1c2s", 64, 2, 1, 2, kSplitS},
+    {"t64s2w1c2se", 64, 2, 1, 2, kSplitS | kEvictFirst},
+    {"t64s3w1c2s", 64, 3, 1, 2, kSplitS},
+    {"t64s3w1c2se", 64, 3, 1, 2, kSplitS | kEvictFirst},
+    {"t32s3w1c2se", 32, 3, 1, 2, kSplitS | kEvictFirst},
+    {"t64s3w1c4se", 64, 3, 1, 4, kSplitS | kEvictFirst},
+    // No split where the (sequence, head) pairs fill the SMs (no combine kernel; short contexts
+    // pay no split overhead), one CTA per SM with 8 warps and 3 tiles (96 KB at d 128) in flight.
+    {"t64s4wSc2", 64, 4, kWavesSms, 2, 0},
+    {"t64s4wSc2e", 64, 4, kWavesSms, 2, kEvictFirst},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
-// Measured on the H100 (kernels_bench, 2026-11-23): 3 stages of 64 tokens with splits for one
-// wave of resident CTAs (t64s3w1) is the fastest or within 0.3 points of it on every bf16 row:
-// 64 seqs x 32K 91.9% of copy, 8 x 32K 89.0%, 1 x 128K 83.1% (t64s3: 76.2%), d 256 group 8
-// 64.1% (t32s3: 47.5%), window 4096 74.8%, 64 x 1K 46.1% (t64s3: 41.2%).
-// Head dims above 128 (one 64-token CTA fills an SM: 4 warps per SM, 64% of copy at d 256,
-// group 8): the value columns split over 2 warps (8 warps per SM, half the accumulators); not
-// measured yet, see the t64s3w1c2 rows.
+// The default per shape class; the only place that picks it. Measured on the H100
+// (kernels_bench, run 3, 2026-11-23, bench/results/2026-11-23-h100-run3): two 64-token stages
+// with the value columns over 2 warps (t64s2w1c2: 74 KB at head dim 128, 3 CTAs and 24 warps
+// per SM) is the fastest or within 0.5% of it on every bf16 head-dim-128 row and 1-3% faster
+// than the previous default t64s3w1 on each: 64 x 1K Hq 16 / Hkv 2 45.7 us (t64s3w1 47.1),
+// 64 x 8K 210.9 (215.4), 64 x 32K 768.4 (772.3), 1 x 128K 210.1 (213.2), 8 x 32K 395.2
+// (398.7), window 4096 115.6 (117.0), 64 x 4K Hq 32 / Hkv 8 390.4 (393.5). Head dims above 128
+// (one 64-token CTA fills an SM): t64s3w1c2, 73.8% of copy at d 256, group 8 (every c2 / c4
+// variant within 0.1 us of it). Both with the evict_first copies (kEvictFirst; best guess, not
+// measured yet: the benchmark's L2 flush, a memset, leaves up to 50 MB of dirty lines that a
+// read-only kernel writes back, ~17 us at copy bandwidth; compare the "e" rows with their
+// plain twins, and the [clean-L2] rows).
 DecodeVariant MmaDefaultVariant(int d) {
-  if (d > 128) return DecodeVariant{"t64s3w1c2", 64, 3, 1, 2};
-  return DecodeVariant{"t64s3w1", 64, 3, 1, 1};
+  if (d > 128) return DecodeVariant{"t64s3w1c2e", 64, 3, 1, 2, kEvictFirst};
+  return DecodeVariant{"t64s2w1c2e", 64, 2, 1, 2, kEvictFirst};
 }
 // The CUDA-core kernel's split plan when no CUDA-core variant is named (fp32 blocks, head dims
 // that are not multiples of 16): whole waves of resident CTAs (the original plan, variant
 // cuda_cores, left 576 CTAs for 396 slots at fp32 8 x 16K, Hq 32 / Hkv 8: 75.0% of copy).
-constexpr DecodeVariant kCudaCoreDefault = {"cc_w1", 0, 0, 1, 0};
+constexpr DecodeVariant kCudaCoreDefault = {"cc_w1", 0, 0, 1, 0, 0};
 
 // Shared row stride in bf16 elements: an odd number of 16-byte units (ldmatrix reads of 8 rows
 // are conflict-free).
@@ -846,10 +885,12 @@ __host__ __device__ __forceinline__ int MmaRowStride(int d) {
 // fragment read fall in distinct banks).
 __host__ __device__ constexpr int MmaQWords(int kd) { return kd / 2 + 4; }
 
-size_t MmaSmemBytes(int kd, int tile, int stages, int dk, int dv) {
+// Ring, split query, and (split S) the partial-S exchange of [tile / 16][cols][32][4] fp32.
+size_t MmaSmemBytes(int kd, int tile, int stages, int cols, bool split_s, int dk, int dv) {
   return sizeof(__nv_bfloat16) * static_cast<size_t>(stages) * tile *
              (MmaRowStride(dk) + MmaRowStride(dv)) +
-         sizeof(uint32_t) * 2 * kMaxHeadsPerCta * static_cast<size_t>(MmaQWords(kd));
+         sizeof(uint32_t) * 2 * kMaxHeadsPerCta * static_cast<size_t>(MmaQWords(kd)) +
+         (split_s ? sizeof(float) * static_cast<size_t>(tile / 16) * cols * 32 * 4 : 0);
 }
 
 __device__ __forceinline__ void CpAsync16Fill(void* smem, const void* gmem, bool fill) {
@@ -857,6 +898,24 @@ __device__ __forceinline__ void CpAsync16Fill(void* smem, const void* gmem, bool
   const int src_bytes = fill ? 16 : 0;  // 0: writes 16 zero bytes, reads nothing
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes)
                : "memory");
+}
+// The same with an L2 cache policy (createpolicy), e.g. evict_first for data read once.
+__device__ __forceinline__ void CpAsync16FillHint(void* smem, const void* gmem, bool fill,
+                                                  uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = fill ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(s),
+               "l"(gmem), "r"(src_bytes), "l"(policy)
+               : "memory");
+}
+__device__ __forceinline__ uint64_t EvictFirstPolicy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+// Named barrier of `threads` threads (whole warps), id 1..15 (0 is __syncthreads).
+__device__ __forceinline__ void NamedBarrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 __device__ __forceinline__ void CpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -911,7 +970,7 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32
 // Query rows: the M = 16 rows of the MMAs are the ≤ 8 query heads twice, rows g = bf16(q), rows
 // g + 8 = bf16(q − bf16(q)) (q·scale·log2 e), so S = hi + lo carries 16 bits of q; likewise the P
 // fragments hold bf16(p) in rows g and bf16(p − bf16(p)) in rows g + 8, and O = rows g + g + 8.
-template <typename Tq, int kD, int kTile, int kStages, int kCols>
+template <typename Tq, int kD, int kTile, int kStages, int kCols, bool kSplitS>
 __global__ void __launch_bounds__(2 * kTile * kCols)
     PagedAttentionMmaKernel(PagedAttentionDecodeParams p, SplitPlan plan, float* ws_acc,
                             float* ws_ml) {
@@ -922,6 +981,8 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
   constexpr int kQw = MmaQWords(kD);
   static_assert(kStages >= 2 && kBlockTokens % kTile == 0 && kTile % 16 == 0, "tiles");
   static_assert(kCols >= 1 && kColDims % 16 == 0, "column slices");
+  static_assert(!kSplitS || (kCols >= 2 && (kD / 16) % kCols == 0), "split S");
+  constexpr int kKSteps = kSplitS ? kD / 16 / kCols : kD / 16;  // k-steps of S per warp
   extern __shared__ float4 smem4[];
   __shared__ float Mw[kTokWarps][kMaxHeadsPerCta];
   __shared__ float Lw[kTokWarps][kMaxHeadsPerCta];
@@ -932,6 +993,8 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
   const int stage_elems = kTile * (sk + sv);
   __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(smem4);
   uint32_t* Qs = reinterpret_cast<uint32_t*>(ring + kStages * stage_elems);  // [2][8][kQw]
+  // kSplitS: partial S of each warp, [kTokWarps][kCols][32 lanes] float4.
+  float* Sx = reinterpret_cast<float*>(Qs + 2 * kMaxHeadsPerCta * kQw);
 
   int64_t bid = blockIdx.x;
   const int split = static_cast<int>(bid % plan.splits);
@@ -945,8 +1008,11 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
   const int nh = min(kMaxHeadsPerCta, group - chunk_of_heads * kMaxHeadsPerCta);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int tw = warp % kTokWarps;                 // token slice: tokens 16·tw .. of every tile
-  const int col0 = (warp / kTokWarps) * kColDims;  // first value column of this warp
+  const int tw = warp % kTokWarps;             // token slice: tokens 16·tw .. of every tile
+  const int cs = warp / kTokWarps;             // column slice
+  const int col0 = cs * kColDims;              // first value column of this warp
+  const int kk0 = kSplitS ? cs * kKSteps : 0;  // first k-step of S (kSplitS: dims 16·kk0 ..)
+  const uint64_t policy = plan.evict_first ? EvictFirstPolicy() : 0;
 
   // This split's table entries (a chain of dependent loads), then the first copies, then the
   // query staging, whose latency overlaps the copies.
@@ -990,7 +1056,12 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
       const __nv_bfloat16* src = block + (static_cast<int64_t>(sub) * kTile * Hkv + kvh) * dk;
       for (int r = ck.r0, c = ck.c0; r < kTile;) {
         const bool vis = r >= lo && r < hi;
-        CpAsync16Fill(ks + r * sk + 8 * c, vis ? src + r * k_gstride + 8 * c : block, vis);
+        const __nv_bfloat16* from = vis ? src + r * k_gstride + 8 * c : block;
+        if (plan.evict_first) {
+          CpAsync16FillHint(ks + r * sk + 8 * c, from, vis, policy);
+        } else {
+          CpAsync16Fill(ks + r * sk + 8 * c, from, vis);
+        }
         r += ck.dr;
         c += ck.dc;
         if (c >= ck.u) {
@@ -1004,7 +1075,12 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
           block + v_off + (static_cast<int64_t>(sub) * kTile * Hkv + kvh) * dv;
       for (int r = cv.r0, c = cv.c0; r < kTile;) {
         const bool vis = r >= lo && r < hi;
-        CpAsync16Fill(vs + r * sv + 8 * c, vis ? src + r * v_gstride + 8 * c : block, vis);
+        const __nv_bfloat16* from = vis ? src + r * v_gstride + 8 * c : block;
+        if (plan.evict_first) {
+          CpAsync16FillHint(vs + r * sv + 8 * c, from, vis, policy);
+        } else {
+          CpAsync16Fill(vs + r * sv + 8 * c, from, vis);
+        }
         r += cv.dr;
         c += cv.dc;
         if (c >= cv.u) {
@@ -1027,12 +1103,25 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
     for (int c = 0; c < 4; ++c) acc[n][c] = 0.0f;
   }
 
-  fetch(0);
+  // The table entries of the first kStages tiles as independent loads (one latency, not a chain
+  // of kStages), then the first kStages − 1 tiles' copies.
+  {
+    int pre_block[kStages], pre_chunk[kStages];
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    load(st);
-    fetch(st + 1);
-    CpAsyncCommit();
+    for (int st = 0; st < kStages; ++st) {
+      const int e = e_begin + min(st, max(n_tiles - 1, 0)) / kTilesPerEntry;
+      pre_block[st] = n_tiles > 0 ? p.block_table[row_base + e] : 0;
+      pre_chunk[st] = n_tiles > 0 && p.block_chunks != nullptr ? p.block_chunks[row_base + e] : e;
+    }
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) {
+      next_block = pre_block[st];
+      next_chunk = pre_chunk[st];
+      load(st);
+      CpAsyncCommit();
+    }
+    next_block = pre_block[kStages - 1];
+    next_chunk = pre_chunk[kStages - 1];
   }
 
   // The query heads, scaled by scale·log2(e), as bf16 hi (rows 0..7) and lo (rows 8..15) pairs.
@@ -1081,7 +1170,8 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
     }
     const __nv_bfloat16* krow = ks + (r0 + mrow + (mat / 2) * 8) * sk + (mat % 2) * 8;
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
+    for (int k = 0; k < kKSteps; ++k) {
+      const int kk = kk0 + k;
       if (kk * 16 < dk) {
         uint32_t a[4];
         a[0] = Qs[g * kQw + 8 * kk + t4];
@@ -1090,14 +1180,39 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
         a[3] = Qs[(kMaxHeadsPerCta + g) * kQw + 8 * kk + 4 + t4];
         uint32_t b[4];
         LdMatrixX4(b, krow + kk * 16);
-        MmaBf16(sc[2 * (kk % 2)], a, b[0], b[1]);
-        MmaBf16(sc[2 * (kk % 2) + 1], a, b[2], b[3]);
+        MmaBf16(sc[2 * (k % 2)], a, b[0], b[1]);
+        MmaBf16(sc[2 * (k % 2) + 1], a, b[2], b[3]);
       }
     }
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       sc[0][c] += sc[2][c];
       sc[1][c] += sc[3][c];
+    }
+    if (kSplitS) {
+      // The kCols warps of this token slice hold partial S over dims 16·kk0 .. + 16·kKSteps:
+      // each publishes its partial (hi + lo query rows added: head g, tokens 8j + 2·t4 + c),
+      // and all add the kCols partials in the same order (so they agree bit for bit on S, m
+      // and l). The previous tile's reads of Sx finished before this iteration's
+      // __syncthreads. Warp (tw, o)'s partial: float4 [tw][o][lane] (conflict-free).
+      float4* mine = reinterpret_cast<float4*>(Sx) + (tw * kCols + cs) * 32 + lane;
+      *mine = make_float4(sc[0][0] + sc[0][2], sc[0][1] + sc[0][3], sc[1][0] + sc[1][2],
+                          sc[1][1] + sc[1][3]);
+      NamedBarrier(1 + tw, 32 * kCols);
+      float4 sum = reinterpret_cast<const float4*>(Sx)[tw * kCols * 32 + lane];
+#pragma unroll
+      for (int o = 1; o < kCols; ++o) {
+        const float4 x = reinterpret_cast<const float4*>(Sx)[(tw * kCols + o) * 32 + lane];
+        sum.x += x.x;
+        sum.y += x.y;
+        sum.z += x.z;
+        sum.w += x.w;
+      }
+      sc[0][0] = sum.x;
+      sc[0][1] = sum.y;
+      sc[1][0] = sum.z;
+      sc[1][1] = sum.w;
+      sc[0][2] = sc[0][3] = sc[1][2] = sc[1][3] = 0.0f;  // (S = sc[j][c] + sc[j][c + 2] below)
     }
 
     // Online softmax of head g over tokens r0 + 8j + 2·t4 + c (4 lanes of a quad share a head).
@@ -1208,24 +1323,35 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
 using DecodeKernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, float*);
 
 template <typename Tq, int kD>
-DecodeKernel PickMmaKernel(int tile, int stages, int cols) {
+DecodeKernel PickMmaKernel(int tile, int stages, int cols, bool split_s) {
+  if (split_s) {
+    if (cols == 2) {
+      if (tile == 64 && stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, true>;
+      if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 2, true>;
+      if (tile == 32 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 2, true>;
+    } else if (cols == 4) {
+      if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 4, true>;
+    }
+    return nullptr;
+  }
   if (cols <= 1) {
     if (tile == 64) {
-      if (stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 1>;
-      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 1>;
-      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4, 1>;
+      if (stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 1, false>;
+      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 1, false>;
+      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4, 1, false>;
     } else if (tile == 32) {
-      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 1>;
-      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 32, 4, 1>;
-      if (stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 1>;
+      if (stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 1, false>;
+      if (stages == 4) return PagedAttentionMmaKernel<Tq, kD, 32, 4, 1, false>;
+      if (stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 1, false>;
     }
   } else if (cols == 2) {
-    if (tile == 64 && stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2>;
-    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 2>;
-    if (tile == 32 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 2>;
+    if (tile == 64 && stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, false>;
+    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 2, false>;
+    if (tile == 64 && stages == 4) return PagedAttentionMmaKernel<Tq, kD, 64, 4, 2, false>;
+    if (tile == 32 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 32, 3, 2, false>;
   } else if (cols == 4) {
-    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 4>;
-    if (tile == 32 && stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 4>;
+    if (tile == 64 && stages == 3) return PagedAttentionMmaKernel<Tq, kD, 64, 3, 4, false>;
+    if (tile == 32 && stages == 6) return PagedAttentionMmaKernel<Tq, kD, 32, 6, 4, false>;
   }
   return nullptr;
 }
@@ -1278,11 +1404,13 @@ DecodeKernel MmaKernelFor(const PagedAttentionDecodeParams& p, const DecodeVaria
   const int d = std::max(p.dk, p.dv);
   const int kd = d <= 128 ? 128 : 256;
   const bool q32 = p.q_dtype == KernelDType::kF32;
-  DecodeKernel k = kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages, v.cols)
-                                    : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages, v.cols))
-                             : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages, v.cols)
-                                    : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages, v.cols));
-  *smem = MmaSmemBytes(kd, v.tile, v.stages, p.dk, p.dv);
+  const bool split_s = (v.flags & kSplitS) != 0;
+  DecodeKernel k =
+      kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages, v.cols, split_s)
+                       : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages, v.cols, split_s))
+                : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages, v.cols, split_s)
+                       : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages, v.cols, split_s));
+  *smem = MmaSmemBytes(kd, v.tile, v.stages, std::max(1, v.cols), split_s, p.dk, p.dv);
   const int optin = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 227 * 1024);
   return *smem + 2 * 1024 <= static_cast<size_t>(optin) ? k : nullptr;
 }
@@ -1300,6 +1428,7 @@ int LaunchMma(const PagedAttentionDecodeParams& p, SplitPlan plan, const DecodeV
   const int64_t want = v.waves == kWavesSms ? int64_t{SmCount()}
                                             : int64_t{v.waves} * std::max(1, per_sm) * SmCount();
   plan.splits = ChooseSplits(p, base, want);
+  plan.evict_first = (v.flags & kEvictFirst) != 0 ? 1 : 0;
   const int64_t ctas = base * plan.splits;
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   float* ws_acc = static_cast<float*>(p.workspace);
@@ -1335,6 +1464,7 @@ int PagedAttentionDecode(const PagedAttentionDecodeParams& p, void* stream) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   SplitPlan plan;
+  plan.evict_first = 0;
   const int group = p.num_heads / p.num_kv_heads;
   plan.head_chunks = (group + kMaxHeadsPerCta - 1) / kMaxHeadsPerCta;
   const int64_t base = int64_t{p.num_seqs} * p.num_kv_heads * plan.head_chunks;

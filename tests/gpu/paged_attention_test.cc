@@ -333,9 +333,11 @@ TEST_F(GpuTest, SmallPagedAttentionForSanitizers) {
     RunCase(c, 6 + v);
   }
   // Value-column slices (2 and 4 warps per token slice) at head dim 256 and 64, automatic
-  // splits; the CUDA-core kernel with splits for whole waves over fp32 blocks.
+  // splits, also with S split over the column warps and evict_first copies ("s", "e"); the
+  // CUDA-core kernel with splits for whole waves over fp32 blocks.
   uint32_t seed = 20;
-  for (const char* name : {"t64s3w1c2", "t32s6w1c4", "t64s3wSc2"}) {
+  for (const char* name :
+       {"t64s3w1c2", "t32s6w1c4", "t64s3wSc2", "t64s3w1c2se", "t32s3w1c2se", "t64s3w1c4se"}) {
     AttnCase c{{16, 2, 256, 256}, seqs, 0, 0, true, true};
     c.variant = VariantByName(name);
     RunCase(c, ++seed);
