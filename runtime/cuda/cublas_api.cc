@@ -47,7 +47,48 @@ absl::StatusOr<CublasApi> Load() {
   return api;  // the library stays loaded for the process's lifetime
 }
 
+absl::StatusOr<CublasLtApi> LoadLt() {
+  void* lib = nullptr;
+  std::string errors;
+  for (const char* name : {"libcublasLt.so.13", "libcublasLt.so"}) {
+    lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (lib != nullptr) break;
+    const char* e = dlerror();
+    absl::StrAppend(&errors, errors.empty() ? "" : "; ", e != nullptr ? e : name);
+  }
+  if (lib == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot load cuBLASLt (", errors, ")"));
+  }
+  CublasLtApi api;
+  std::string missing;
+  Bind(lib, "cublasLtCreate", &api.create, &missing);
+  Bind(lib, "cublasLtDestroy", &api.destroy, &missing);
+  Bind(lib, "cublasLtMatmulDescCreate", &api.matmul_desc_create, &missing);
+  Bind(lib, "cublasLtMatmulDescDestroy", &api.matmul_desc_destroy, &missing);
+  Bind(lib, "cublasLtMatmulDescSetAttribute", &api.matmul_desc_set_attribute, &missing);
+  Bind(lib, "cublasLtMatrixLayoutCreate", &api.matrix_layout_create, &missing);
+  Bind(lib, "cublasLtMatrixLayoutDestroy", &api.matrix_layout_destroy, &missing);
+  Bind(lib, "cublasLtMatmulPreferenceCreate", &api.preference_create, &missing);
+  Bind(lib, "cublasLtMatmulPreferenceDestroy", &api.preference_destroy, &missing);
+  Bind(lib, "cublasLtMatmulPreferenceSetAttribute", &api.preference_set_attribute, &missing);
+  Bind(lib, "cublasLtMatmulAlgoGetHeuristic", &api.algo_get_heuristic, &missing);
+  Bind(lib, "cublasLtMatmulAlgoCheck", &api.algo_check, &missing);
+  Bind(lib, "cublasLtMatmulAlgoConfigSetAttribute", &api.algo_config_set_attribute, &missing);
+  Bind(lib, "cublasLtMatmulAlgoConfigGetAttribute", &api.algo_config_get_attribute, &missing);
+  Bind(lib, "cublasLtMatmul", &api.matmul, &missing);
+  if (!missing.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("the loaded cuBLASLt lacks ", missing));
+  }
+  return api;  // the library stays loaded for the process's lifetime
+}
+
 }  // namespace
+
+absl::StatusOr<const CublasLtApi*> LoadCublasLt() {
+  static const absl::StatusOr<CublasLtApi>* const api = new absl::StatusOr<CublasLtApi>(LoadLt());
+  if (!api->ok()) return api->status();
+  return &api->value();
+}
 
 absl::StatusOr<const CublasApi*> LoadCublas() {
   static const absl::StatusOr<CublasApi>* const api = new absl::StatusOr<CublasApi>(Load());

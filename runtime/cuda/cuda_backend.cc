@@ -1,6 +1,7 @@
 #include "runtime/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -128,6 +129,11 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
       dev_, DeviceContext::Create(options_.device,
                                   static_cast<size_t>(PlannedScratchBytes(cfg, options_))));
   dev_->set_skinny_gemm(options_.skinny_gemm);
+  {
+    const char* env = std::getenv("HYLA_GEMM_TUNE");
+    const bool env_off = env != nullptr && std::strcmp(env, "0") == 0;
+    dev_->set_gemm_tune(options_.gemm_tune && options_.precision == Precision::kBf16 && !env_off);
+  }
   weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
   const ResidualBlockNames names = ResidualBlockNamesFor(cfg.family);
   Checkpoint* ck = checkpoint.get();
@@ -293,6 +299,11 @@ absl::Status CudaBackend::RunSegment(std::vector<GraphSegment>* graphs, size_t i
   if (seg.exec.valid()) {
     ++graph_replays_;
     return seg.exec.Launch(dev_->stream());
+  }
+  if (!seg.seen) {
+    // First sight: eager, so that GEMM shapes new to the tuner are timed now; captured next time.
+    seg.seen = true;
+    return fn();
   }
   if (seg.attempted) return fn();  // not capturable: eager
   seg.attempted = true;

@@ -58,6 +58,10 @@ struct CudaBackendOptions {
   // shape measured (kernels_bench 2026-11-23: 40.0 vs 29.0 us at 64 x 12352 x 2048; a
   // qwen3next-1b decode step at batch 64 and 1K context 4.88 vs 4.00 ms).
   bool skinny_gemm = false;
+  // bf16 GEMMs of at most 256 rows on the cuBLASLt algorithm found fastest for their shape by
+  // timing at the shape's first eager call (runtime/cuda/gemm_tuner.h; DeviceContext::gemm_tune)
+  // instead of cublasGemmEx's heuristic. The environment variable HYLA_GEMM_TUNE=0 turns it off.
+  bool gemm_tune = true;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's
@@ -117,6 +121,7 @@ class CudaBackend : public Backend {
   // CUDA graphs of decode steps: per batch size, one segment per run of graph-safe pieces.
   struct GraphSegment {
     CudaGraphExec exec;
+    bool seen = false;       // ran once eagerly (capture comes at the second sight)
     bool attempted = false;  // capture tried (failed when !exec.valid())
   };
   // Pieces of a step: 0 the embedding, 2i + 1 block i's mixer, 2i + 2 block i's MLP. A run is a
@@ -127,6 +132,8 @@ class CudaBackend : public Backend {
     bool graph_safe = false;
   };
   // Runs `fn` eagerly, or replays / captures it as segment `index` of `graphs` (nullptr: eager).
+  // A segment runs eagerly the first time it is seen (the GEMM tuner times its new shapes then:
+  // no synchronization is possible inside a capture) and is captured the second time.
   // `mark` is the scratch position fn starts from (rewound before an eager retry).
   absl::Status RunSegment(std::vector<GraphSegment>* graphs, size_t index, bool capturable,
                           size_t mark, const std::function<absl::Status()>& fn);

@@ -53,6 +53,11 @@ absl::StatusOr<std::unique_ptr<DeviceContext>> DeviceContext::Create(int device,
         "cublasSetWorkspace");
     if (!st.ok()) return st;
   }
+  // The GEMM tuner shares the workspace (same stream). Without cuBLASLt, Linear keeps cuBLAS.
+  absl::StatusOr<std::unique_ptr<GemmTuner>> tuner =
+      GemmTuner::Create(device, ctx->stream_.get(), ctx->cublas_.get(),
+                        ctx->cublas_workspace_.get(), kCublasWorkspace);
+  if (tuner.ok()) ctx->gemm_tuner_ = std::move(*tuner);
   absl::StatusOr<DeviceBuffer> scratch = DeviceBuffer::Allocate(scratch_bytes, "step scratch");
   if (!scratch.ok()) return scratch.status();
   ctx->scratch_ = ScratchArena(std::move(*scratch));

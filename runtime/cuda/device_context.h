@@ -1,8 +1,10 @@
 // DeviceContext: what one worker needs to run kernels on one GPU — the device, a non-blocking
-// stream, a cuBLAS handle on that stream and a scratch arena of device memory for the
-// activations of one step. Everything is allocated at creation; the request path never calls
-// cudaMalloc: a step takes its scratch from the arena (ScratchArena::Alloc) and the backend
-// rewinds the arena when the step is done.
+// stream, a cuBLAS handle on that stream (with a fixed 32 MiB workspace, shared with the
+// cuBLASLt GEMM tuner), the GEMM tuner (runtime/cuda/gemm_tuner.h; used by Linear when
+// gemm_tune() is on) and a scratch arena of device memory for the activations of one step.
+// Everything is allocated at creation; the request path never calls cudaMalloc: a step takes its
+// scratch from the arena (ScratchArena::Alloc) and the backend rewinds the arena when the step is
+// done.
 //
 // Thread-safety: owned and used by one worker thread.
 #ifndef HYLA_RUNTIME_CUDA_DEVICE_CONTEXT_H_
@@ -15,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "runtime/cuda/cuda_util.h"
+#include "runtime/cuda/gemm_tuner.h"
 
 namespace hyla::cuda {
 
@@ -65,6 +68,12 @@ class DeviceContext {
   // and at most 64 rows instead of cuBLAS (default false: CudaBackendOptions::skinny_gemm).
   bool skinny_gemm() const { return skinny_gemm_; }
   void set_skinny_gemm(bool on) { skinny_gemm_ = on; }
+  // Whether Linear runs bf16 GEMMs through the GEMM tuner (cuBLASLt algorithm chosen per shape by
+  // timing) instead of cublasGemmEx's heuristic. Default false here; CudaBackendOptions::gemm_tune
+  // turns it on. gemm_tuner() is nullptr when off or when cuBLASLt cannot be loaded.
+  bool gemm_tune() const { return gemm_tune_; }
+  void set_gemm_tune(bool on) { gemm_tune_ = on; }
+  GemmTuner* gemm_tuner() { return gemm_tune_ ? gemm_tuner_.get() : nullptr; }
 
   // Asynchronous copies on the stream. Host memory may be pageable: the source is staged before
   // the call returns, so it may be reused at once.
@@ -95,7 +104,9 @@ class DeviceContext {
   bool skinny_gemm_ = false;
   CudaStream stream_;
   CublasHandle cublas_;
+  bool gemm_tune_ = false;
   DeviceBuffer cublas_workspace_;  // cuBLAS's workspace (no allocation inside graph capture)
+  std::unique_ptr<GemmTuner> gemm_tuner_;  // on cublas_workspace_; nullptr without cuBLASLt
   ScratchArena scratch_;
 };
 

@@ -7,6 +7,7 @@
 #include "runtime/base/float16.h"
 #include "runtime/base/status_macros.h"
 #include "runtime/cuda/cublas_api.h"
+#include "runtime/cuda/gemm_tuner.h"
 
 namespace hyla::cuda {
 
@@ -155,11 +156,25 @@ absl::Status Linear(DeviceContext& ctx, const float* x, const uint16_t* x_bf16, 
       }
       (void)cudaGetLastError();  // not taken: cuBLAS below
     }
-    const absl::Status st = CublasStatus(
-        cublas->gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, w.data,
-                        CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F,
-                        static_cast<int>(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        absl::StrCat("cublasGemmEx bf16 ", w.rows, "x", w.cols, " by ", n, " rows"));
+    absl::Status st;
+    if (GemmTuner* tuner = ctx.gemm_tuner(); tuner != nullptr) {
+      // The shape's cuBLASLt plan (tuned by timing at its first eager call).
+      Bf16GemmArgs g;
+      g.out = w.rows;
+      g.rows = n;
+      g.in = w.cols;
+      g.w = w.data;
+      g.x = xb;
+      g.y = y;
+      g.y_stride = y_stride;
+      st = tuner->Run(g);
+    } else {
+      st = CublasStatus(
+          cublas->gemm_ex(ctx.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, m, nn, k, &alpha, w.data,
+                          CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &beta, y, CUDA_R_32F,
+                          static_cast<int>(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          absl::StrCat("cublasGemmEx bf16 ", w.rows, "x", w.cols, " by ", n, " rows"));
+    }
     // The conversion buffer is dead once the GEMM is enqueued (stream order protects reuse).
     ctx.scratch().RewindTo(mark);
     HYLA_RETURN_IF_ERROR(st);

@@ -3,8 +3,10 @@
 // DeviceMatrix: one weight matrix [out, in] (the PyTorch nn.Linear layout), fp32 or bf16.
 // Linear computes y[n, out] = x[n, in] · Wᵀ (+ bias) with fp32 activations in and out:
 //   fp32 W: cublasSgemm with fp32 math (no TF32) — the exactness path against fp32 checkpoints;
-//   bf16 W: x is rounded to bf16 in scratch, cublasGemmEx bf16 × bf16 with fp32 accumulation
-//           and fp32 output — the serving path (half the weight bytes).
+//   bf16 W: x is rounded to bf16 in scratch, then bf16 × bf16 with fp32 accumulation and fp32
+//           output — the serving path (half the weight bytes): on the GEMM tuner's cuBLASLt plan
+//           for the shape when DeviceContext::gemm_tune() is on (runtime/cuda/gemm_tuner.h: the
+//           fastest algorithm by timing, cublasGemmEx among the candidates), else cublasGemmEx.
 // DeviceWeights owns the device memory of a model's weights and uploads checkpoint tensors.
 //
 // Thread-safety: DeviceWeights is filled at load and read-only afterwards; Linear runs on the

@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "runtime/base/float16.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/engine/sequence_runner.h"
 #include "runtime/model/checkpoint.h"
@@ -445,6 +447,153 @@ TEST_F(GpuTest, CudaRejectsBadInputWithoutTouchingState) {
   EXPECT_NE(st.message().find("max_step_tokens"), absl::string_view::npos) << st;
   EXPECT_EQ((*seq)->num_tokens, 0);
   store.Release(std::move(seq).value());
+}
+
+// Linear's bf16 GEMMs on the GEMM tuner (DeviceContext::gemm_tune, runtime/cuda/gemm_tuner.h):
+// every shape (odd row counts, x and y row strides, bias, a long K that draws split-K candidates,
+// a wide y stride that is not a multiple of 4) against a CPU double reference on the same
+// bf16-rounded operands (bound 1e-3 · max |ref|: only the fp32 accumulation order differs). The
+// first call of a shape tunes it (the tuner's count goes up by one) and leaves the product in y;
+// the second call runs the plan and must give the same bits; a CUDA graph of the call replays the
+// plan with the same bits too. A shape first met inside a capture runs cublasGemmEx there (no
+// tuning while capturing) and is tuned at its first eager call. Row padding of y stays untouched.
+TEST_F(GpuTest, TunedBf16LinearMatchesCpu) {
+  auto dev = cuda::DeviceContext::Create(0, size_t{64} << 20);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  cuda::DeviceContext& ctx = **dev;
+  ctx.set_gemm_tune(true);
+  cuda::GemmTuner* tuner = ctx.gemm_tuner();
+  ASSERT_NE(tuner, nullptr) << "cuBLASLt not loadable: the tuner cannot be tested";
+  cuda::DeviceWeights weights(&ctx, cuda::Precision::kBf16);
+  struct Case {
+    int64_t rows, out, in, x_stride, y_stride;
+    bool bias;
+    bool capture_first;  // the shape's first call is inside a graph capture
+  };
+  const Case cases[] = {
+      {1, 96, 64, 0, 0, false, false},          {7, 257, 200, 0, 0, true, false},
+      {33, 130, 136, 150, 301, true, false},    {64, 2048, 512, 0, 0, false, false},
+      {5, 1000, 2048, 2100, 1003, true, false}, {64, 520, 4096, 0, 0, false, false},
+      {3, 384, 256, 0, 0, true, true},          {64, 1024, 1024, 0, 1030, false, true}};
+  uint32_t rng = 777;
+  auto uniform = [&]() {
+    rng = rng * 1664525u + 1013904223u;
+    return static_cast<float>((rng >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+  };
+  constexpr float kSentinel = 12345.0f;
+  for (const Case& c : cases) {
+    const std::string tag = absl::StrCat("rows ", c.rows, " out ", c.out, " in ", c.in,
+                                         " x_stride ", c.x_stride, " y_stride ", c.y_stride,
+                                         c.bias ? " bias" : "", c.capture_first ? " capture" : "");
+    const int64_t xs = c.x_stride == 0 ? c.in : c.x_stride;
+    const int64_t ys = c.y_stride == 0 ? c.out : c.y_stride;
+    std::vector<float> hw(static_cast<size_t>(c.out * c.in)), hx(static_cast<size_t>(c.rows * xs));
+    std::vector<float> hb(static_cast<size_t>(c.out));
+    for (float& v : hw) v = uniform();
+    for (float& v : hx) v = uniform();
+    for (float& v : hb) v = uniform();
+    auto w = weights.Matrix(F32Tensor::View(hw.data(), {c.out, c.in}), "w");
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto bias = weights.F32(hb, "bias");
+    ASSERT_TRUE(bias.ok()) << bias.status();
+    auto dx = cuda::DeviceBuffer::Allocate(hx.size() * sizeof(float), "x");
+    ASSERT_TRUE(dx.ok()) << dx.status();
+    const size_t y_count = static_cast<size_t>(c.rows * ys);
+    auto dy = cuda::DeviceBuffer::Allocate(y_count * sizeof(float), "y");
+    ASSERT_TRUE(dy.ok()) << dy.status();
+    ASSERT_TRUE(ctx.CopyToDevice(dx->get(), hx.data(), hx.size() * sizeof(float)).ok());
+    const std::vector<float> sentinel(y_count, kSentinel);
+    auto reset_y = [&]() {
+      ASSERT_TRUE(ctx.CopyToDevice(dy->get(), sentinel.data(), y_count * sizeof(float)).ok());
+    };
+    auto linear = [&]() {
+      return cuda::Linear(ctx, dx->as<float>(), c.rows, *w, c.bias ? *bias : nullptr,
+                          dy->as<float>(), c.x_stride, c.y_stride);
+    };
+    auto fetch = [&](std::vector<float>* out) {
+      out->resize(y_count);
+      ASSERT_TRUE(ctx.CopyToHost(out->data(), dy->get(), y_count * sizeof(float)).ok());
+      ASSERT_TRUE(ctx.Synchronize().ok());
+    };
+    // CPU reference on the bf16-rounded operands.
+    double max_ref = 0.0;
+    std::vector<double> ref(static_cast<size_t>(c.rows * c.out));
+    for (int64_t i = 0; i < c.rows; ++i) {
+      for (int64_t j = 0; j < c.out; ++j) {
+        double s = c.bias ? hb[static_cast<size_t>(j)] : 0.0;
+        for (int64_t k = 0; k < c.in; ++k) {
+          s += static_cast<double>(Bf16ToFloat(FloatToBf16(hx[static_cast<size_t>(i * xs + k)]))) *
+               Bf16ToFloat(FloatToBf16(hw[static_cast<size_t>(j * c.in + k)]));
+        }
+        ref[static_cast<size_t>(i * c.out + j)] = s;
+        max_ref = std::max(max_ref, std::fabs(s));
+      }
+    }
+    auto check = [&](const std::vector<float>& got, const char* what) {
+      double max_diff = 0.0;
+      int64_t padding_touched = 0;
+      for (int64_t i = 0; i < c.rows; ++i) {
+        for (int64_t j = 0; j < ys; ++j) {
+          const float g = got[static_cast<size_t>(i * ys + j)];
+          if (j >= c.out) {
+            padding_touched += g != kSentinel;
+            continue;
+          }
+          const double d = std::fabs(g - ref[static_cast<size_t>(i * c.out + j)]);
+          max_diff = std::isnan(d) ? INFINITY : std::max(max_diff, d);
+        }
+      }
+      const double rel = max_diff / std::max(max_ref, 1e-30);
+      std::printf("[gpu-error] tuned bf16 linear %s, %s: rel %.3g\n", tag.c_str(), what, rel);
+      EXPECT_LE(rel, 1e-3) << tag << " " << what;
+      EXPECT_EQ(padding_touched, 0) << tag << " " << what;
+    };
+    const int64_t tuned_before = tuner->tuned_count();
+    std::vector<float> first, again, replayed;
+    cudaStream_t stream = ctx.stream();
+    if (c.capture_first) {
+      // Untuned inside a capture: cublasGemmEx in the graph, no tuning.
+      reset_y();
+      ctx.scratch().Rewind();
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      const absl::Status st = linear();
+      auto exec = cuda::CudaGraphExec::EndCapture(stream);
+      ASSERT_TRUE(st.ok()) << tag << ": " << st;
+      ASSERT_TRUE(exec.ok()) << tag << ": " << exec.status();
+      EXPECT_EQ(tuner->tuned_count(), tuned_before) << tag << ": tuned inside a capture";
+      ASSERT_TRUE(exec->Launch(stream).ok());
+      std::vector<float> untuned;
+      fetch(&untuned);
+      check(untuned, "untuned graph (cublasGemmEx)");
+    }
+    reset_y();
+    ctx.scratch().Rewind();
+    const absl::Status st = linear();  // tunes the shape
+    ASSERT_TRUE(st.ok()) << tag << ": " << st;
+    fetch(&first);
+    EXPECT_EQ(tuner->tuned_count(), tuned_before + 1) << tag << ": not tuned at its first call";
+    check(first, "tuning call");
+    reset_y();
+    ctx.scratch().Rewind();
+    ASSERT_TRUE(linear().ok()) << tag;
+    fetch(&again);
+    EXPECT_EQ(tuner->tuned_count(), tuned_before + 1) << tag << ": tuned twice";
+    EXPECT_EQ(std::memcmp(first.data(), again.data(), y_count * sizeof(float)), 0)
+        << tag << ": the plan's call differs from the tuning call";
+    // The plan inside a CUDA graph.
+    reset_y();
+    ctx.scratch().Rewind();
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    const absl::Status cst = linear();
+    auto exec = cuda::CudaGraphExec::EndCapture(stream);
+    ASSERT_TRUE(cst.ok()) << tag << ": " << cst;
+    ASSERT_TRUE(exec.ok()) << tag << ": " << exec.status();
+    ASSERT_TRUE(exec->Launch(stream).ok());
+    fetch(&replayed);
+    EXPECT_EQ(std::memcmp(first.data(), replayed.data(), y_count * sizeof(float)), 0)
+        << tag << ": the graph replay differs from the eager plan";
+    ctx.scratch().Rewind();
+  }
 }
 
 }  // namespace
