@@ -31,6 +31,7 @@
 
 namespace {
 
+#include "runtime/cuda/gemm_tuner.h"
 constexpr int kReps = 30;
 constexpr int kWarmup = 5;
 
@@ -817,6 +818,126 @@ void BenchSkinnyGemms(Timer* timer) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+// The GEMM tuner of runtime/cuda/gemm.cc Linear (cuBLASLt algorithm per shape by timing), on the
+// legacy default stream as the timer, for the "cublaslt tuned" rows. nullptr when cuBLAS or
+// cuBLASLt cannot be loaded (rows skipped).
+hyla::cuda::GemmTuner* BenchGemmTuner() {
+  static hyla::cuda::GemmTuner* tuner = []() -> hyla::cuda::GemmTuner* {
+    const BenchCublas* cublas = LoadBenchCublas();
+    if (cublas == nullptr) return nullptr;
+    int device = 0;
+    BENCH_CHECK(cudaGetDevice(&device));
+    constexpr size_t kWorkspace = size_t{32} << 20;  // as DeviceContext's
+    hyla::cuda::GemmTunerOptions o;
+    o.verbose = true;  // the plans and rejected candidates go to stderr
+    absl::StatusOr<std::unique_ptr<hyla::cuda::GemmTuner>> t = hyla::cuda::GemmTuner::Create(
+        device, nullptr, cublas->handle, DeviceAlloc(kWorkspace), kWorkspace, o);
+    if (!t.ok()) {
+      std::printf("GEMM tuner unavailable (%s): no cublaslt rows\n", t.status().ToString().c_str());
+      return nullptr;
+    }
+    return t->release();
+  }();
+  return tuner;
+}
+
+// "cublaslt tuned bf16 m M n N k K [<plan>]": y[m, n] = x[m, k]·Wᵀ through GemmTuner::Run as
+// Linear runs it (the first call tunes; the timed calls run the plan), bytes W + x + y as the
+// cublas rows. with_cublas: also the "cublas bf16 ..." row of the same shape (cublasGemmEx
+// default). Checks the tuned output against a CPU double reference on 64 columns spread over n
+// (rel = max |diff| / max |ref|; FAIL above 1e-3) and prints it.
+void BenchTunedGemm(Timer* timer, int m, int n, int k, bool with_cublas) {
+  hyla::cuda::GemmTuner* tuner = BenchGemmTuner();
+  if (tuner == nullptr) return;
+  const size_t w_bytes = size_t{2} * n * k, x_bytes = size_t{2} * m * k;
+  const size_t y_count = size_t{1} * m * n;
+  auto* w = static_cast<uint16_t*>(DeviceAlloc(w_bytes));
+  auto* x = static_cast<uint16_t*>(DeviceAlloc(x_bytes));
+  auto* y = static_cast<float*>(DeviceAlloc(y_count * 4));
+  FillRandom(w, w_bytes, true, 21);
+  FillRandom(x, x_bytes, true, 22);
+  const double bytes = static_cast<double>(w_bytes + x_bytes + y_count * 4);
+  const std::string shape =
+      "bf16 m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k);
+  hyla::cuda::Bf16GemmArgs g;
+  g.out = n;
+  g.rows = m;
+  g.in = k;
+  g.w = w;
+  g.x = x;
+  g.y = y;
+  auto run = [&] {
+    const absl::Status st = tuner->Run(g);
+    if (!st.ok()) {
+      std::fprintf(stderr, "GemmTuner::Run: %s\n", st.ToString().c_str());
+      std::exit(1);
+    }
+  };
+  BENCH_CHECK(cudaMemset(y, 0xFF, y_count * 4));
+  run();  // tunes (synchronizes), leaves the product in y
+  BENCH_CHECK(cudaDeviceSynchronize());
+  {
+    std::vector<uint16_t> hx(static_cast<size_t>(m) * k), hw(k);
+    std::vector<float> hy(y_count);
+    BENCH_CHECK(cudaMemcpy(hx.data(), x, x_bytes, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(cudaMemcpy(hy.data(), y, y_count * 4, cudaMemcpyDeviceToHost));
+    auto bf = [](uint16_t h) {
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return static_cast<double>(f);
+    };
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int c = 0; c < 64; ++c) {
+      const int j = static_cast<int>(static_cast<int64_t>(c) * (n - 1) / 63);
+      BENCH_CHECK(cudaMemcpy(hw.data(), w + static_cast<size_t>(j) * k, size_t{2} * k,
+                             cudaMemcpyDeviceToHost));
+      for (int i = 0; i < m; ++i) {
+        double ref = 0.0;
+        for (int kk = 0; kk < k; ++kk) ref += bf(hx[static_cast<size_t>(i) * k + kk]) * bf(hw[kk]);
+        max_ref = std::max(max_ref, std::fabs(ref));
+        const double got = hy[static_cast<size_t>(i) * n + j];
+        max_diff = std::isnan(got) ? INFINITY : std::max(max_diff, std::fabs(ref - got));
+      }
+    }
+    const double rel = max_ref > 0 ? max_diff / max_ref : max_diff;
+    std::printf("  check cublaslt tuned %s vs CPU: rel %.2e%s\n", shape.c_str(), rel,
+                rel <= 1e-3 ? "" : " FAIL");
+  }
+  const std::string plan = tuner->PlanName(g);
+  Report("cublaslt tuned " + shape + " [" + plan.substr(0, plan.find(" (")) + "]",
+         timer->MedianUs(run), bytes);
+  std::printf("  plan cublaslt tuned %s: %s\n", shape.c_str(), plan.c_str());
+  if (with_cublas) {
+    const BenchCublas* cublas = LoadBenchCublas();
+    const float alpha = 1.0f, beta = 0.0f;
+    Report("cublas " + shape, timer->MedianUs([&] {
+      const cublasStatus_t st = cublas->gemm_ex(
+          cublas->handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16BF, k, x,
+          CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        std::fprintf(stderr, "cublasGemmEx failed: %d\n", static_cast<int>(st));
+        std::exit(1);
+      }
+    }),
+           bytes);
+  }
+  BENCH_CHECK(cudaFree(w));
+  BENCH_CHECK(cudaFree(x));
+  BENCH_CHECK(cudaFree(y));
+}
+
+// The qwen3next-1b decode GEMM shapes (as BenchSkinnyGemms) through the GEMM tuner: batch 64 next
+// to the cublas rows of BenchSkinnyGemm, and batch 1, 8 and 32 with their own cublas rows
+// (kernels_bench --gemm: only these, after the copy bandwidth).
+void BenchTunedGemms(Timer* timer) {
+  const std::pair<int, int> shapes[] = {{12352, 2048}, {5632, 2048}, {2048, 2816}, {2048, 4096},
+                                        {2560, 2048},  {2048, 2048}, {32000, 2048}};
+  for (const int m : {64, 1, 8, 32}) {
+    for (const auto& [n, k] : shapes) BenchTunedGemm(timer, m, n, k, /*with_cublas=*/m != 64);
+  }
+}
+
   int device = 0;
   cudaDeviceProp prop{};
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -881,3 +1002,8 @@ int main(int argc, char** argv) {
   for (const int ctx : {1024, 8192}) {
     BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0, /*backend=*/true, /*clean_l2=*/true);
   }
+  if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
+    BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
+    return 0;
+  }
+  BenchTunedGemms(&timer);  // the cuBLASLt-tuned rows (--gemm: only these)
