@@ -977,6 +977,10 @@ void BenchTunedGemms(Timer* timer) {
   }
   // The Qwen3-Next-style hybrid's attention (the end-to-end benchmark's decode batch).
   for (const int ctx : {1024, 8192, 32768}) BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0);
+  // ... as the backend launches it (fp32 queries, block_chunks), with clean-L2 rows beside.
+  for (const int ctx : {1024, 8192}) {
+    BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0, /*backend=*/true, /*clean_l2=*/true);
+  }
 
   // GDN prefill (compute-bound; for reference).
   BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);
@@ -998,10 +1002,6 @@ void BenchTunedGemms(Timer* timer) {
   }
   return 0;
 }
-  // ... as the backend launches it (fp32 queries, block_chunks), with clean-L2 rows beside.
-  for (const int ctx : {1024, 8192}) {
-    BenchPagedDecode(&timer, 64, ctx, 16, 2, 128, true, 0, /*backend=*/true, /*clean_l2=*/true);
-  }
   if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
     BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
     return 0;
