@@ -28,10 +28,10 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "runtime/cuda/gemm_tuner.h"
 
 namespace {
 
-#include "runtime/cuda/gemm_tuner.h"
 constexpr int kReps = 30;
 constexpr int kWarmup = 5;
 
@@ -814,10 +814,6 @@ void BenchSkinnyGemms(Timer* timer) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
 // The GEMM tuner of runtime/cuda/gemm.cc Linear (cuBLASLt algorithm per shape by timing), on the
 // legacy default stream as the timer, for the "cublaslt tuned" rows. nullptr when cuBLAS or
 // cuBLASLt cannot be loaded (rows skipped).
@@ -938,6 +934,10 @@ void BenchTunedGemms(Timer* timer) {
   }
 }
 
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   int device = 0;
   cudaDeviceProp prop{};
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -949,10 +949,15 @@ void BenchTunedGemms(Timer* timer) {
               prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem >> 20);
   Timer timer;
   g_copy_gbs = CopyBandwidth(&timer);
+  if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
+    BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
+    return 0;
+  }
 
   // Skinny GEMMs (decode batches) against cuBLAS; --skinny: only these.
   const bool skinny_only = argc > 1 && std::strcmp(argv[1], "--skinny") == 0;
   BenchSkinnyGemms(&timer);
+  BenchTunedGemms(&timer);  // the cuBLASLt-tuned rows (--gemm: only these)
   if (skinny_only) return 0;
 
   // GDN decode: 2048, 4096, 8192 head-states of 128x128 fp32 (64 KiB each), every kernel variant.
@@ -1002,8 +1007,3 @@ void BenchTunedGemms(Timer* timer) {
   }
   return 0;
 }
-  if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
-    BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
-    return 0;
-  }
-  BenchTunedGemms(&timer);  // the cuBLASLt-tuned rows (--gemm: only these)
