@@ -8,8 +8,9 @@
 // fewest the op must move (each input read once, each output written once). The copy bandwidth
 // is (bytes read + bytes written) / time of a 1 GiB cudaMemcpy D2D, median of kReps.
 //
-// Usage: kernels_bench [--quick | --skinny]   (--quick: fewer sizes; --skinny: only the skinny
-// GEMM rows, SkinnyGemmBf16 against cuBLAS)
+// Usage: kernels_bench [--quick | --skinny | --norms]   (--quick: fewer sizes; --skinny: only the
+// skinny GEMM rows, SkinnyGemmBf16 against cuBLAS; --norms: only the decode-step norm, SwiGLU and
+// short-conv rows, every launch shape)
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <string>
@@ -934,6 +936,254 @@ void BenchTunedGemms(Timer* timer) {
   }
 }
 
+// ---- Decode-step norms and elementwise ops (qwen3next-1b at batch 64) ------------------------
+// Every launch shape of ResidualRmsNorm, GatedRmsNorm, SiluMulToBf16 and ShortConvDecode on the
+// same buffers; each variant's outputs are checked against the first version's (kLoop, kScalar,
+// kGridStride, kScalar: the GPU tests check those against the CPU) before it is timed.
+
+// max |a − b| / max |b| over n fp32 (or bf16 when bf16) values of two device buffers.
+double RelDiffAny(const void* a, const void* b, size_t n, bool bf16) {
+  std::vector<float> ha(n), hb(n);
+  if (bf16) {
+    std::vector<uint16_t> ra(n), rb(n);
+    BENCH_CHECK(cudaMemcpy(ra.data(), a, n * 2, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(cudaMemcpy(rb.data(), b, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t ba = static_cast<uint32_t>(ra[i]) << 16, bb = static_cast<uint32_t>(rb[i])
+                                                                   << 16;
+      std::memcpy(&ha[i], &ba, 4);
+      std::memcpy(&hb[i], &bb, 4);
+    }
+  } else {
+    BENCH_CHECK(cudaMemcpy(ha.data(), a, n * 4, cudaMemcpyDeviceToHost));
+    BENCH_CHECK(cudaMemcpy(hb.data(), b, n * 4, cudaMemcpyDeviceToHost));
+  }
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(ha[i]) - hb[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(hb[i])));
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
+}
+
+void PrintCheck(const std::string& name, double rel, double bound) {
+  std::printf("  check %s vs first version: rel %.2e%s\n", name.c_str(), rel,
+              rel <= bound ? "" : " FAIL");
+}
+
+// ResidualRmsNorm [rows, n] with the add; with_f32: the mixer norm (fp32 and bf16 outputs), else
+// the MLP norm (bf16 only). h is reset from a saved copy before each variant's check.
+void BenchResidualRmsNorm(Timer* timer, int rows, int n, bool with_f32) {
+  namespace k = hyla::kernels;
+  const size_t count = static_cast<size_t>(rows) * n;
+  auto* h0 = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* h = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* add = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* w = static_cast<float*>(DeviceAlloc(size_t{4} * n));
+  auto* f32 = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* f32_ref = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* b16 = static_cast<uint16_t*>(DeviceAlloc(count * 2));
+  auto* b16_ref = static_cast<uint16_t*>(DeviceAlloc(count * 2));
+  FillRandom(h0, count * 4, false, 21);
+  FillRandom(add, count * 4, false, 22);
+  FillRandom(w, size_t{4} * n, false, 23);
+  const double bytes = count * (4.0 * 3 + 2.0 + (with_f32 ? 4.0 : 0.0)) + 4.0 * n;
+  const std::string base = "residual_rmsnorm " + std::to_string(rows) + "x" + std::to_string(n) +
+                           (with_f32 ? " f32+bf16" : " bf16");
+  const std::pair<k::ResidualRmsNormVariant, const char*> variants[] = {
+      {k::ResidualRmsNormVariant::kLoop, "loop"},
+      {k::ResidualRmsNormVariant::kRegs, "regs"},
+      {k::ResidualRmsNormVariant::kCluster2, "cluster2"},
+      {k::ResidualRmsNormVariant::kCluster4, "cluster4"},
+      {k::ResidualRmsNormVariant::kDefault, "default"}};
+  for (const auto& [variant, vname] : variants) {
+    k::ResidualRmsNormParams p;
+    p.rows = rows;
+    p.n = n;
+    p.h = h;
+    p.add = add;
+    p.weight = w;
+    p.eps = 1e-6f;
+    p.out_f32 = with_f32 ? f32 : nullptr;
+    p.out_bf16 = b16;
+    p.variant = variant;
+    BENCH_CHECK(cudaMemcpy(h, h0, count * 4, cudaMemcpyDeviceToDevice));
+    LAUNCH_CHECK(k::ResidualRmsNorm(p, nullptr));
+    BENCH_CHECK(cudaDeviceSynchronize());
+    const std::string name = base + " [" + vname + "]";
+    if (variant == k::ResidualRmsNormVariant::kLoop) {
+      BENCH_CHECK(cudaMemcpy(b16_ref, b16, count * 2, cudaMemcpyDeviceToDevice));
+      if (with_f32) BENCH_CHECK(cudaMemcpy(f32_ref, f32, count * 4, cudaMemcpyDeviceToDevice));
+    } else {
+      PrintCheck(name + " bf16", RelDiffAny(b16, b16_ref, count, true), 1e-2);
+      if (with_f32) PrintCheck(name + " f32", RelDiffAny(f32, f32_ref, count, false), 1e-5);
+    }
+    Report(name, timer->MedianUs([&] { LAUNCH_CHECK(k::ResidualRmsNorm(p, nullptr)); }), bytes);
+  }
+  for (void* ptr : std::initializer_list<void*>{h0, h, add, w, f32, f32_ref, b16, b16_ref}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+// GatedRmsNorm of the GDN output: rows x heads x n, the gate inside the projection rows (stride
+// gate_stride), out in place over x (as gdn_common.cc does), and the bf16 copy.
+void BenchGatedRmsNorm(Timer* timer, int rows, int heads, int n, int64_t gate_stride) {
+  namespace k = hyla::kernels;
+  const int64_t width = int64_t{heads} * n;
+  const size_t count = static_cast<size_t>(rows * width);
+  auto* x0 = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* x = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* g = static_cast<float*>(DeviceAlloc(static_cast<size_t>(rows * gate_stride) * 4));
+  auto* w = static_cast<float*>(DeviceAlloc(size_t{4} * n));
+  auto* ref = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* b16 = static_cast<uint16_t*>(DeviceAlloc(count * 2));
+  FillRandom(x0, count * 4, false, 31);
+  FillRandom(g, static_cast<size_t>(rows * gate_stride) * 4, false, 32);
+  FillRandom(w, size_t{4} * n, false, 33);
+  const double bytes = count * (4.0 * 3 + 2.0) + 4.0 * n;
+  const std::string base = "gated_rmsnorm " + std::to_string(rows) + "x" + std::to_string(heads) +
+                           "x" + std::to_string(n);
+  const std::pair<k::GatedRmsNormVariant, const char*> variants[] = {
+      {k::GatedRmsNormVariant::kScalar, "scalar"},
+      {k::GatedRmsNormVariant::kVec, "vec"},
+      {k::GatedRmsNormVariant::kDefault, "default"}};
+  for (const auto& [variant, vname] : variants) {
+    k::GatedRmsNormParams p;
+    p.rows = rows;
+    p.heads = heads;
+    p.n = n;
+    p.x = x;
+    p.x_stride = width;
+    p.gate = g;
+    p.gate_stride = gate_stride;
+    p.weight = w;
+    p.eps = 1e-6f;
+    p.out = x;
+    p.out_stride = width;
+    p.out_bf16 = b16;
+    p.variant = variant;
+    BENCH_CHECK(cudaMemcpy(x, x0, count * 4, cudaMemcpyDeviceToDevice));
+    LAUNCH_CHECK(k::GatedRmsNorm(p, nullptr));
+    BENCH_CHECK(cudaDeviceSynchronize());
+    const std::string name = base + " [" + vname + "]";
+    if (variant == k::GatedRmsNormVariant::kScalar) {
+      BENCH_CHECK(cudaMemcpy(ref, x, count * 4, cudaMemcpyDeviceToDevice));
+    } else {
+      PrintCheck(name, RelDiffAny(x, ref, count, false), 1e-5);
+    }
+    // In place: each timed launch normalises the previous output again (same traffic).
+    Report(name, timer->MedianUs([&] { LAUNCH_CHECK(k::GatedRmsNorm(p, nullptr)); }), bytes);
+  }
+  for (void* ptr : std::initializer_list<void*>{x0, x, g, w, ref, b16}) BENCH_CHECK(cudaFree(ptr));
+}
+
+// SiluMulToBf16 over a fused gate|up projection [rows, 2n].
+void BenchSiluMulToBf16(Timer* timer, int rows, int n) {
+  namespace k = hyla::kernels;
+  const size_t count = static_cast<size_t>(rows) * n;
+  auto* gu = static_cast<float*>(DeviceAlloc(count * 8));
+  auto* out = static_cast<uint16_t*>(DeviceAlloc(count * 2));
+  auto* ref = static_cast<uint16_t*>(DeviceAlloc(count * 2));
+  FillRandom(gu, count * 8, false, 41);
+  const double bytes = count * (8.0 + 2.0);
+  const std::string base = "silu_mul_bf16 " + std::to_string(rows) + "x" + std::to_string(n);
+  const std::pair<k::SiluMulVariant, const char*> variants[] = {
+      {k::SiluMulVariant::kGridStride, "grid-stride"},
+      {k::SiluMulVariant::kRowGrid, "row-grid"},
+      {k::SiluMulVariant::kRowGrid2, "row-grid2"},
+      {k::SiluMulVariant::kDefault, "default"}};
+  for (const auto& [variant, vname] : variants) {
+    const std::string name = base + " [" + vname + "]";
+    auto run = [&, v = variant] { LAUNCH_CHECK(k::SiluMulToBf16(gu, rows, n, out, nullptr, v)); };
+    run();
+    BENCH_CHECK(cudaDeviceSynchronize());
+    if (variant == k::SiluMulVariant::kGridStride) {
+      BENCH_CHECK(cudaMemcpy(ref, out, count * 2, cudaMemcpyDeviceToDevice));
+    } else {
+      PrintCheck(name, RelDiffAny(out, ref, count, true), 0.0);
+    }
+    Report(name, timer->MedianUs(run), bytes);
+  }
+  for (void* ptr : std::initializer_list<void*>{gu, out, ref}) BENCH_CHECK(cudaFree(ptr));
+}
+
+// ShortConvDecode, fp32, K taps, num_seqs rows of C channels read from projection rows of
+// x_stride, slots spread over a pool of 4 · num_seqs (tails of (K − 1) · C fp32 per slot).
+void BenchShortConvDecode(Timer* timer, int num_seqs, int channels, int kernel, int64_t x_stride) {
+  namespace k = hyla::kernels;
+  const int64_t tail_stride = int64_t{kernel - 1} * channels;
+  const int slots_n = 4 * num_seqs;
+  auto* x = static_cast<float*>(DeviceAlloc(static_cast<size_t>(num_seqs * x_stride) * 4));
+  auto* w = static_cast<float*>(DeviceAlloc(static_cast<size_t>(channels) * kernel * 4));
+  auto* tail0 = static_cast<float*>(DeviceAlloc(static_cast<size_t>(slots_n * tail_stride) * 4));
+  auto* tail = static_cast<float*>(DeviceAlloc(static_cast<size_t>(slots_n * tail_stride) * 4));
+  auto* tail_ref = static_cast<float*>(DeviceAlloc(static_cast<size_t>(slots_n * tail_stride) * 4));
+  const size_t out_n = static_cast<size_t>(num_seqs) * channels;
+  auto* out = static_cast<float*>(DeviceAlloc(out_n * 4));
+  auto* out_ref = static_cast<float*>(DeviceAlloc(out_n * 4));
+  auto* slots = static_cast<int32_t*>(DeviceAlloc(static_cast<size_t>(num_seqs) * 4));
+  FillRandom(x, static_cast<size_t>(num_seqs * x_stride) * 4, false, 51);
+  FillRandom(w, static_cast<size_t>(channels) * kernel * 4, false, 52);
+  FillRandom(tail0, static_cast<size_t>(slots_n * tail_stride) * 4, false, 53);
+  std::vector<int32_t> hs(static_cast<size_t>(num_seqs));
+  for (int i = 0; i < num_seqs; ++i) hs[static_cast<size_t>(i)] = (i * 7 + 3) % slots_n;
+  BENCH_CHECK(cudaMemcpy(slots, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
+  // x and out once, the tail read and written, the weights once.
+  const double bytes = out_n * (4.0 + 4.0 + 8.0 * (kernel - 1)) + 4.0 * channels * kernel;
+  const std::string base = "short_conv_decode f32 " + std::to_string(num_seqs) + "x" +
+                           std::to_string(channels) + " K" + std::to_string(kernel);
+  const std::pair<k::ShortConvDecodeVariant, const char*> variants[] = {
+      {k::ShortConvDecodeVariant::kScalar, "scalar"},
+      {k::ShortConvDecodeVariant::kVec4, "vec4"},
+      {k::ShortConvDecodeVariant::kDefault, "default"}};
+  for (const auto& [variant, vname] : variants) {
+    k::ShortConvDecodeParams p;
+    p.num_seqs = num_seqs;
+    p.channels = channels;
+    p.kernel = kernel;
+    p.dtype = k::KernelDType::kF32;
+    p.x = x;
+    p.x_stride = x_stride;
+    p.weight = w;
+    p.slots = slots;
+    p.tail = tail;
+    p.tail_slot_stride = tail_stride;
+    p.silu = true;
+    p.out = out;
+    p.out_stride = channels;
+    p.variant = variant;
+    const size_t tail_bytes = static_cast<size_t>(slots_n * tail_stride) * 4;
+    BENCH_CHECK(cudaMemcpy(tail, tail0, tail_bytes, cudaMemcpyDeviceToDevice));
+    LAUNCH_CHECK(k::ShortConvDecode(p, nullptr));
+    BENCH_CHECK(cudaDeviceSynchronize());
+    const std::string name = base + " [" + vname + "]";
+    if (variant == k::ShortConvDecodeVariant::kScalar) {
+      BENCH_CHECK(cudaMemcpy(out_ref, out, out_n * 4, cudaMemcpyDeviceToDevice));
+      BENCH_CHECK(cudaMemcpy(tail_ref, tail, tail_bytes, cudaMemcpyDeviceToDevice));
+    } else {
+      PrintCheck(name + " out", RelDiffAny(out, out_ref, out_n, false), 1e-6);
+      PrintCheck(name + " tail", RelDiffAny(tail, tail_ref, tail_bytes / 4, false), 0.0);
+    }
+    Report(name, timer->MedianUs([&] { LAUNCH_CHECK(k::ShortConvDecode(p, nullptr)); }), bytes);
+  }
+  for (void* ptr : std::initializer_list<void*>{x, w, tail0, tail, tail_ref, out, out_ref, slots}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+// The decode-step shapes of qwen3next-1b at batch 64 (and batch 1 / 256 for the norm).
+void BenchDecodeNorms(Timer* timer) {
+  for (const int rows : {64, 1, 256}) {
+    BenchResidualRmsNorm(timer, rows, 2048, /*with_f32=*/true);
+    BenchResidualRmsNorm(timer, rows, 2048, /*with_f32=*/false);
+  }
+  // GDN output norm: HV 32 x dv 128, gate at column 8192 of the 12352-wide projection rows.
+  BenchGatedRmsNorm(timer, 64, 32, 128, 12352);
+  BenchSiluMulToBf16(timer, 64, 2816);
+  // q|k|v conv channels 2·16·128 + 32·128 = 8192 read from the 12352-wide projection rows.
+  BenchShortConvDecode(timer, 64, 8192, 4, 12352);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -949,6 +1199,11 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem >> 20);
   Timer timer;
   g_copy_gbs = CopyBandwidth(&timer);
+  // Decode-step norms / elementwise / short conv, every launch shape; --norms: only these.
+  if (argc > 1 && std::strcmp(argv[1], "--norms") == 0) {
+    BenchDecodeNorms(&timer);
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
     BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
     return 0;
@@ -998,6 +1253,8 @@ int main(int argc, char** argv) {
   BenchAttnPrefill(&timer, 4096, 32, 8, 128, true);
   if (!quick) BenchAttnPrefill(&timer, 32768, 32, 8, 128, true);
   BenchAttnPrefill(&timer, 32768, 16, 2, 128, true);
+
+  BenchDecodeNorms(&timer);
 
   std::printf("\n%-58s %10s %10s %8s\n", "kernel", "us", "GB/s", "% copy");
   for (const Row& r : g_rows) {

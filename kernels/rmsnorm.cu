@@ -4,8 +4,12 @@
 // Two shapes of launch:
 //  - n <= kWarpMaxN: one warp per row, kRowsPerBlock rows per block (head-dim norms such as
 //    q/k norms over 64..256 channels, where a block per row would leave most threads idle);
-//  - larger n: one block of kBlockThreads threads per row (hidden-size norms).
-// Both read the row twice (sum of squares, then scale); the second read hits L1/L2.
+//  - larger n: one block per row (hidden-size norms). RmsNormBlockRegs: thread t holds the packs
+//    t, t + T, ... of the row (kPacks of them, T = packs / kPacks rounded up to a warp, kPacks in
+//    {1, 2, 4, 8} the smallest giving T <= 512) and w in registers: one read of the row, every
+//    load issued before the reduction (shuffles + one shared-memory round). Rows wider than
+//    8 · 1024 packs: RmsNormBlockPerRow (kBlockThreads threads, the row read twice).
+// The warp shape reads the row twice (sum of squares, then scale); the second read hits L1/L2.
 // When n, the strides and the pointers allow it, rows move in 16-byte packs.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -87,6 +91,94 @@ __global__ void __launch_bounds__(kBlockThreads)
   ScaleRow<T, kVec>(xr, w, gemma, inv, n, threadIdx.x, kBlockThreads, out + row * out_stride);
 }
 
+// grid: rows, block: a multiple of 32 with blockDim.x · kPacks · kVec >= n.
+template <typename T, int kVec, int kPacks>
+__global__ void __launch_bounds__(1024)
+    RmsNormBlockRegs(const T* __restrict__ x, int64_t x_stride, const float* __restrict__ w,
+                     float eps, int n, bool gemma, T* out, int64_t out_stride) {
+  __shared__ float partial[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * x_stride;
+  const int packs = n / kVec;
+  const int step = static_cast<int>(blockDim.x);
+  const int first = static_cast<int>(threadIdx.x);
+  float v[kPacks][kVec], wv[kPacks][kVec];
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+    const int q = first + k * step;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[k][j] = wv[k][j] = 1.0f;
+    if (q < packs) {
+      const Pack<T, kVec> in = LoadPack<T, kVec>(xr + q * kVec);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[k][j] = ToFloat(in.v[j]);
+      if (w != nullptr) {
+        const Pack<float, kVec> wp = LoadPack<float, kVec>(w + q * kVec);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) wv[k][j] = gemma ? 1.0f + wp.v[j] : wp.v[j];
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v[k][j] = 0.0f;
+    }
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) ss += v[k][j] * v[k][j];
+  }
+  ss = WarpSum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.0f;
+  for (int i = 0; i < step / 32; ++i) total += partial[i];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(n) + eps);
+  T* orow = out + row * out_stride;
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+    const int q = first + k * step;
+    if (q < packs) {
+      Pack<T, kVec> res;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) res.v[j] = FromFloat<T>(v[k][j] * inv * wv[k][j]);
+      StorePack<T, kVec>(orow + q * kVec, res);
+    }
+  }
+}
+
+// Launches RmsNormBlockRegs for rows of n; false in *launched when the row is too wide.
+template <typename T, int kVec>
+void LaunchBlockRegs(const T* x, int64_t x_stride, const float* w, float eps, int64_t rows, int n,
+                     bool gemma, T* out, int64_t out_stride, cudaStream_t stream, bool* launched) {
+  const int packs = n / kVec;
+  int k = 1;
+  while (k < 8 && (packs + k - 1) / k > 512) k *= 2;
+  const int need = (packs + k - 1) / k;
+  *launched = need <= 1024;
+  if (!*launched) return;
+  const unsigned threads = static_cast<unsigned>((need + 31) / 32 * 32);
+  const unsigned blocks = static_cast<unsigned>(rows);
+  switch (k) {
+    case 1:
+      RmsNormBlockRegs<T, kVec, 1>
+          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      break;
+    case 2:
+      RmsNormBlockRegs<T, kVec, 2>
+          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      break;
+    case 4:
+      RmsNormBlockRegs<T, kVec, 4>
+          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      break;
+    default:
+      RmsNormBlockRegs<T, kVec, 8>
+          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      break;
+  }
+}
+
 template <typename T, int kVec>
 int LaunchRmsNorm(const T* x, int64_t x_stride, const float* w, float eps, int64_t rows, int n,
                   bool gemma, T* out, int64_t out_stride, cudaStream_t stream) {
@@ -95,8 +187,13 @@ int LaunchRmsNorm(const T* x, int64_t x_stride, const float* w, float eps, int64
     RmsNormWarpPerRow<T, kVec><<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock, 0, stream>>>(
         x, x_stride, w, eps, rows, n, gemma, out, out_stride);
   } else {
-    RmsNormBlockPerRow<T, kVec><<<static_cast<unsigned>(rows), kBlockThreads, 0, stream>>>(
-        x, x_stride, w, eps, n, gemma, out, out_stride);
+    bool launched = false;
+    LaunchBlockRegs<T, kVec>(x, x_stride, w, eps, rows, n, gemma, out, out_stride, stream,
+                             &launched);
+    if (!launched) {
+      RmsNormBlockPerRow<T, kVec><<<static_cast<unsigned>(rows), kBlockThreads, 0, stream>>>(
+          x, x_stride, w, eps, n, gemma, out, out_stride);
+    }
   }
   return LaunchResult();
 }

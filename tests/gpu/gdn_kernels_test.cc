@@ -252,13 +252,18 @@ TEST_F(GpuTest, GdnDecodeRejectsBadArguments) {
 struct ConvCase {
   int channels, kernel, num_seqs, num_slots;
   bool silu, bf16;
+  int x_pad = 3, tail_pad = 5;  // row / slot padding (multiples of 4: the 16-byte path)
+  kernels::ShortConvDecodeVariant variant = kernels::ShortConvDecodeVariant::kDefault;
 };
 
 void RunConvCase(const ConvCase& c, std::mt19937* rng_ptr) {
   std::mt19937& rng = *rng_ptr;
-  SCOPED_TRACE("C " + std::to_string(c.channels) + " K " + std::to_string(c.kernel));
+  SCOPED_TRACE("C " + std::to_string(c.channels) + " K " + std::to_string(c.kernel) + " seqs " +
+               std::to_string(c.num_seqs) + " bf16 " + std::to_string(c.bf16) + " x_pad " +
+               std::to_string(c.x_pad) + " tail_pad " + std::to_string(c.tail_pad) + " variant " +
+               std::to_string(static_cast<int>(c.variant)));
   const int taps = c.kernel - 1;
-  const int64_t tail_stride = int64_t{std::max(taps, 1)} * c.channels + 5;
+  const int64_t tail_stride = int64_t{std::max(taps, 1)} * c.channels + c.tail_pad;
   std::vector<float> tails =
       Normal(static_cast<size_t>(c.num_slots * tail_stride), &rng, 0.0f, 1.0f);
   const std::vector<float> weight =
@@ -271,7 +276,7 @@ void RunConvCase(const ConvCase& c, std::mt19937* rng_ptr) {
     std::shuffle(all.begin(), all.end(), rng);
     std::vector<int32_t> slots(all.begin(), all.begin() + c.num_seqs);
     if (c.num_seqs > 2) slots[1] = -1;  // a padding row
-    const int64_t x_stride = c.channels + 3;
+    const int64_t x_stride = c.channels + c.x_pad;
     std::vector<float> x = Normal(static_cast<size_t>(c.num_seqs * x_stride), &rng, 0.0f, 2.0f);
     std::vector<uint16_t> bits;
     if (c.bf16) bits = gpu_test::RoundToBf16(&x);
@@ -293,6 +298,7 @@ void RunConvCase(const ConvCase& c, std::mt19937* rng_ptr) {
     p.silu = c.silu;
     p.out = d_out.get();
     p.out_stride = c.channels;
+    p.variant = c.variant;
     HYLA_ASSERT_LAUNCH_OK(kernels::ShortConvDecode(p, nullptr));
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -319,6 +325,39 @@ TEST_F(GpuTest, ShortConvDecodeMatchesCpu) {
   std::mt19937 rng(77);
   for (const ConvCase& c : cases) {
     RunConvCase(c, &rng);
+  }
+}
+
+// Small shapes for compute-sanitizer: --gtest_filter='*Sanitizer*'.
+TEST_F(GpuTest, ShortConvDecodeSanitizerSmall) {
+  using V = kernels::ShortConvDecodeVariant;
+  std::mt19937 rng(79);
+  for (const V v : {V::kScalar, V::kVec4}) {
+    for (const int k : {1, 4}) {
+      ConvCase c{36, k, 3, 4, true, false, 4, 4};
+      c.variant = v;
+      RunConvCase(c, &rng);
+    }
+  }
+}
+
+// The decode shape of qwen3next-1b (C = 2·16·128 + 32·128 = 8192, K 4, 64 sequences) and rows
+// 1, 3, 257, K 1..4, with aligned strides (the 16-byte path) through every launch shape.
+TEST_F(GpuTest, ShortConvDecodeVecShapesMatchCpu) {
+  using V = kernels::ShortConvDecodeVariant;
+  std::mt19937 rng(78);
+  for (const V v : {V::kDefault, V::kScalar, V::kVec4}) {
+    for (const bool bf16 : {false, true}) {
+      std::vector<ConvCase> cases = {
+          {8192, 4, 64, 70, true, bf16, 4, 64}, {8192, 4, 1, 2, true, bf16, 0, 0},
+          {8192, 4, 3, 5, true, bf16, 8, 4},    {1024, 4, 257, 260, true, bf16, 4, 0},
+          {36, 1, 5, 6, false, bf16, 0, 0},     {36, 2, 9, 9, true, bf16, 4, 4},
+          {516, 3, 17, 20, false, bf16, 4, 8},  {516, 4, 7, 9, true, bf16, 2, 8}};
+      for (ConvCase& c : cases) {
+        c.variant = v;
+        RunConvCase(c, &rng);
+      }
+    }
   }
 }
 

@@ -369,11 +369,13 @@ struct NormCase {
   int x_pad = 0, gate_pad = 0, out_pad = 0;
   bool in_place = false;  // out == x (then out_pad = x_pad)
   float eps = 1e-6f;
+  kernels::GatedRmsNormVariant variant = kernels::GatedRmsNormVariant::kDefault;
 };
 
 void RunNormCase(const NormCase& c, uint32_t seed) {
   SCOPED_TRACE(absl::StrCat("rows ", c.rows, " heads ", c.heads, " n ", c.n, " gate ", c.gate,
-                            " weight ", c.weight, " in_place ", c.in_place));
+                            " weight ", c.weight, " in_place ", c.in_place, " variant ",
+                            static_cast<int>(c.variant)));
   std::mt19937 rng(seed);
   const int64_t width = int64_t{c.heads} * c.n;
   const int64_t xs = width + c.x_pad, gs = width + c.gate_pad;
@@ -397,6 +399,7 @@ void RunNormCase(const NormCase& c, uint32_t seed) {
   p.eps = c.eps;
   p.out = d_out;
   p.out_stride = os;
+  p.variant = c.variant;
   // The bf16 copy (dense) for the GEMM after the norm.
   DeviceBuffer d_bf16(static_cast<size_t>(std::max<int64_t>(c.rows * width, 1)) * 2);
   ASSERT_TRUE(d_bf16.ok());
@@ -448,6 +451,46 @@ TEST_F(GpuTest, GatedRmsNormMatchesCpu) {
   RunNormCase({3, 1, 1000, true, true, 3, 0, 0, false}, 16);        // wide head (n > 32 · lanes)
   RunNormCase({2000, 16, 17, true, true, 0, 0, 0, false}, 17);      // many (row, head) pairs
   RunNormCase({0, 2, 8, true, true, 0, 0, 0, false}, 18);           // no rows
+}
+
+// Small shapes for compute-sanitizer: --gtest_filter='*Sanitizer*'.
+TEST_F(GpuTest, GatedRmsNormSanitizerSmall) {
+  using V = kernels::GatedRmsNormVariant;
+  for (const V v : {V::kScalar, V::kVec}) {
+    NormCase c{3, 2, 36, true, true, 4, 8, 0, false};
+    c.variant = v;
+    RunNormCase(c, 90);
+    c.in_place = true;
+    RunNormCase(c, 91);
+  }
+}
+
+// The decode shapes of the GDN output norm (HV 32 heads of dv 128, the gate inside the wider
+// projection rows) through both launch shapes, and head widths that take the 16-byte path with
+// 1, 2 and 4 packs per lane, a partial warp (n 36, 96) or fall back (n 130, 516, odd strides).
+TEST_F(GpuTest, GatedRmsNormDecodeShapesBothVariants) {
+  using V = kernels::GatedRmsNormVariant;
+  uint32_t seed = 40;
+  for (const V v : {V::kDefault, V::kScalar, V::kVec}) {
+    for (const int64_t rows : {1, 3, 64, 257}) {
+      NormCase c{rows, 32, 128, true, true, 0, 4160, 0, false};
+      c.variant = v;
+      RunNormCase(c, ++seed);
+      c.in_place = true;
+      RunNormCase(c, ++seed);
+    }
+    for (const int n : {36, 96, 256, 512, 130, 516}) {
+      NormCase c{5, 3, n, true, true, 4, 8, 12, false};
+      c.variant = v;
+      RunNormCase(c, ++seed);
+      c.gate = false;
+      c.weight = false;
+      RunNormCase(c, ++seed);
+    }
+    NormCase odd{4, 2, 64, true, true, 1, 0, 0, false};  // x stride % 4 != 0: scalar path
+    odd.variant = v;
+    RunNormCase(odd, ++seed);
+  }
 }
 
 TEST_F(GpuTest, GatedRmsNormRejectsBadArguments) {

@@ -143,6 +143,12 @@ std::vector<NormCase> NormCases() {
     cases.push_back({9, n, n + 8, n + 16, true, true});  // padded strides, still vectorised
   }
   cases.push_back({70000, 64, 64, 64, true, false});  // many rows: many blocks
+  // The decode shapes (hidden 2048: the final norm) and rows wider than the register block
+  // shape holds (40000, 40003: the two-pass fallback), 5000 scalar (8 values per thread).
+  for (int64_t rows : {1, 3, 64, 257}) cases.push_back({rows, 2048, 2048, 2048, true, false});
+  cases.push_back({3, 40000, 40000, 40000, true, false});
+  cases.push_back({3, 40003, 40003, 40003, true, true});
+  cases.push_back({4, 5000, 5001, 5003, true, false});
   return cases;
 }
 
@@ -326,53 +332,70 @@ class ResidualKernel : public gpu_test::GpuTest {};
 
 // ResidualRmsNorm: h += add, then RMSNorm(h) as fp32 and bf16, against the CPU's add and
 // cpu::RmsNorm (plain and Gemma weights, with and without the add, vector and scalar paths).
-TEST_F(ResidualKernel, ResidualRmsNormMatchesCpu) {
-  struct Case {
-    int64_t rows, n;
-    bool add, gemma;
-  };
-  for (const Case c :
-       {Case{1, 2048, true, false}, Case{64, 2048, true, false}, Case{5, 96, false, false},
-        Case{7, 1537, true, true}, Case{3, 4096, true, true}}) {
-    SCOPED_TRACE(testing::Message()
-                 << "rows=" << c.rows << " n=" << c.n << " add=" << c.add << " gemma=" << c.gemma);
-    const std::vector<float> h = RandomFloats(c.rows * c.n, 31 + c.n, 2.0f);
-    const std::vector<float> a = RandomFloats(c.rows * c.n, 32 + c.n, 1.0f);
-    const std::vector<float> w = RandomFloats(c.n, 33 + c.n, 0.5f);
-    std::vector<float> h_want = h;
-    if (c.add) {
-      for (size_t i = 0; i < h_want.size(); ++i) h_want[i] += a[i];
+struct ResidualCase {
+  int64_t rows, n;
+  bool add, gemma;
+};
+
+// Runs `cases` through every ResidualRmsNorm launch shape against the CPU.
+void RunResidualCases(const std::vector<ResidualCase>& cases) {
+  using Case = ResidualCase;
+  using V = kernels::ResidualRmsNormVariant;
+  for (const V variant : {V::kDefault, V::kLoop, V::kRegs, V::kCluster2, V::kCluster4}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message()
+                   << "variant=" << static_cast<int>(variant) << " rows=" << c.rows << " n=" << c.n
+                   << " add=" << c.add << " gemma=" << c.gemma);
+      const std::vector<float> h = RandomFloats(c.rows * c.n, 31 + c.n, 2.0f);
+      const std::vector<float> a = RandomFloats(c.rows * c.n, 32 + c.n, 1.0f);
+      const std::vector<float> w = RandomFloats(c.n, 33 + c.n, 0.5f);
+      std::vector<float> h_want = h;
+      if (c.add) {
+        for (size_t i = 0; i < h_want.size(); ++i) h_want[i] += a[i];
+      }
+      std::vector<float> w_eff = w;
+      if (c.gemma) {
+        for (float& x : w_eff) x += 1.0f;
+      }
+      std::vector<float> want(c.rows * c.n);
+      for (int64_t r = 0; r < c.rows; ++r) {
+        cpu::RmsNorm(h_want.data() + r * c.n, w_eff.data(), 1e-6f, c.n, want.data() + r * c.n);
+      }
+      DeviceBuffer dh(h.size() * 4), da(a.size() * 4), dw(w.size() * 4), df(want.size() * 4),
+          db(want.size() * 2);
+      ASSERT_TRUE(dh.ok() && da.ok() && dw.ok() && df.ok() && db.ok());
+      Upload(h, dh.as<float>());
+      Upload(a, da.as<float>());
+      Upload(w, dw.as<float>());
+      kernels::ResidualRmsNormParams p;
+      p.rows = c.rows;
+      p.n = c.n;
+      p.h = dh.as<float>();
+      p.add = c.add ? da.as<float>() : nullptr;
+      p.weight = dw.as<float>();
+      p.eps = 1e-6f;
+      p.gemma = c.gemma;
+      p.out_f32 = df.as<float>();
+      p.out_bf16 = db.as<uint16_t>();
+      p.variant = variant;
+      ASSERT_CUDA_OK(kernels::ResidualRmsNorm(p, nullptr));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ExpectCloseF32(Download(dh.as<float>(), h.size()), h_want, "residual h");
+      ExpectCloseF32(Download(df.as<float>(), want.size()), want, "residual norm f32");
+      ExpectCloseBf16(Download(db.as<uint16_t>(), want.size()), want, "residual norm bf16");
     }
-    std::vector<float> w_eff = w;
-    if (c.gemma) {
-      for (float& x : w_eff) x += 1.0f;
-    }
-    std::vector<float> want(c.rows * c.n);
-    for (int64_t r = 0; r < c.rows; ++r) {
-      cpu::RmsNorm(h_want.data() + r * c.n, w_eff.data(), 1e-6f, c.n, want.data() + r * c.n);
-    }
-    DeviceBuffer dh(h.size() * 4), da(a.size() * 4), dw(w.size() * 4), df(want.size() * 4),
-        db(want.size() * 2);
-    ASSERT_TRUE(dh.ok() && da.ok() && dw.ok() && df.ok() && db.ok());
-    Upload(h, dh.as<float>());
-    Upload(a, da.as<float>());
-    Upload(w, dw.as<float>());
-    kernels::ResidualRmsNormParams p;
-    p.rows = c.rows;
-    p.n = c.n;
-    p.h = dh.as<float>();
-    p.add = c.add ? da.as<float>() : nullptr;
-    p.weight = dw.as<float>();
-    p.eps = 1e-6f;
-    p.gemma = c.gemma;
-    p.out_f32 = df.as<float>();
-    p.out_bf16 = db.as<uint16_t>();
-    ASSERT_CUDA_OK(kernels::ResidualRmsNorm(p, nullptr));
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    ExpectCloseF32(Download(dh.as<float>(), h.size()), h_want, "residual h");
-    ExpectCloseF32(Download(df.as<float>(), want.size()), want, "residual norm f32");
-    ExpectCloseBf16(Download(db.as<uint16_t>(), want.size()), want, "residual norm bf16");
   }
+}
+
+TEST_F(ResidualKernel, ResidualRmsNormMatchesCpu) {
+  using Case = ResidualCase;
+  // The decode shapes (rows 1, 3, 64, 257 of 2048), widths off the 16-byte path (1537, 2050),
+  // a row wider than the register shapes hold (40000: kLoop fallback), every launch shape.
+  RunResidualCases({Case{1, 2048, true, false}, Case{64, 2048, true, false},
+                    Case{5, 96, false, false}, Case{7, 1537, true, true}, Case{3, 4096, true, true},
+                    Case{3, 2048, true, false}, Case{257, 2048, true, false},
+                    Case{64, 2050, true, false}, Case{2, 40000, true, false},
+                    Case{2, 16384, false, true}, Case{1, 4, true, false}});
   float* p = nullptr;
   kernels::ResidualRmsNormParams bad;
   bad.rows = 1;
@@ -382,25 +405,42 @@ TEST_F(ResidualKernel, ResidualRmsNormMatchesCpu) {
       << "no output";
 }
 
+// Small shapes for compute-sanitizer (every launch shape, vector and scalar paths, a partial
+// last pack block): --gtest_filter='*Sanitizer*'.
+TEST_F(ResidualKernel, ResidualRmsNormSanitizerSmall) {
+  using Case = ResidualCase;
+  RunResidualCases({Case{3, 2048, true, false}, Case{2, 36, true, true}, Case{3, 37, true, false},
+                    Case{1, 8, false, false}});
+}
+
 // SiluMulToBf16 over a fused gate|up projection against cpu::Silu, rounded like FloatToBf16.
 TEST_F(ResidualKernel, SiluMulToBf16MatchesCpu) {
-  for (const std::pair<int64_t, int64_t>& rn :
-       {std::pair<int64_t, int64_t>{64, 2816}, {3, 7}, {1, 5632}}) {
-    const int64_t rows = rn.first, n = rn.second;
-    SCOPED_TRACE(testing::Message() << "rows=" << rows << " n=" << n);
-    const std::vector<float> gu = RandomFloats(rows * 2 * n, 41 + n, 4.0f);
-    std::vector<float> want(rows * n);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t i = 0; i < n; ++i) {
-        want[r * n + i] = cpu::Silu(gu[r * 2 * n + i]) * gu[r * 2 * n + n + i];
+  using V = kernels::SiluMulVariant;
+  for (const V variant : {V::kDefault, V::kGridStride, V::kRowGrid, V::kRowGrid2}) {
+    for (const std::pair<int64_t, int64_t>& rn : {std::pair<int64_t, int64_t>{64, 2816},
+                                                  {3, 7},
+                                                  {1, 5632},
+                                                  {257, 2816},
+                                                  {3, 2820},
+                                                  {64, 1030}}) {
+      const int64_t rows = rn.first, n = rn.second;
+      SCOPED_TRACE(testing::Message()
+                   << "variant=" << static_cast<int>(variant) << " rows=" << rows << " n=" << n);
+      const std::vector<float> gu = RandomFloats(rows * 2 * n, 41 + n, 4.0f);
+      std::vector<float> want(rows * n);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t i = 0; i < n; ++i) {
+          want[r * n + i] = cpu::Silu(gu[r * 2 * n + i]) * gu[r * 2 * n + n + i];
+        }
       }
+      DeviceBuffer dg(gu.size() * 4), dout(want.size() * 2);
+      ASSERT_TRUE(dg.ok() && dout.ok());
+      Upload(gu, dg.as<float>());
+      ASSERT_CUDA_OK(
+          kernels::SiluMulToBf16(dg.as<float>(), rows, n, dout.as<uint16_t>(), nullptr, variant));
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ExpectCloseBf16(Download(dout.as<uint16_t>(), want.size()), want, "silu_mul to bf16");
     }
-    DeviceBuffer dg(gu.size() * 4), dout(want.size() * 2);
-    ASSERT_TRUE(dg.ok() && dout.ok());
-    Upload(gu, dg.as<float>());
-    ASSERT_CUDA_OK(kernels::SiluMulToBf16(dg.as<float>(), rows, n, dout.as<uint16_t>(), nullptr));
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    ExpectCloseBf16(Download(dout.as<uint16_t>(), want.size()), want, "silu_mul to bf16");
   }
 }
 
