@@ -470,6 +470,13 @@ constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
     {hyla::kernels::GdnPrefillMmaVariant::kCols32Stages3, "mma cols32 stages3"},
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols16Split2Stages3,
      "mma fused cols16 split2 stages3"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2Solve2,
+     "mma fused cols32 split2 solve2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols64Split2Solve2,
+     "mma fused cols64 split2 solve2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kCols32Solve2, "mma cols32 solve2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split4Solve2,
+     "mma fused cols32 split4 solve2"},
 };
 
 // bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores);
@@ -546,19 +553,25 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
       time_one(std::string(" [") + v.name + "]");
     }
     // Launches alone (kernels/ops.h internal::GdnPrefillMmaLaunch), in order so that each
-    // reads what the previous one wrote: the default variant and the unfused kCols32.
-    for (const hyla::kernels::GdnPrefillMmaVariant v :
-         {hyla::kernels::GdnPrefillMmaVariant::kDefault,
-          hyla::kernels::GdnPrefillMmaVariant::kCols32}) {
-      p.mma_variant = v;
+    // reads what the previous one wrote: the default variant, the unfused kCols32 and the
+    // parallel-solve (launch 1) and Split4 (launch 2) variants.
+    for (const GdnPrefillVariantName& alone :
+         {GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kDefault, "default"},
+          GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kCols32, "mma cols32"},
+          GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kCols32Solve2,
+                                "mma cols32 solve2"},
+          GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2Solve2,
+                                "mma fused cols32 split2 solve2"},
+          GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split4Solve2,
+                                "mma fused cols32 split4 solve2"}}) {
+      p.mma_variant = alone.variant;
       for (int launch = 1; launch <= 3; ++launch) {
         const double us = timer->MedianUs([&] {
           LAUNCH_CHECK(hyla::kernels::internal::GdnPrefillMmaLaunch(p, launch, nullptr));
         });
         Report("gdn_prefill bf16 seqs " + std::to_string(num_seqs) + " x " + std::to_string(len) +
-                   " HV " + std::to_string(HV) + " [" +
-                   (v == hyla::kernels::GdnPrefillMmaVariant::kDefault ? "default" : "mma cols32") +
-                   " launch " + std::to_string(launch) + " alone]",
+                   " HV " + std::to_string(HV) + " [" + alone.name + " launch " +
+                   std::to_string(launch) + " alone]",
                us, 0.0);
       }
     }

@@ -656,7 +656,8 @@ TEST_F(GdnPrefillTest, Bf16TensorCoreVariantsMatchRecurrence) {
   using V = kernels::GdnPrefillMmaVariant;
   for (const V v : {V::kCols16, V::kCols32, V::kCols64, V::kFusedCols16, V::kFusedCols32,
                     V::kFusedCols16Split2, V::kFusedCols32Split2, V::kFusedCols64Split2,
-                    V::kCols32Stages3, V::kFusedCols16Split2Stages3}) {
+                    V::kCols32Stages3, V::kFusedCols16Split2Stages3, V::kFusedCols32Split2Solve2,
+                    V::kFusedCols64Split2Solve2, V::kCols32Solve2, V::kFusedCols32Split4Solve2}) {
     SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
     RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, v}, 87);
     RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1, 0}, {63, 0, 0}, true, false, true, v},
@@ -673,13 +674,36 @@ TEST_F(GdnPrefillTest, Bf16TensorCoresLongSequenceMatchesRecurrence) {
 }
 
 // Small tensor-core cases for compute-sanitizer (scripts/device_run.sh, '*Sanitizer*'): the
-// default variant, the unfused one and element (unaligned) loads.
+// default variant, the unfused one (with either T solve of launch 1), element (unaligned) loads
+// with either solve, and Split4.
 TEST_F(GdnPrefillTest, Bf16TensorCoresSmallForSanitizer) {
   using V = kernels::GdnPrefillMmaVariant;
   RunPrefillCase({{1, 2, 64, 64, false, true}, {70, 5, 0}, {60, 0, 3}, true}, 91);
   RunPrefillCase({{1, 2, 64, 64, false, true}, {70, 5}, {60, 0}, true, false, true, V::kCols32},
                  94);
   RunPrefillCase({{1, 1, 128, 128, false, false}, {65}, {0}, true}, 92);  // element loads
+  RunPrefillCase(
+      {{1, 2, 64, 64, false, true}, {70, 5}, {60, 0}, true, false, true, V::kCols32Solve2}, 95);
+  RunPrefillCase(
+      {{1, 1, 128, 128, false, false}, {65}, {0}, true, false, true, V::kFusedCols32Split2Solve2},
+      96);  // element loads, the parallel solve
+  RunPrefillCase({{1, 2, 128, 128, false, true},
+                  {130, 3},
+                  {10, 0},
+                  true,
+                  false,
+                  true,
+                  V::kFusedCols32Split4Solve2},
+                 97);  // four warps per 16 value rows
+}
+
+// The parallel-solve and Split4 variants over a long sequence (64 pieces of drift), same bound.
+TEST_F(GdnPrefillTest, Bf16TensorCoreNewVariantsLongSequenceMatchRecurrence) {
+  using V = kernels::GdnPrefillMmaVariant;
+  for (const V v : {V::kFusedCols32Split2Solve2, V::kFusedCols32Split4Solve2}) {
+    SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
+    RunPrefillCase({{1, 2, 128, 128, false, true}, {4096}, {0}, true, false, true, v}, 98);
+  }
 }
 
 TEST_F(GdnPrefillTest, NatslCommitAndDecayMatchReference) {
