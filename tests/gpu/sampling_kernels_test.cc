@@ -11,6 +11,7 @@
 // come from ReferenceSample, a direct transcription of Sampler::Sample that also records them; it
 // must pick the CPU's token everywhere. Such boundary rows are counted and printed
 // ("[sampling] ..."). Logprob errors are printed as "[gpu-error]" lines.
+// Every cluster size (CTAs per row, SampleRowsParams::cluster) is run against the same reference.
 // Label gpu; skipped without a CUDA device. *Sanitizer* cases are tiny (compute-sanitizer).
 #include <cuda_runtime.h>
 
@@ -25,6 +26,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -443,6 +445,8 @@ struct StepOptions {
   int64_t logits_pad = 0;    // extra elements per logits row
   int64_t work_pad = 0;      // extra elements per work row (out of place)
   bool junk_entries = true;  // add history entries outside the vocabulary (ignored)
+  int cluster = 0;           // SampleRowsParams::cluster (0: the default for the vocabulary)
+  bool exp_cache = true;     // SampleRowsParams::exp_cache
 };
 
 // Samples one step for every request in `batch` (one launch) and compares with the CPU.
@@ -514,6 +518,8 @@ void KernelStep(int vocab, std::vector<Request*> batch, std::mt19937* rng, const
   a.history_offsets = d_offsets.as<int32_t>();
   a.history = entries.empty() ? nullptr : d_entries.as<kernels::SamplingTokenCount>();
   a.out = d_out.as<kernels::SampledRow>();
+  a.cluster = opt.cluster;
+  a.exp_cache = opt.exp_cache;
   HYLA_ASSERT_LAUNCH_OK(kernels::SampleRows(a, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<kernels::SampledRow> got =
@@ -615,9 +621,45 @@ TEST_F(SamplingKernelsTest, TinyVocabularies) {
   }
 }
 
+// Every cluster size (CTAs per row): vocabularies that split unevenly (1000: slices of 32-id
+// multiples, the last one short; 33 and 100 at 16 CTAs: empty slices), in place and out of place,
+// at the decode shape (32000) too.
+TEST_F(SamplingKernelsTest, EveryClusterSize) {
+  for (int cluster : {1, 2, 4, 8, 16}) {
+    StepOptions opt;
+    opt.cluster = cluster;
+    const std::string c = " cluster " + std::to_string(cluster);
+    RunRandom(1000, 64, 16, 3, 40 + static_cast<uint32_t>(cluster), opt,
+              "SampleRows vocab 1000" + c);
+    if (HasFatalFailure()) return;
+    opt.in_place = true;
+    opt.logits_pad = 3;
+    RunRandom(33, 32, 16, 2, 60 + static_cast<uint32_t>(cluster), opt, "SampleRows vocab 33" + c);
+    if (HasFatalFailure()) return;
+    RunRandom(100, 32, 16, 2, 70 + static_cast<uint32_t>(cluster), opt, "SampleRows vocab 100" + c);
+    if (HasFatalFailure()) return;
+    opt.in_place = false;
+    opt.logits_pad = 0;
+    RunRandom(32000, 32, 16, 2, 80 + static_cast<uint32_t>(cluster), opt,
+              "SampleRows vocab 32000" + c);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Without the exp cache (every exp(x − max) and CDF weight recomputed where it is used).
+TEST_F(SamplingKernelsTest, WithoutExpCache) {
+  StepOptions opt;
+  opt.exp_cache = false;
+  RunRandom(1000, 64, 16, 3, 90, opt, "SampleRows vocab 1000 no exp cache");
+  RunRandom(32000, 32, 16, 2, 91, opt, "SampleRows vocab 32000 no exp cache");
+}
+
 // Every combination of the filters on / off (greedy, top-k, top-p, min-p, penalties).
 TEST_F(SamplingKernelsTest, AllParameterCombinations) {
-  for (int vocab : {257, 32000}) {
+  for (const auto& [vocab, cluster] :
+       {std::pair<int, int>{257, 0}, {32000, 0}, {257, 4}, {32000, 16}, {32000, 1}}) {
+    StepOptions opt;
+    opt.cluster = cluster;
     std::mt19937 rng(21 + static_cast<uint32_t>(vocab));
     std::vector<Request> requests;
     requests.reserve(64);
@@ -639,12 +681,13 @@ TEST_F(SamplingKernelsTest, AllParameterCombinations) {
       }
     }
     Tally tally;
-    const std::string label = "SampleRows combinations vocab " + std::to_string(vocab);
+    const std::string label = "SampleRows combinations vocab " + std::to_string(vocab) +
+                              " cluster " + std::to_string(cluster);
     for (size_t begin = 0; begin < requests.size(); begin += 16) {
       std::vector<Request*> group;
       for (size_t i = begin; i < begin + 16; ++i) group.push_back(&requests[i]);
       for (int step = 0; step < 4; ++step) {
-        KernelStep(vocab, group, &rng, StepOptions{}, label, step, &tally);
+        KernelStep(vocab, group, &rng, opt, label, step, &tally);
         if (HasFatalFailure()) return;
       }
     }
@@ -655,7 +698,8 @@ TEST_F(SamplingKernelsTest, AllParameterCombinations) {
 // Equal logits: top-k keeps all ties; top-p keeps the lowest ids of the tie group (the CPU's
 // stable order), which needs the id selection inside a group.
 TEST_F(SamplingKernelsTest, TiesInsideTopPGroup) {
-  for (int vocab : {257, 32000}) {
+  for (const auto& [vocab, cluster] :
+       {std::pair<int, int>{257, 0}, {32000, 0}, {257, 8}, {32000, 16}, {32000, 1}}) {
     for (float top_p : {0.5f, 0.1f, 0.013f, 0.999f}) {
       SamplingParams p;
       p.temperature = 1.0f;
@@ -691,12 +735,14 @@ TEST_F(SamplingKernelsTest, TiesInsideTopPGroup) {
         a.params = d_params.as<kernels::SamplingRowParams>();
         a.history_offsets = d_offsets.as<int32_t>();
         a.out = d_out.as<kernels::SampledRow>();
+        a.cluster = cluster;
         HYLA_ASSERT_LAUNCH_OK(kernels::SampleRows(a, nullptr));
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const kernels::SampledRow got = ToHost<kernels::SampledRow>(d_out, 1)[0];
         const SampledToken cpu = q.cpu->Sample(logits);
         q.stream();
-        EXPECT_EQ(got.token, cpu.id) << "vocab " << vocab << " top_p " << top_p;
+        EXPECT_EQ(got.token, cpu.id)
+            << "vocab " << vocab << " top_p " << top_p << " cluster " << cluster;
         EXPECT_TRUE(LogprobClose(got.logprob, cpu.logprob));
       }
     }
@@ -738,6 +784,9 @@ TEST_F(SamplingKernelsTest, LauncherRejectsBadArguments) {
   bad.out = nullptr;
   EXPECT_EQ(kernels::SampleRows(bad, nullptr), static_cast<int>(cudaErrorInvalidValue));
   bad = a;
+  bad.cluster = 3;  // not a cluster size
+  EXPECT_EQ(kernels::SampleRows(bad, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  bad = a;
   bad.rows = 0;
   EXPECT_EQ(kernels::SampleRows(bad, nullptr), 0);
 }
@@ -755,6 +804,15 @@ TEST_F(SamplingKernelsTest, SanitizerTinyInPlace) {
   StepOptions opt;
   opt.in_place = true;
   RunRandom(70, 6, 3, 2, 32, opt, "SampleRows sanitizer in place");
+}
+
+// Clusters of 4 over 70 ids: slices of 32, 32, 6 and an empty one.
+TEST_F(SamplingKernelsTest, SanitizerTinyCluster) {
+  StepOptions opt;
+  opt.cluster = 4;
+  RunRandom(70, 6, 3, 2, 33, opt, "SampleRows sanitizer cluster 4");
+  opt.in_place = true;
+  RunRandom(70, 6, 3, 2, 34, opt, "SampleRows sanitizer cluster 4 in place");
 }
 
 // ---- DeviceSampler ---------------------------------------------------------------------------
