@@ -69,11 +69,14 @@ struct RopeCase {
   float theta;
   bool llama3;
   int max_pos;
+  bool packed = false;  // q|k|v rows as the attention layer has them (float4-aligned strides)
 };
 
-void RunRope(const RopeCase& c, uint32_t seed) {
+void RunRope(const RopeCase& c, uint32_t seed,
+             kernels::RopeVariant variant = kernels::RopeVariant::kAuto) {
   SCOPED_TRACE(absl::StrCat("rope rows ", c.rows, " heads ", c.q_heads, "/", c.k_heads, " hd ",
-                            c.head_dim, " rotary ", c.rotary_dim, c.llama3 ? " llama3" : ""));
+                            c.head_dim, " rotary ", c.rotary_dim, c.llama3 ? " llama3" : "",
+                            c.packed ? " packed" : "", " variant ", static_cast<int>(variant)));
   std::mt19937 rng(seed);
   AttentionLayerConfig a;
   a.head_dim = c.head_dim;
@@ -87,8 +90,9 @@ void RunRope(const RopeCase& c, uint32_t seed) {
     a.rope_original_max_position_embeddings = 8192;
   }
   const std::vector<float> inv = cpu::AttentionRopeInvFreq(a);
-  const int64_t q_stride = int64_t{c.q_heads} * c.head_dim + 2;
-  const int64_t k_stride = int64_t{c.k_heads} * c.head_dim + 1;
+  const int64_t q_stride = c.packed ? int64_t{c.q_heads + 2 * c.k_heads} * c.head_dim
+                                    : int64_t{c.q_heads} * c.head_dim + 2;
+  const int64_t k_stride = c.packed ? q_stride : int64_t{c.k_heads} * c.head_dim + 1;
   std::vector<float> q = Normal(static_cast<size_t>(c.rows * q_stride), &rng, 0.0f, 1.0f);
   std::vector<float> k = Normal(static_cast<size_t>(c.rows * k_stride), &rng, 0.0f, 1.0f);
   std::vector<int32_t> pos(c.rows);
@@ -120,6 +124,7 @@ void RunRope(const RopeCase& c, uint32_t seed) {
   p.k_heads = c.k_heads;
   p.inv_freq = d_inv.as<float>();
   p.row_pos = d_pos.as<int32_t>();
+  p.variant = variant;
   HYLA_ASSERT_LAUNCH_OK(kernels::Rope(p, nullptr));
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   ExpectClose(ToHost<float>(d_q, q.size()), want_q, 1e-4, "rope q");
@@ -135,6 +140,29 @@ TEST_F(GpuTest, RopeMatchesCpu) {
   RunRope({300, 16, 8, 256, 256, 10000.0f, false, 40000}, ++seed);  // large head dim
   RunRope({11, 0, 2, 32, 32, 10000.0f, false, 1000}, ++seed);       // k only
   RunRope({11, 2, 0, 32, 16, 10000.0f, false, 1000}, ++seed);       // q only
+}
+
+// Every kernel mapping (kernels::RopeVariant) on the cases above and on q|k rows packed as the
+// attention layer has them (float4 accesses allowed: the vec4 kernel runs), the qwen3next-1b
+// decode shape among them.
+TEST_F(GpuTest, RopeVariantsMatchCpu) {
+  const RopeCase cases[] = {
+      {37, 6, 2, 80, 80, 10000.0f, false, 5000},
+      {50, 8, 2, 64, 32, 1000000.0f, false, 131072},
+      {7, 3, 3, 18, 10, 10000.0f, false, 300},
+      {11, 0, 2, 32, 32, 10000.0f, false, 1000},
+      {64, 16, 2, 128, 128, 10000000.0f, false, 70000, true},  // qwen3next-1b decode
+      {19, 4, 1, 128, 128, 500000.0f, true, 100000, true},     // llama3 scaling, packed
+      {5, 3, 1, 64, 32, 10000.0f, false, 131072, true},        // partial, packed
+      {9, 0, 3, 64, 64, 10000.0f, false, 4000, true},          // k only, packed
+      {3, 2, 1, 1200, 1200, 10000.0f, false, 4000, true},      // 600 pairs: scalar runs per element
+  };
+  uint32_t seed = 40;
+  for (const kernels::RopeVariant v :
+       {kernels::RopeVariant::kPerElement, kernels::RopeVariant::kSharedAngleScalar,
+        kernels::RopeVariant::kSharedAngleVec4, kernels::RopeVariant::kAuto}) {
+    for (const RopeCase& c : cases) RunRope(c, ++seed, v);
+  }
 }
 
 // ---- KvAppend --------------------------------------------------------------------------------
