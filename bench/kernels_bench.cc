@@ -8,9 +8,10 @@
 // fewest the op must move (each input read once, each output written once). The copy bandwidth
 // is (bytes read + bytes written) / time of a 1 GiB cudaMemcpy D2D, median of kReps.
 //
-// Usage: kernels_bench [--quick | --skinny | --norms]   (--quick: fewer sizes; --skinny: only the
-// skinny GEMM rows, SkinnyGemmBf16 against cuBLAS; --norms: only the decode-step norm, SwiGLU and
-// short-conv rows, every launch shape)
+// Usage: kernels_bench [--quick | --skinny | --norms | --decode-misc]   (--quick: fewer sizes;
+// --skinny: only the skinny GEMM rows, SkinnyGemmBf16 against cuBLAS; --norms: only the
+// decode-step norm, SwiGLU and short-conv rows, every launch shape; --decode-misc: only the
+// decode-step rope and SampleRows rows, every variant)
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -1197,6 +1198,205 @@ void BenchDecodeNorms(Timer* timer) {
   BenchShortConvDecode(timer, 64, 8192, 4, 12352);
 }
 
+// Rope at the qwen3next-1b decode shape: rows x (q_heads + k_heads) x head_dim fp32 in the q|k|v
+// projection rows (stride (q_heads + 2·k_heads)·head_dim), positions around `pos`; every
+// kernels::RopeVariant (" [<variant>]"), each checked against a CPU rotation (max abs error,
+// FAIL above 1e-4). Bytes: the rotated q and k read and written.
+void BenchRope(Timer* timer, int rows, int q_heads, int k_heads, int head_dim, int pos) {
+  const int rotary = head_dim;
+  const int64_t stride = int64_t{q_heads + 2 * k_heads} * head_dim;
+  const size_t count = static_cast<size_t>(rows * stride);
+  std::vector<float> host(count);
+  std::mt19937 rng(21);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (float& v : host) v = dist(rng);
+  std::vector<float> inv(static_cast<size_t>(rotary / 2));
+  for (int i = 0; i < rotary / 2; ++i) {
+    inv[static_cast<size_t>(i)] =
+        1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(rotary));
+  }
+  std::vector<int32_t> positions(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) positions[static_cast<size_t>(r)] = pos + 37 * r;
+  std::vector<float> want = host;
+  for (int r = 0; r < rows; ++r) {
+    for (int h = 0; h < q_heads + k_heads; ++h) {
+      float* x = want.data() + r * stride + int64_t{h} * head_dim;
+      for (int i = 0; i < rotary / 2; ++i) {
+        const float angle =
+            static_cast<float>(positions[static_cast<size_t>(r)]) * inv[static_cast<size_t>(i)];
+        const float c = std::cos(angle), sn = std::sin(angle);
+        const float a = x[i], b = x[i + rotary / 2];
+        x[i] = a * c - b * sn;
+        x[i + rotary / 2] = b * c + a * sn;
+      }
+    }
+  }
+  auto* qkv = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* d_inv = static_cast<float*>(DeviceAlloc(inv.size() * 4));
+  auto* d_pos = static_cast<int32_t*>(DeviceAlloc(positions.size() * 4));
+  BENCH_CHECK(cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(d_pos, positions.data(), positions.size() * 4, cudaMemcpyHostToDevice));
+  hyla::kernels::RopeParams p;
+  p.rows = rows;
+  p.head_dim = head_dim;
+  p.rotary_dim = rotary;
+  p.q = qkv;
+  p.q_stride = stride;
+  p.q_heads = q_heads;
+  p.k = qkv + int64_t{q_heads} * head_dim;
+  p.k_stride = stride;
+  p.k_heads = k_heads;
+  p.inv_freq = d_inv;
+  p.row_pos = d_pos;
+  const std::string name = "rope f32 rows " + std::to_string(rows) + " heads " +
+                           std::to_string(q_heads) + "+" + std::to_string(k_heads) + " d " +
+                           std::to_string(head_dim);
+  const double bytes = 2.0 * rows * (q_heads + k_heads) * head_dim * 4;
+  const std::pair<hyla::kernels::RopeVariant, const char*> variants[] = {
+      {hyla::kernels::RopeVariant::kAuto, ""},
+      {hyla::kernels::RopeVariant::kPerElement, " [per-element]"},
+      {hyla::kernels::RopeVariant::kSharedAngleScalar, " [shared-angle]"},
+      {hyla::kernels::RopeVariant::kSharedAngleVec4, " [shared-angle-vec4]"},
+  };
+  for (const auto& [variant, suffix] : variants) {
+    p.variant = variant;
+    BENCH_CHECK(cudaMemcpy(qkv, host.data(), count * 4, cudaMemcpyHostToDevice));
+    LAUNCH_CHECK(hyla::kernels::Rope(p, nullptr));
+    std::vector<float> got(count);
+    BENCH_CHECK(cudaMemcpy(got.data(), qkv, count * 4, cudaMemcpyDeviceToHost));
+    double err = 0.0;
+    for (size_t i = 0; i < count; ++i) {
+      err = std::max(err, std::fabs(static_cast<double>(got[i]) - want[i]));
+      if (std::isnan(got[i])) err = INFINITY;
+    }
+    std::printf("  check %s%s vs CPU: max abs %.2e%s\n", name.c_str(), suffix, err,
+                err <= 1e-4 ? "" : " FAIL");
+    // Timed in place on the rotated data (the values grow no larger: rotations).
+    Report(name + suffix, timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::Rope(p, nullptr)); }),
+           bytes);
+  }
+  for (void* ptr : std::initializer_list<void*>{qkv, d_inv, d_pos}) BENCH_CHECK(cudaFree(ptr));
+}
+
+// SampleRows at the decode shape: rows x vocab fp32 logits (N(0, 2) with a few peaked ids per
+// row), out of place, one sampling mode for all rows (greedy; temperature 1 = the engine's
+// default SamplingParams, as the end-to-end "sample" mode; top-k 50; top-p 0.9; top-k 50 +
+// top-p 0.9 + min-p 0.05), every cluster size (" [c<C>]"; the default row uses
+// SampleRowsClusterFor) and the default without the exp cache (" [no exp cache]"). Tokens of
+// every variant are compared with cluster 1's (the sums' association differs, so a row at a
+// rounding boundary may differ: printed, not a failure).
+// Bytes: logits read + processed logits written.
+void BenchSampleRows(Timer* timer, int rows, int vocab) {
+  const size_t count = static_cast<size_t>(rows) * vocab;
+  std::vector<float> host(count);
+  std::mt19937 rng(31);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  std::uniform_int_distribution<int> any(0, vocab - 1);
+  for (float& v : host) v = dist(rng);
+  for (int r = 0; r < rows; ++r) {
+    for (int j = 0; j < 4; ++j) host[static_cast<size_t>(r) * vocab + any(rng)] = 12.0f + j;
+  }
+  auto* logits = static_cast<float*>(DeviceAlloc(count * 4));
+  auto* work = static_cast<float*>(DeviceAlloc(count * 4));
+  BENCH_CHECK(cudaMemcpy(logits, host.data(), count * 4, cudaMemcpyHostToDevice));
+  auto* d_params = static_cast<hyla::kernels::SamplingRowParams*>(
+      DeviceAlloc(sizeof(hyla::kernels::SamplingRowParams) * rows));
+  auto* d_offsets = static_cast<int32_t*>(DeviceAlloc(4 * (rows + 1)));
+  BENCH_CHECK(cudaMemset(d_offsets, 0, 4 * (rows + 1)));
+  auto* d_out = static_cast<hyla::kernels::SampledRow*>(
+      DeviceAlloc(sizeof(hyla::kernels::SampledRow) * rows));
+  struct Mode {
+    const char* name;
+    float temperature;
+    int top_k;
+    float top_p;
+    float min_p;
+  };
+  const Mode modes[] = {{"greedy", 0.0f, 0, 1.0f, 0.0f},
+                        {"temperature 1", 1.0f, 0, 1.0f, 0.0f},
+                        {"top-k 50", 1.0f, 50, 1.0f, 0.0f},
+                        {"top-p 0.9", 1.0f, 0, 0.9f, 0.0f},
+                        {"top-k 50 top-p 0.9 min-p 0.05", 1.0f, 50, 0.9f, 0.05f}};
+  const double bytes = 2.0 * static_cast<double>(count) * 4;
+  for (const Mode& m : modes) {
+    std::vector<hyla::kernels::SamplingRowParams> params(static_cast<size_t>(rows));
+    for (int r = 0; r < rows; ++r) {
+      hyla::kernels::SamplingRowParams& kp = params[static_cast<size_t>(r)];
+      kp.temperature = m.temperature;
+      kp.top_k = m.top_k;
+      kp.top_p = m.top_p;
+      kp.min_p = m.min_p;
+      kp.uniform = (r + 0.5) / rows;
+    }
+    BENCH_CHECK(
+        cudaMemcpy(d_params, params.data(), sizeof(params[0]) * rows, cudaMemcpyHostToDevice));
+    hyla::kernels::SampleRowsParams a;
+    a.rows = rows;
+    a.vocab = vocab;
+    a.logits = logits;
+    a.logits_stride = vocab;
+    a.work = work;
+    a.work_stride = vocab;
+    a.params = d_params;
+    a.history_offsets = d_offsets;
+    a.history = nullptr;
+    a.out = d_out;
+    const std::string name = "sample_rows " + std::string(m.name) + " rows " +
+                             std::to_string(rows) + " vocab " + std::to_string(vocab);
+    std::vector<int32_t> ref_tokens;
+    // Cluster -1: the default cluster size without the exp cache.
+    for (const int cluster : {0, 1, 2, 4, 8, 16, -1}) {
+      a.cluster = std::max(cluster, 0);
+      a.exp_cache = cluster >= 0;
+      const int err = hyla::kernels::SampleRows(a, nullptr);
+      const std::string label = name + (cluster == 0  ? std::string()
+                                        : cluster < 0 ? std::string(" [no exp cache]")
+                                                      : " [c" + std::to_string(cluster) + "]");
+      if (err != 0) {
+        std::printf("  %s: %s\n", label.c_str(), hyla::kernels::KernelErrorString(err));
+        (void)cudaGetLastError();
+        continue;
+      }
+      BENCH_CHECK(cudaDeviceSynchronize());
+      std::vector<hyla::kernels::SampledRow> out(static_cast<size_t>(rows));
+      BENCH_CHECK(cudaMemcpy(out.data(), d_out, sizeof(out[0]) * rows, cudaMemcpyDeviceToHost));
+      std::vector<int32_t> tokens;
+      for (const auto& o : out) tokens.push_back(o.token);
+      if (cluster == 1) ref_tokens = tokens;
+      if (m.temperature == 0.0f) {  // greedy: the argmax on the host
+        int bad = 0;
+        for (int r = 0; r < rows; ++r) {
+          const float* x = host.data() + static_cast<size_t>(r) * vocab;
+          const int want = static_cast<int>(std::max_element(x, x + vocab) - x);
+          if (tokens[static_cast<size_t>(r)] != want) ++bad;
+        }
+        std::printf("  check %s greedy vs host argmax: %d rows differ%s\n", label.c_str(), bad,
+                    bad == 0 ? "" : " FAIL");
+      }
+      Report(label, timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::SampleRows(a, nullptr)); }),
+             bytes);
+      if (cluster != 1 && !ref_tokens.empty()) {
+        int differ = 0;
+        for (int r = 0; r < rows; ++r) {
+          differ += tokens[static_cast<size_t>(r)] != ref_tokens[static_cast<size_t>(r)];
+        }
+        std::printf("  tokens %s vs [c1]: %d of %d rows differ\n", label.c_str(), differ, rows);
+      }
+    }
+  }
+  for (void* ptr : std::initializer_list<void*>{logits, work, d_params, d_offsets, d_out}) {
+    BENCH_CHECK(cudaFree(ptr));
+  }
+}
+
+// The decode-step rope and sampling rows of qwen3next-1b at batch 64 (--decode-misc: only these).
+void BenchDecodeRopeSampling(Timer* timer) {
+  BenchRope(timer, 64, 16, 2, 128, 1024);
+  BenchSampleRows(timer, 64, 32000);
+  BenchSampleRows(timer, 1, 32000);
+  BenchSampleRows(timer, 64, 151936);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1219,6 +1419,11 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
     BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
+    return 0;
+  }
+  // Decode-step rope and sampling (qwen3next-1b, batch 64); --decode-misc: only these.
+  if (argc > 1 && std::strcmp(argv[1], "--decode-misc") == 0) {
+    BenchDecodeRopeSampling(&timer);
     return 0;
   }
 
@@ -1268,6 +1473,7 @@ int main(int argc, char** argv) {
   BenchAttnPrefill(&timer, 32768, 16, 2, 128, true);
 
   BenchDecodeNorms(&timer);
+  BenchDecodeRopeSampling(&timer);
 
   std::printf("\n%-58s %10s %10s %8s\n", "kernel", "us", "GB/s", "% copy");
   for (const Row& r : g_rows) {
