@@ -789,8 +789,11 @@ struct DecodeVariant {
 // kSplitS: the cols warps of a token slice split the dims of S = Q·Kᵀ (each kD / cols of
 // them) and add their partials through shared memory (one named barrier per tile), instead of
 // each computing the whole S (head dim 256: S is 2/3 of the MMAs and of the K reads).
+// kMinBlocks3: __launch_bounds__ minimum of 3 CTAs per SM (registers capped at 80: t64s2w1c2
+// takes 110 at head dim 128, so 2 CTAs per SM although 3 rings of 74 KB fit).
 constexpr int kEvictFirst = 1;
 constexpr int kSplitS = 2;
+constexpr int kMinBlocks3 = 4;
 // DecodeVariant::waves: automatic splits aim at one CTA per SM (however many are resident), so
 // short contexts with many (sequence, head) pairs get no split and no combine kernel.
 constexpr int kWavesSms = -1;
@@ -851,14 +854,16 @@ constexpr DecodeVariant kVariants[] = {
     // pay no split overhead), one CTA per SM with 8 warps and 3 tiles (96 KB at d 128) in flight.
     {"t64s4wSc2", 64, 4, kWavesSms, 2, 0},
     {"t64s4wSc2e", 64, 4, kWavesSms, 2, kEvictFirst},
+    // Suffix b3: 3 CTAs per SM (kMinBlocks3).
+    {"t64s2w1c2eb3", 64, 2, 1, 2, kEvictFirst | kMinBlocks3},
 };
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
 // The default per shape class; the only place that picks it. Measured on the H100
 // (kernels_bench, run 3, 2026-11-23, bench/results/2026-11-23-h100-run3): two 64-token stages
-// with the value columns over 2 warps (t64s2w1c2: 74 KB at head dim 128, 3 CTAs and 24 warps
-// per SM) is the fastest or within 0.5% of it on every bf16 head-dim-128 row and 1-3% faster
-// than the previous default t64s3w1 on each: 64 x 1K Hq 16 / Hkv 2 45.7 us (t64s3w1 47.1),
+// with the value columns over 2 warps (t64s2w1c2: 74 KB at head dim 128, 110 registers: 2 CTAs
+// and 16 warps per SM) is the fastest or within 0.5% of it on every bf16 head-dim-128 row and 1-3%
+// faster than the previous default t64s3w1 on each: 64 x 1K Hq 16 / Hkv 2 45.7 us (t64s3w1 47.1),
 // 64 x 8K 210.9 (215.4), 64 x 32K 768.4 (772.3), 1 x 128K 210.1 (213.2), 8 x 32K 395.2
 // (398.7), window 4096 115.6 (117.0), 64 x 4K Hq 32 / Hkv 8 390.4 (393.5). Head dims above 128
 // (one 64-token CTA fills an SM): t64s3w1c2, 73.8% of copy at d 256, group 8 (every c2 / c4
@@ -970,8 +975,8 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t* hi, uint32
 // Query rows: the M = 16 rows of the MMAs are the ≤ 8 query heads twice, rows g = bf16(q), rows
 // g + 8 = bf16(q − bf16(q)) (q·scale·log2 e), so S = hi + lo carries 16 bits of q; likewise the P
 // fragments hold bf16(p) in rows g and bf16(p − bf16(p)) in rows g + 8, and O = rows g + g + 8.
-template <typename Tq, int kD, int kTile, int kStages, int kCols, bool kSplitS>
-__global__ void __launch_bounds__(2 * kTile * kCols)
+template <typename Tq, int kD, int kTile, int kStages, int kCols, bool kSplitS, int kMinBlocks = 1>
+__global__ void __launch_bounds__(2 * kTile * kCols, kMinBlocks)
     PagedAttentionMmaKernel(PagedAttentionDecodeParams p, SplitPlan plan, float* ws_acc,
                             float* ws_ml) {
   constexpr int kNumThreads = 2 * kTile * kCols;
@@ -1323,7 +1328,13 @@ __global__ void __launch_bounds__(2 * kTile * kCols)
 using DecodeKernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, float*);
 
 template <typename Tq, int kD>
-DecodeKernel PickMmaKernel(int tile, int stages, int cols, bool split_s) {
+DecodeKernel PickMmaKernel(int tile, int stages, int cols, bool split_s, int min_blocks) {
+  if (min_blocks == 3) {  // registers capped for 3 CTAs per SM
+    if (tile == 64 && stages == 2 && cols == 2 && !split_s) {
+      return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, false, 3>;
+    }
+    return nullptr;
+  }
   if (split_s) {
     if (cols == 2) {
       if (tile == 64 && stages == 2) return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, true>;
@@ -1405,11 +1416,12 @@ DecodeKernel MmaKernelFor(const PagedAttentionDecodeParams& p, const DecodeVaria
   const int kd = d <= 128 ? 128 : 256;
   const bool q32 = p.q_dtype == KernelDType::kF32;
   const bool split_s = (v.flags & kSplitS) != 0;
+  const int mb = (v.flags & kMinBlocks3) != 0 ? 3 : 1;
   DecodeKernel k =
-      kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages, v.cols, split_s)
-                       : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages, v.cols, split_s))
-                : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages, v.cols, split_s)
-                       : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages, v.cols, split_s));
+      kd == 128 ? (q32 ? PickMmaKernel<float, 128>(v.tile, v.stages, v.cols, split_s, mb)
+                       : PickMmaKernel<__nv_bfloat16, 128>(v.tile, v.stages, v.cols, split_s, mb))
+                : (q32 ? PickMmaKernel<float, 256>(v.tile, v.stages, v.cols, split_s, mb)
+                       : PickMmaKernel<__nv_bfloat16, 256>(v.tile, v.stages, v.cols, split_s, mb));
   *smem = MmaSmemBytes(kd, v.tile, v.stages, std::max(1, v.cols), split_s, p.dk, p.dv);
   const int optin = DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 227 * 1024);
   return *smem + 2 * 1024 <= static_cast<size_t>(optin) ? k : nullptr;
