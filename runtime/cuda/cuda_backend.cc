@@ -282,6 +282,8 @@ absl::Status CudaBackend::Warmup() {
     b.seq = seqs[1].get();
     b.tokens = absl::MakeConstSpan(ids.data(), std::min<size_t>(3, ids.size()));
     st = Step({a}, &out);
+    // A decode batch's graphs are captured at its second step (RunSegment): capture batch 1's.
+    if (st.ok()) st = Step({a}, &out);
     if (st.ok() && options_.max_step_seqs >= 2) st = Step({a, b}, &out);
   }
   for (std::unique_ptr<SequenceState>& s : seqs) store_->Release(std::move(s));
