@@ -714,6 +714,14 @@ int LaunchSampleRows(const SampleRowsParams& a, cudaStream_t stream) {
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
+    if constexpr (C > 8) {
+      // A non-portable size may not fit one GPC (registers: one CTA per SM): then 8 CTAs a row.
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters < 1) {
+        (void)cudaGetLastError();
+        return LaunchSampleRows<8>(a, stream);
+      }
+    }
     const cudaError_t err =
         cudaLaunchKernelEx(&cfg, kernel, a.logits, a.logits_stride, a.work, a.work_stride, a.vocab,
                            slice, cached, ecached, a.params, a.history_offsets, a.history, a.out);
@@ -756,7 +764,7 @@ int SampleRows(const SampleRowsParams& a, void* stream) {
       return LaunchSampleRows<4>(a, s);
     case 8:
       return LaunchSampleRows<8>(a, s);
-    case 16:
+    case 16:  // 8 where 16 CTAs of the kernel cannot be co-scheduled
       return LaunchSampleRows<16>(a, s);
     default:
       return static_cast<int>(cudaErrorInvalidValue);

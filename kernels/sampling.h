@@ -88,7 +88,8 @@ struct SampleRowsParams {
   const SamplingTokenCount* history = nullptr;  // history[offsets[r] .. offsets[r+1])
   SampledRow* out = nullptr;                    // [rows]
   // CTAs per row (a thread-block cluster sharing the row's reductions through distributed
-  // shared memory): 1, 2, 4, 8 or 16 (16: a non-portable cluster size); 0: SampleRowsClusterFor.
+  // shared memory): 1, 2, 4, 8 or 16 (16: a non-portable cluster size, 8 where the device cannot
+  // co-schedule 16); 0: SampleRowsClusterFor.
   // Every choice gives the same results but for the association order of the double sums.
   int cluster = 0;
   // Keep exp(x − max) of the row in shared memory (when it fits) instead of recomputing it in
