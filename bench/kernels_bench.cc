@@ -1281,11 +1281,11 @@ void BenchRope(Timer* timer, int rows, int q_heads, int k_heads, int head_dim, i
 // SampleRows at the decode shape: rows x vocab fp32 logits (N(0, 2) with a few peaked ids per
 // row), out of place, one sampling mode for all rows (greedy; temperature 1 = the engine's
 // default SamplingParams, as the end-to-end "sample" mode; top-k 50; top-p 0.9; top-k 50 +
-// top-p 0.9 + min-p 0.05), every cluster size (" [c<C>]"; the default row uses
-// SampleRowsClusterFor) and the default without the exp cache (" [no exp cache]"). Tokens of
-// every variant are compared with cluster 1's (the sums' association differs, so a row at a
-// rounding boundary may differ: printed, not a failure).
-// Bytes: logits read + processed logits written.
+// top-p 0.9 + min-p 0.05; temperature 1 with 20 alternatives), every cluster size (" [c<C>]"; the
+// default row uses SampleRowsClusterFor) and the default without the exp cache (" [no exp cache]").
+// Tokens of every variant are compared with cluster 1's (the sums' association differs, so a row at
+// a rounding boundary may differ: printed, not a failure). Bytes: logits read + processed logits
+// written.
 void BenchSampleRows(Timer* timer, int rows, int vocab) {
   const size_t count = static_cast<size_t>(rows) * vocab;
   std::vector<float> host(count);
@@ -1311,12 +1311,14 @@ void BenchSampleRows(Timer* timer, int rows, int vocab) {
     int top_k;
     float top_p;
     float min_p;
+    int num_top;
   };
-  const Mode modes[] = {{"greedy", 0.0f, 0, 1.0f, 0.0f},
-                        {"temperature 1", 1.0f, 0, 1.0f, 0.0f},
-                        {"top-k 50", 1.0f, 50, 1.0f, 0.0f},
-                        {"top-p 0.9", 1.0f, 0, 0.9f, 0.0f},
-                        {"top-k 50 top-p 0.9 min-p 0.05", 1.0f, 50, 0.9f, 0.05f}};
+  const Mode modes[] = {{"greedy", 0.0f, 0, 1.0f, 0.0f, 0},
+                        {"temperature 1", 1.0f, 0, 1.0f, 0.0f, 0},
+                        {"top-k 50", 1.0f, 50, 1.0f, 0.0f, 0},
+                        {"top-p 0.9", 1.0f, 0, 0.9f, 0.0f, 0},
+                        {"top-k 50 top-p 0.9 min-p 0.05", 1.0f, 50, 0.9f, 0.05f, 0},
+                        {"temperature 1 logprobs 20", 1.0f, 0, 1.0f, 0.0f, 20}};
   const double bytes = 2.0 * static_cast<double>(count) * 4;
   for (const Mode& m : modes) {
     std::vector<hyla::kernels::SamplingRowParams> params(static_cast<size_t>(rows));
@@ -1326,6 +1328,7 @@ void BenchSampleRows(Timer* timer, int rows, int vocab) {
       kp.top_k = m.top_k;
       kp.top_p = m.top_p;
       kp.min_p = m.min_p;
+      kp.num_top = m.num_top;
       kp.uniform = (r + 0.5) / rows;
     }
     BENCH_CHECK(
