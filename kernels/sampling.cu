@@ -427,11 +427,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool leader = rank == 0u && tid == 0;
 
   // Top-n alternatives among kept(i) by (logprob descending, id ascending); the leader writes
-  // them.
+  // them. Each thread keeps the best of its elements below the last pick (packed keys are
+  // unique: ids differ); only the thread that held the pick rescans its elements.
   auto write_top = [&](auto kept, double log_norm) -> int {
-    int count = 0;
-    u64 bound = ~0ull;
-    for (int r = 0; r < num_top; ++r) {
+    if (num_top == 0) return 0;
+    auto best_below = [&](u64 bound) {
       u64 local = 0;
       for (int i = lo + tid; i < hi; i += kThreads) {
         const float v = xv(i);
@@ -440,13 +440,18 @@ __global__ void __launch_bounds__(kThreads)
         const u64 packed = PackKeyId(OrderKey(lp), i);
         if (packed < bound && packed > local) local = packed;
       }
+      return local;
+    };
+    int count = 0;
+    u64 local = best_below(~0ull);
+    for (int r = 0; r < num_top; ++r) {
       const u64 pick = g.MaxU64(local);
       if (pick == 0) break;  // a finite logprob has a key > 0: none left
       if (leader) {
         out[row].top_ids[r] = PackedId(pick);
         out[row].top_logprobs[r] = KeyToFloat(PackedKey(pick));
       }
-      bound = pick;
+      if (local == pick) local = best_below(pick);
       ++count;
     }
     return count;
