@@ -7,13 +7,14 @@
 //    packs when n and the pointers allow it) and keeps h + add and w of them in registers: one
 //    read of each input, all issued before the reduction (warp shuffles, one shared-memory round),
 //    then h, out_f32 and out_bf16 are written from registers. T = the packs of the row / kPacks
-//    rounded up to a warp, kPacks in {1, 2, 4, 8} the smallest giving T <= 512.
+//    rounded up to a warp, kPacks in {1, 2, 4, 8} the smallest giving T <= 512 (launch bounds
+//    512: up to 128 registers, so 8 packs of h and w stay in registers).
 //  - kCluster2 / kCluster4: the same with the row split over a cluster of 2 / 4 CTAs; each CTA
 //    reduces its part, the parts' sums are read through distributed shared memory (every CTA adds
 //    them in rank order, so all agree), a second cluster barrier keeps a CTA's shared memory
 //    alive until the others have read it.
 //  - kLoop: the first version (one CTA of 256 threads per row, h re-read in a second pass); also
-//    the fallback for rows too wide for the register shapes (n > 8 · 1024 packs).
+//    the fallback for rows too wide for the register shapes (more than 8 · 512 packs per CTA).
 // SiluMulToBf16: kRowGrid (default) runs a 2-D grid (pack blocks of a row × rows) of 128 threads,
 // one 4-wide pack per thread; kRowGrid2 two packs per thread; kGridStride the first version (a
 // 1-D grid-stride loop, also the scalar path when n % 4 != 0 or the pointers are unaligned).
@@ -33,10 +34,10 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kThreads = 256;          // kLoop and SiluMul kGridStride
-constexpr int kMaxRegsThreads = 1024;  // register shapes: the most threads of a CTA
-constexpr int kTargetThreads = 512;    // register shapes: the most threads kPacks aims for
-constexpr int kSiluThreads = 128;      // SiluMul row-grid shapes
+constexpr int kThreads = 256;         // kLoop and SiluMul kGridStride
+constexpr int kMaxRegsThreads = 512;  // register shapes: the most threads of a CTA
+constexpr int kTargetThreads = 512;   // register shapes: the most threads kPacks aims for
+constexpr int kSiluThreads = 128;     // SiluMul row-grid shapes
 
 // grid: rows, block: kThreads; kVec-wide packs when n and the pointers allow it.
 template <int kVec>

@@ -8,7 +8,7 @@
 //    t, t + T, ... of the row (kPacks of them, T = packs / kPacks rounded up to a warp, kPacks in
 //    {1, 2, 4, 8} the smallest giving T <= 512) and w in registers: one read of the row, every
 //    load issued before the reduction (shuffles + one shared-memory round). Rows wider than
-//    8 · 1024 packs: RmsNormBlockPerRow (kBlockThreads threads, the row read twice).
+//    8 · 512 packs: RmsNormBlockPerRow (kBlockThreads threads, the row read twice).
 // The warp shape reads the row twice (sum of squares, then scale); the second read hits L1/L2.
 // When n, the strides and the pointers allow it, rows move in 16-byte packs.
 #include <cuda_bf16.h>
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 // grid: rows, block: a multiple of 32 with blockDim.x · kPacks · kVec >= n.
 template <typename T, int kVec, int kPacks>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(512)
     RmsNormBlockRegs(const T* __restrict__ x, int64_t x_stride, const float* __restrict__ w,
                      float eps, int n, bool gemma, T* out, int64_t out_stride) {
   __shared__ float partial[32];
@@ -155,7 +155,7 @@ void LaunchBlockRegs(const T* x, int64_t x_stride, const float* w, float eps, in
   int k = 1;
   while (k < 8 && (packs + k - 1) / k > 512) k *= 2;
   const int need = (packs + k - 1) / k;
-  *launched = need <= 1024;
+  *launched = need <= 512;
   if (!*launched) return;
   const unsigned threads = static_cast<unsigned>((need + 31) / 32 * 32);
   const unsigned blocks = static_cast<unsigned>(rows);
