@@ -18,6 +18,8 @@
 //     the CTA takes 52 KB (four per SM, not 3). They also trim launch 1's instruction count (it
 //     is issue-bound at 12-16 warps per SM): Γ by the hardware exp2 (__expf) and only on key
 //     tiles at or left of the warp's rows, and K, V row scaling 8 elements (16 bytes) a step.
+//     Fused *Solve2 variants store e^{G_last − G} r_k in place of r_k (the state pass's update
+//     factor: 16 exponentials per lane and piece off launch 2's sequential path).
 //  2. GdnMmaStateKernel, one CTA of kCols/16 warps per (sequence, value head, kCols value
 //     columns), sequential over the sequence's pieces. Sᵀ [kCols, dk] lives in fp32 registers as
 //     mma accumulators (warp w: rows 16w..16w+15, all dk columns), so it is also directly the A
@@ -432,7 +434,10 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
   if (tid < kChunk) {
     Sk[tid] = Bs[tid] * expf(Gs[tid]) * Rk[tid];
     entry_g[tid] = Gs[tid];
-    entry_g[kChunk + tid] = Rk[tid];
+    // Fused Solve2 variants: r_k already decayed to the piece end, e^{G_last − G} r_k (the
+    // state pass's update factor, off its critical path); else r_k.
+    entry_g[kChunk + tid] =
+        kWithP && kFastSolve ? Rk[tid] * expf(Gs[kChunk - 1] - Gs[tid]) : Rk[tid];
     if (kWithP) {
       const float ss = RowSumSq(Qs + tid * kLdk, kDk, tid);
       Rq[tid] = tid < n ? p.q_scale / sqrtf(ss + kL2NormEps) : 0.0f;
@@ -922,7 +927,8 @@ struct StateOutSmem {
   static_assert(kBytes <= 227 * 1024, "shared memory per CTA");
 };
 
-template <int kDk, int kDv, int kCols, int kSplit, int kStages>
+// kPreDecay (with launch 1's kFastSolve): the entry's r_k is e^{G_last − G} r_k already.
+template <int kDk, int kDv, int kCols, int kSplit, int kStages, bool kPreDecay>
 HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
                                uint16_t* smem) {
   using L = StateOutSmem<kDk, kCols, kSplit, kStages>;
@@ -1122,8 +1128,8 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       const int t = 8 * nt + 2 * lt;
-      const float f0 = expf(g_last - Gs[t]) * Rk[t];
-      const float f1 = expf(g_last - Gs[t + 1]) * Rk[t + 1];
+      const float f0 = kPreDecay ? Rk[t] : expf(g_last - Gs[t]) * Rk[t];
+      const float f1 = kPreDecay ? Rk[t + 1] : expf(g_last - Gs[t + 1]) * Rk[t + 1];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         vn[nt][2 * hh] *= f0;
@@ -1320,12 +1326,12 @@ __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams 
   StateBody<kDk, kDv, kCols, kStages>(p, acc, static_cast<int>(blockIdx.x),
                                       static_cast<int>(threadIdx.x), gdn_smem);
 }
-template <int kDk, int kDv, int kCols, int kSplit, int kStages>
+template <int kDk, int kDv, int kCols, int kSplit, int kStages, bool kPreDecay>
 __global__ void __launch_bounds__(2 * kCols * kSplit)
     GdnMmaStateOutKernel(GdnPrefillParams p, Access acc) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  StateOutBody<kDk, kDv, kCols, kSplit, kStages>(p, acc, static_cast<int>(blockIdx.x),
-                                                 static_cast<int>(threadIdx.x), gdn_smem);
+  StateOutBody<kDk, kDv, kCols, kSplit, kStages, kPreDecay>(
+      p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv>
 __global__ void __launch_bounds__(kPieceThreads)
@@ -1342,17 +1348,18 @@ cudaError_t SetSmem(Kernel kernel, size_t bytes) {
 }
 
 // Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused, kStages); only: 0 both, else
-// that one.
-template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages>
+// that one. kPreDecay: launch 1 ran with kFastSolve (fused: the entry holds decayed r_k).
+template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages, bool kPreDecay>
 int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if constexpr (kFused) {
     if (only == 3) return static_cast<int>(cudaSuccess);
     constexpr size_t kSmem = StateOutSmem<kDk, kCols, kSplit, kStages>::kBytes;
-    const cudaError_t err = SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages>, kSmem);
+    const cudaError_t err =
+        SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages, kPreDecay>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
-    GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages>
+    GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages, kPreDecay>
         <<<static_cast<unsigned>(ctas), 2 * kCols * kSplit, kSmem, stream>>>(p, acc);
     return LaunchResult();
   } else {
@@ -1395,7 +1402,8 @@ int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t str
     const int rc = LaunchPieces<kDk, kDv, kFused, kFastSolve>(p, acc, stream);
     if (rc != 0 || only == 1) return rc;
   }
-  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages>(p, acc, stream, only);
+  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages, kFastSolve>(p, acc, stream,
+                                                                                only);
 }
 
 template <int kDk, int kDv>

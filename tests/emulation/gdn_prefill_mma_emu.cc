@@ -226,15 +226,20 @@ void Emulate(GdnPrefillParams& p, const gdn_mma::Access& acc, int cols, int spli
   auto stateout = [&](auto colc, auto splitc) {
     constexpr int kC = decltype(colc)::value;
     constexpr int kS = decltype(splitc)::value;
-    if (stages == 2)
+    if (stages == 2 && fast)
       RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
               StateOutSmem<kDk, kC, kS, 2>::kBytes, [&](int cta, int tid, uint16_t* sm) {
-                StateOutBody<kDk, kDv, kC, kS, 2>(p, acc, cta, tid, sm);
+                StateOutBody<kDk, kDv, kC, kS, 2, true>(p, acc, cta, tid, sm);
+              });
+    else if (stages == 2)
+      RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
+              StateOutSmem<kDk, kC, kS, 2>::kBytes, [&](int cta, int tid, uint16_t* sm) {
+                StateOutBody<kDk, kDv, kC, kS, 2, false>(p, acc, cta, tid, sm);
               });
     else if constexpr (kC == 16)
       RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
               StateOutSmem<kDk, kC, kS, 3>::kBytes, [&](int cta, int tid, uint16_t* sm) {
-                StateOutBody<kDk, kDv, kC, kS, 3>(p, acc, cta, tid, sm);
+                StateOutBody<kDk, kDv, kC, kS, 3, false>(p, acc, cta, tid, sm);
               });
   };
   using I16 = std::integral_constant<int, 16>;
