@@ -1329,9 +1329,11 @@ using DecodeKernel = void (*)(PagedAttentionDecodeParams, SplitPlan, float*, flo
 
 template <typename Tq, int kD>
 DecodeKernel PickMmaKernel(int tile, int stages, int cols, bool split_s, int min_blocks) {
-  if (min_blocks == 3) {  // registers capped for 3 CTAs per SM
-    if (tile == 64 && stages == 2 && cols == 2 && !split_s) {
-      return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, false, 3>;
+  if (min_blocks == 3) {  // registers capped for 3 CTAs per SM (head dim 128 only: no spills)
+    if constexpr (kD == 128) {
+      if (tile == 64 && stages == 2 && cols == 2 && !split_s) {
+        return PagedAttentionMmaKernel<Tq, kD, 64, 2, 2, false, 3>;
+      }
     }
     return nullptr;
   }
