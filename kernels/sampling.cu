@@ -737,10 +737,12 @@ int LaunchSampleRows(const SampleRowsParams& a, cudaStream_t stream) {
 
 }  // namespace
 
-int SampleRowsClusterFor(int vocab) {
-  // Slices of at least ~2K ids: smaller ones spend more on the cluster barriers than they save.
+int SampleRowsClusterFor(int64_t rows, int vocab, int sms) {
+  // Slices of at least 2048 ids (smaller ones spend more on the cluster barriers than they save),
+  // and rows · C <= sms while C > 1 (one CTA per SM fits the kernel's registers: a second wave
+  // of CTAs would repeat every barrier's latency).
   int c = 1;
-  while (c < 8 && static_cast<int64_t>(vocab) >= int64_t{4096} * c) c *= 2;
+  while (c < 8 && static_cast<int64_t>(vocab) >= int64_t{4096} * c && rows * 2 * c <= sms) c *= 2;
   return c;
 }
 
@@ -758,7 +760,16 @@ int SampleRows(const SampleRowsParams& a, void* stream) {
                      (a.rows - 1) * a.work_stride + a.vocab)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  const int cluster = a.cluster > 0 ? a.cluster : SampleRowsClusterFor(a.vocab);
+  int cluster = a.cluster;
+  if (cluster <= 0) {
+    int device = 0;
+    int sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return static_cast<int>(cudaGetLastError());
+    }
+    cluster = SampleRowsClusterFor(a.rows, a.vocab, sms);
+  }
   cudaStream_t s = AsStream(stream);
   switch (cluster) {
     case 1:

@@ -98,8 +98,10 @@ struct SampleRowsParams {
   bool exp_cache = true;
 };
 
-// The default CTAs per row for a vocabulary: slices of at least 4096 ids, at most 8 CTAs.
-int SampleRowsClusterFor(int vocab);
+// The default CTAs per row (a power of two, at most 8) for rows x vocab on a device of `sms`
+// SMs: slices of at least 2048 ids, and no more CTAs than SMs once C > 1 (rows 64, vocab 32000
+// on an H100: 2; rows 1: 8).
+int SampleRowsClusterFor(int64_t rows, int vocab, int sms);
 
 // Samples one token per row. cudaErrorInvalidValue for a null pointer, rows < 0, vocab < 1,
 // a stride < vocab, a partial overlap of work and logits or a cluster size not listed; a slice
