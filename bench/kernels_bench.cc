@@ -1007,6 +1007,7 @@ void BenchResidualRmsNorm(Timer* timer, int rows, int n, bool with_f32) {
   const std::pair<k::ResidualRmsNormVariant, const char*> variants[] = {
       {k::ResidualRmsNormVariant::kLoop, "loop"},
       {k::ResidualRmsNormVariant::kRegs, "regs"},
+      {k::ResidualRmsNormVariant::kRegs256, "regs256"},
       {k::ResidualRmsNormVariant::kCluster2, "cluster2"},
       {k::ResidualRmsNormVariant::kCluster4, "cluster4"},
       {k::ResidualRmsNormVariant::kDefault, "default"}};

@@ -9,6 +9,7 @@
 //    then h, out_f32 and out_bf16 are written from registers. T = the packs of the row / kPacks
 //    rounded up to a warp, kPacks in {1, 2, 4, 8} the smallest giving T <= 512 (launch bounds
 //    512: up to 128 registers, so 8 packs of h and w stay in registers).
+//  - kRegs256: kRegs aiming at <= 256 threads (kPacks doubled at n = 2048).
 //  - kCluster2 / kCluster4: the same with the row split over a cluster of 2 / 4 CTAs; each CTA
 //    reduces its part, the parts' sums are read through distributed shared memory (every CTA adds
 //    them in rank order, so all agree), a second cluster barrier keeps a CTA's shared memory
@@ -189,11 +190,12 @@ int LaunchRegs(const ResidualRmsNormParams& p, int threads, cudaStream_t stream)
 
 // Picks kPacks and the CTA size for a register shape; false when the row is too wide.
 template <int kVec, int kSplit>
-int LaunchRegsShape(const ResidualRmsNormParams& p, cudaStream_t stream, bool* launched) {
+int LaunchRegsShape(const ResidualRmsNormParams& p, cudaStream_t stream, bool* launched,
+                    int target_threads = kTargetThreads) {
   const int64_t packs = p.n / kVec;
   const int64_t per_cta = (packs + kSplit - 1) / kSplit;
   int k = 1;
-  while (k < 8 && (per_cta + k - 1) / k > kTargetThreads) k *= 2;
+  while (k < 8 && (per_cta + k - 1) / k > target_threads) k *= 2;
   const int64_t need = (per_cta + k - 1) / k;
   if (need > kMaxRegsThreads) {
     *launched = false;
@@ -274,7 +276,7 @@ int ResidualRmsNorm(const ResidualRmsNormParams& p, void* stream) {
       (p.out_f32 == nullptr && p.out_bf16 == nullptr) ||
       (p.out_f32 != nullptr && p.add != nullptr && p.out_f32 == p.h) ||
       static_cast<int>(p.variant) < 0 ||
-      static_cast<int>(p.variant) > static_cast<int>(ResidualRmsNormVariant::kCluster4)) {
+      static_cast<int>(p.variant) > static_cast<int>(ResidualRmsNormVariant::kRegs256)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (p.rows == 0) return 0;
@@ -298,6 +300,9 @@ int ResidualRmsNorm(const ResidualRmsNormParams& p, void* stream) {
       err = LaunchRegsShape<4, 2>(p, s, &launched);
     } else if (v == ResidualRmsNormVariant::kCluster4) {
       err = LaunchRegsShape<4, 4>(p, s, &launched);
+    } else if (v == ResidualRmsNormVariant::kRegs256) {
+      err = vec ? LaunchRegsShape<4, 1>(p, s, &launched, 256)
+                : LaunchRegsShape<1, 1>(p, s, &launched, 256);
     } else if (vec) {
       err = LaunchRegsShape<4, 1>(p, s, &launched);
     } else {

@@ -21,7 +21,8 @@ namespace hyla::kernels {
 //              of h / add / w, all issued before the reduction), up to 512 threads;
 //   kCluster2/kCluster4: kRegs with the row split over a cluster of 2 / 4 CTAs (sm_90), the
 //              partial sums exchanged through distributed shared memory: more SMs busy when
-//              rows are few (decode). Need the 16-byte path (else they fall back to kRegs).
+//              rows are few (decode). Need the 16-byte path (else they fall back to kRegs);
+//   kRegs256:  kRegs aiming at <= 256 threads per CTA (more packs per thread).
 // kDefault picks kRegs (kernels_bench times all of them: the residual_rmsnorm rows).
 enum class ResidualRmsNormVariant : int {
   kDefault = 0,
@@ -29,6 +30,7 @@ enum class ResidualRmsNormVariant : int {
   kRegs = 2,
   kCluster2 = 3,
   kCluster4 = 4,
+  kRegs256 = 5,
 };
 
 // Dense fp32 rows [rows, n]. For each row: h ← h + add (add may be nullptr: h unchanged), then

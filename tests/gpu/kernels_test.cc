@@ -341,7 +341,8 @@ struct ResidualCase {
 void RunResidualCases(const std::vector<ResidualCase>& cases) {
   using Case = ResidualCase;
   using V = kernels::ResidualRmsNormVariant;
-  for (const V variant : {V::kDefault, V::kLoop, V::kRegs, V::kCluster2, V::kCluster4}) {
+  for (const V variant :
+       {V::kDefault, V::kLoop, V::kRegs, V::kCluster2, V::kCluster4, V::kRegs256}) {
     for (const Case& c : cases) {
       SCOPED_TRACE(testing::Message()
                    << "variant=" << static_cast<int>(variant) << " rows=" << c.rows << " n=" << c.n
