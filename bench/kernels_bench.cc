@@ -265,15 +265,15 @@ std::vector<int> PagedDecodeVariants() {
 
 // Times PagedAttentionDecode (default, then every PagedDecodeVariants() variant on the same
 // buffers); prints each one's max |out − out of the CUDA-core kernel| / max |that| as a check.
-void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, int d, bool bf16,
-                      int window, bool backend = false, bool clean_l2 = false) {
-  const size_t es = bf16 ? 2 : 4;
-  const int blocks_per_seq = (context + 63) / 64;
 // backend: as the CUDA attention layer launches it (fp32 queries and output, block_chunks
 // given; name suffix " qf32"). clean_l2: also rows "[clean-L2]" / "[<variant>, clean-L2]",
 // timed after the memset flush AND a read-only sweep (PagedAttentionDecode over another 128 MB
 // pool), so that L2 holds clean lines: the memset alone leaves up to an L2 of dirty lines whose
 // write-back a read-only kernel pays for (~17 us at copy bandwidth on the H100).
+void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, int d, bool bf16,
+                      int window, bool backend = false, bool clean_l2 = false) {
+  const size_t es = bf16 ? 2 : 4;
+  const int blocks_per_seq = (context + 63) / 64;
   const int64_t block_elems = int64_t{64} * Hkv * 2 * d;
   const int64_t total_blocks = int64_t{num_seqs} * blocks_per_seq;
   void* kv = DeviceAlloc(static_cast<size_t>(total_blocks * block_elems) * es);
@@ -311,12 +311,12 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
   p.dk = p.dv = d;
   p.q_dtype = p.kv_dtype =
       bf16 ? hyla::kernels::KernelDType::kBf16 : hyla::kernels::KernelDType::kF32;
+  if (backend) p.q_dtype = hyla::kernels::KernelDType::kF32;
+  p.block_chunks = d_chunks;
   p.q = q;
   p.q_stride = int64_t{Hq} * d;
   p.kv = kv;
   p.block_stride = block_elems;
-  if (backend) p.q_dtype = hyla::kernels::KernelDType::kF32;
-  p.block_chunks = d_chunks;
   p.block_table = d_table;
   p.num_blocks = d_n;
   p.max_blocks = blocks_per_seq;
@@ -377,10 +377,6 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
     Report(name + " [" + hyla::kernels::PagedAttentionDecodeVariantName(v) + "]",
            timer->MedianUs([&] { LAUNCH_CHECK(hyla::kernels::PagedAttentionDecode(p, nullptr)); }),
            bytes);
-  }
-  for (void* ptr : {kv, static_cast<void*>(d_table), static_cast<void*>(d_n),
-                    static_cast<void*>(d_len), q, out, ws, static_cast<void*>(d_chunks)}) {
-    BENCH_CHECK(cudaFree(ptr));
   }
   if (clean_l2) {
     // The sweep: 64 sequences x 2048 positions, Hkv 2, d 128, bf16 (128 MiB, read only).
@@ -450,6 +446,10 @@ void BenchPagedDecode(Timer* timer, int num_seqs, int context, int Hq, int Hkv, 
     BENCH_CHECK(cudaEventDestroy(start));
     BENCH_CHECK(cudaEventDestroy(stop));
     for (void* ptr : {sw_kv, static_cast<void*>(sw_d), sw_q, sw_out}) BENCH_CHECK(cudaFree(ptr));
+  }
+  for (void* ptr : {kv, static_cast<void*>(d_table), static_cast<void*>(d_n),
+                    static_cast<void*>(d_len), q, out, ws, static_cast<void*>(d_chunks)}) {
+    BENCH_CHECK(cudaFree(ptr));
   }
 }
 
@@ -818,18 +818,6 @@ void BenchSkinnyGemm(Timer* timer, int m, int n, int k, bool all_variants) {
   BENCH_CHECK(cudaFree(y_ref));
 }
 
-// The decode GEMMs of qwen3next-1b at batch 64 (GDN in-proj, MLP gate|up, MLP down, GDN
-// out-proj, attention q|k|v, attention o, LM head), every variant; two at batch 1 and 16.
-void BenchSkinnyGemms(Timer* timer) {
-  const std::pair<int, int> shapes[] = {{12352, 2048}, {5632, 2048}, {2048, 2816}, {2048, 4096},
-                                        {2560, 2048},  {2048, 2048}, {32000, 2048}};
-  for (const auto& [n, k] : shapes) BenchSkinnyGemm(timer, 64, n, k, /*all_variants=*/true);
-  for (const int m : {1, 16}) {
-    BenchSkinnyGemm(timer, m, 12352, 2048, false);
-    BenchSkinnyGemm(timer, m, 2048, 2048, false);
-  }
-}
-
 // The GEMM tuner of runtime/cuda/gemm.cc Linear (cuBLASLt algorithm per shape by timing), on the
 // legacy default stream as the timer, for the "cublaslt tuned" rows. nullptr when cuBLAS or
 // cuBLASLt cannot be loaded (rows skipped).
@@ -947,6 +935,18 @@ void BenchTunedGemms(Timer* timer) {
                                         {2560, 2048},  {2048, 2048}, {32000, 2048}};
   for (const int m : {64, 1, 8, 32}) {
     for (const auto& [n, k] : shapes) BenchTunedGemm(timer, m, n, k, /*with_cublas=*/m != 64);
+  }
+}
+
+// The decode GEMMs of qwen3next-1b at batch 64 (GDN in-proj, MLP gate|up, MLP down, GDN
+// out-proj, attention q|k|v, attention o, LM head), every variant; two at batch 1 and 16.
+void BenchSkinnyGemms(Timer* timer) {
+  const std::pair<int, int> shapes[] = {{12352, 2048}, {5632, 2048}, {2048, 2816}, {2048, 4096},
+                                        {2560, 2048},  {2048, 2048}, {32000, 2048}};
+  for (const auto& [n, k] : shapes) BenchSkinnyGemm(timer, 64, n, k, /*all_variants=*/true);
+  for (const int m : {1, 16}) {
+    BenchSkinnyGemm(timer, m, 12352, 2048, false);
+    BenchSkinnyGemm(timer, m, 2048, 2048, false);
   }
 }
 
@@ -1416,21 +1416,21 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.totalGlobalMem >> 20);
   Timer timer;
   g_copy_gbs = CopyBandwidth(&timer);
-  // Decode-step norms / elementwise / short conv, every launch shape; --norms: only these.
-  if (argc > 1 && std::strcmp(argv[1], "--norms") == 0) {
-    BenchDecodeNorms(&timer);
-    return 0;
-  }
   if (argc > 1 && std::strcmp(argv[1], "--gemm") == 0) {
     BenchTunedGemms(&timer);  // only the cuBLASLt-tuned GEMM rows and their cublas rows
     return 0;
   }
+
   // Decode-step rope and sampling (qwen3next-1b, batch 64); --decode-misc: only these.
   if (argc > 1 && std::strcmp(argv[1], "--decode-misc") == 0) {
     BenchDecodeRopeSampling(&timer);
     return 0;
   }
-
+  // Decode-step norms / elementwise / short conv, every launch shape; --norms: only these.
+  if (argc > 1 && std::strcmp(argv[1], "--norms") == 0) {
+    BenchDecodeNorms(&timer);
+    return 0;
+  }
   // Skinny GEMMs (decode batches) against cuBLAS; --skinny: only these.
   const bool skinny_only = argc > 1 && std::strcmp(argv[1], "--skinny") == 0;
   BenchSkinnyGemms(&timer);

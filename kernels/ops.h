@@ -163,6 +163,9 @@ enum class GdnPrefillMmaVariant : int {
   kCols32Solve2 = 13,
   kFusedCols32Split4Solve2 = 14,  // four warps per 16 value rows (dk = 128; else Split2)
 };
+// The last GdnPrefillMmaVariant: GdnPrefill rejects larger values (keep it the last one above).
+constexpr GdnPrefillMmaVariant kLastGdnPrefillMmaVariant =
+    GdnPrefillMmaVariant::kFusedCols32Split4Solve2;
 
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
 // in one call. Sequence s owns the packed rows [cu_seqlens[s], cu_seqlens[s+1]) of q, k, v, a, b
