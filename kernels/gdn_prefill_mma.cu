@@ -81,7 +81,9 @@ constexpr int kLdt = kChunk + kPad;  // shared row stride of 64-wide bf16 tiles
 constexpr int kPieceThreads = 128;   // launches 1 and 3: 4 warps of 16 rows
 constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
 // GdnPrefillMmaVariant::kDefault (kernels/ops.h).
-constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2;
+// H100 run 4 (1 x 32768, H 16, HV 32, d 128): kFusedCols32Split2Solve2 2,418 us (launch 1
+// 878 + launch 2 1,546) against 2,836 for kFusedCols32Split2 and 2,562 for the Split4 one.
+constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2Solve2;
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline

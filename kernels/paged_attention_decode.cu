@@ -866,13 +866,13 @@ constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVarian
 // faster than the previous default t64s3w1 on each: 64 x 1K Hq 16 / Hkv 2 45.7 us (t64s3w1 47.1),
 // 64 x 8K 210.9 (215.4), 64 x 32K 768.4 (772.3), 1 x 128K 210.1 (213.2), 8 x 32K 395.2
 // (398.7), window 4096 115.6 (117.0), 64 x 4K Hq 32 / Hkv 8 390.4 (393.5). Head dims above 128
-// (one 64-token CTA fills an SM): t64s3w1c2, 73.8% of copy at d 256, group 8 (every c2 / c4
-// variant within 0.1 us of it). Both with the evict_first copies (kEvictFirst; best guess, not
-// measured yet: the benchmark's L2 flush, a memset, leaves up to 50 MB of dirty lines that a
-// read-only kernel writes back, ~17 us at copy bandwidth; compare the "e" rows with their
-// plain twins, and the [clean-L2] rows).
+// (one 64-token CTA fills an SM): t64s3w1c2se (S split over the two column warps), H100 run 4
+// at d 256, group 8, 4 x 32K: 108.7 us = 82.9% of copy with a clean L2 (74.4% after the
+// benchmark's memset flush, whose ~50 MB of dirty lines a read-only kernel writes back; the
+// previous default t64s3w1c2: 115.5 us / 78.0% clean). The evict_first copies (kEvictFirst)
+// measured within noise of their plain twins (d 128, 64 x 1K: 37.0 vs 37.8 us clean).
 DecodeVariant MmaDefaultVariant(int d) {
-  if (d > 128) return DecodeVariant{"t64s3w1c2e", 64, 3, 1, 2, kEvictFirst};
+  if (d > 128) return DecodeVariant{"t64s3w1c2se", 64, 3, 1, 2, kSplitS | kEvictFirst};
   return DecodeVariant{"t64s2w1c2e", 64, 2, 1, 2, kEvictFirst};
 }
 // The CUDA-core kernel's split plan when no CUDA-core variant is named (fp32 blocks, head dims

@@ -94,8 +94,10 @@ struct SampleRowsParams {
   int cluster = 0;
   // Keep exp(x − max) of the row in shared memory (when it fits) instead of recomputing it in
   // each pass (top-p, min-p, the normalisers, the CDF weights); false: recompute (for
-  // comparison in kernels_bench; the same results up to the CDF weights' last bits).
-  bool exp_cache = true;
+  // comparison in kernels_bench; the same results up to the CDF weights' last bits). Off by
+  // default: H100 run 4, 64 rows x 32000, temperature 1: 44.4 us without, 51.3 us with; top-k,
+  // top-p and greedy within 2 us either way.
+  bool exp_cache = false;
 };
 
 // The default CTAs per row (a power of two, at most 8) for rows x vocab on a device of `sms`
