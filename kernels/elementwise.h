@@ -29,6 +29,12 @@ int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream)
 int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int64_t rows,
                   int64_t n, float* out, void* stream);
 
+// Reads `count` uint4 (16-byte) words of `data` and writes one word to *sink only if their XOR
+// is a value no input gives in practice (so the reads cannot be dropped): a read-only sweep for
+// benchmarks, which leaves the L2 holding clean lines of `data` (a memset would leave dirty
+// lines that the next, timed, kernel writes back). CPU reference: none (no visible result).
+int ReadSweep(const void* data, int64_t count, uint32_t* sink, void* stream);
+
 // A run of int32 values to write to device memory: dst[i] = values[src + i] for i < count.
 struct Int32Run {
   int32_t* dst = nullptr;  // device
