@@ -488,6 +488,8 @@ constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
     {hyla::kernels::GdnPrefillMmaVariant::kCols32Solve2, "mma cols32 solve2"},
     {hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split4Solve2,
      "mma fused cols32 split4 solve2"},
+    {hyla::kernels::GdnPrefillMmaVariant::kOverlapCols64Split2Solve2, "mma overlap cols64"},
+    {hyla::kernels::GdnPrefillMmaVariant::kOverlapCols32Split2Solve2, "mma overlap cols32"},
 };
 
 // bf16 rows take GdnPrefill's tensor-core path (kernels/ops.h GdnPrefillUsesTensorCores);
@@ -563,6 +565,20 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
       p.mma_variant = v.variant;
       time_one(std::string(" [") + v.name + "]");
     }
+    // The overlapped variants' segment count (GdnPrefillParams::overlap_segments; 0 = default).
+    for (const hyla::kernels::GdnPrefillMmaVariant v :
+         {hyla::kernels::GdnPrefillMmaVariant::kOverlapCols64Split2Solve2,
+          hyla::kernels::GdnPrefillMmaVariant::kOverlapCols32Split2Solve2}) {
+      p.mma_variant = v;
+      for (const int segments : {4, 8, 32, 64}) {
+        p.overlap_segments = segments;
+        time_one(
+            std::string(" [mma overlap cols") +
+            (v == hyla::kernels::GdnPrefillMmaVariant::kOverlapCols64Split2Solve2 ? "64" : "32") +
+            " segments " + std::to_string(segments) + "]");
+      }
+    }
+    p.overlap_segments = 0;
     // Launches alone (kernels/ops.h internal::GdnPrefillMmaLaunch), in order so that each
     // reads what the previous one wrote: the default variant, the unfused kCols32 and the
     // parallel-solve (launch 1) and Split4 (launch 2) variants.
@@ -574,7 +590,9 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
           GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2Solve2,
                                 "mma fused cols32 split2 solve2"},
           GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split4Solve2,
-                                "mma fused cols32 split4 solve2"}}) {
+                                "mma fused cols32 split4 solve2"},
+          GdnPrefillVariantName{hyla::kernels::GdnPrefillMmaVariant::kFusedCols64Split2Solve2,
+                                "mma fused cols64 split2 solve2"}}) {
       p.mma_variant = alone.variant;
       for (int launch = 1; launch <= 3; ++launch) {
         const double us = timer->MedianUs([&] {

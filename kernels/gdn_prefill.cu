@@ -596,7 +596,7 @@ int GdnPrefill(const GdnPrefillParams& p, void* stream) {
   }
   if (GdnPrefillUsesTensorCores(p)) {
     const int v = static_cast<int>(p.mma_variant);
-    if (v < 0 || v > static_cast<int>(kLastGdnPrefillMmaVariant)) {
+    if (v < 0 || v > static_cast<int>(kLastGdnPrefillMmaVariant) || p.overlap_segments < 0) {
       return static_cast<int>(cudaErrorInvalidValue);
     }
     return internal::GdnPrefillMma(p, stream);

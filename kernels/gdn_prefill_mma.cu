@@ -69,6 +69,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#ifndef HYLA_GDN_MMA_EMULATION
+#include <mutex>
+#include <vector>
+#endif
 
 #include "kernels/ops.h"
 
@@ -350,8 +354,8 @@ struct PieceSmem {
 // a distance (register-blocked: a lane computes rows r, r + 8 × 4 columns), instead of a serial
 // forward substitution per column; 4 block barriers instead of 7 and no single-thread loop.
 template <int kDk, int kDv, bool kWithP, bool kFastSolve>
-HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
-                            uint16_t* smem) {
+HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int piece0, int cta,
+                            int tid, uint16_t* smem) {
   using L = PieceSmem<kDk, kDv, kWithP, kFastSolve>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdv = L::kLdv, kLdf = L::kLdf;
@@ -369,7 +373,7 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int ct
   uint16_t* Qs = smem + L::kQ;  // kWithP
 
   const int HV = p.num_v_heads;
-  const int piece = cta / HV, hv = cta % HV;
+  const int piece = piece0 + cta / HV, hv = cta % HV;
   const int h = hv / (HV / p.num_heads);
   const int s = SeqOfPiece(p, piece);
   const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
@@ -930,9 +934,13 @@ struct StateOutSmem {
 };
 
 // kPreDecay (with launch 1's kFastSolve): the entry's r_k is e^{G_last − G} r_k already.
+// Only the pieces numbered [g0, g1) (over all sequences, as launch 1 numbers them) are computed:
+// a CTA whose sequence has none of them returns at once, the others read Sᵀ from `state` at
+// their first such piece and write it back after their last (the overlapped variants run the
+// state pass as one launch per segment of pieces).
 template <int kDk, int kDv, int kCols, int kSplit, int kStages, bool kPreDecay>
-HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int cta, int tid,
-                               uint16_t* smem) {
+HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int g0, int g1,
+                               int cta, int tid, uint16_t* smem) {
   using L = StateOutSmem<kDk, kCols, kSplit, kStages>;
   using E = Entry<kDk, kDv>;
   constexpr int kLdk = L::kLdk, kLdo = L::kLdo;
@@ -954,8 +962,12 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
   const int len = p.cu_seqlens[s + 1] - row0;
   if (len <= 0) return;
   const int64_t sp = p.start_pos != nullptr ? p.start_pos[s] : 0;
-  const int first_piece = p.piece_offsets[s];
-  const int num_pieces = p.piece_offsets[s + 1] - first_piece;
+  // This CTA's pieces: local numbers lp0 + [0, num_pieces) of its sequence.
+  const int seq_first = p.piece_offsets[s];
+  const int lp0 = g0 > seq_first ? g0 - seq_first : 0;
+  const int num_pieces = MinI(p.piece_offsets[s + 1], g1) - seq_first - lp0;
+  if (num_pieces <= 0) return;
+  const int first_piece = seq_first + lp0;
   const int warp = tid / 32, lane = tid % 32;
   const int lg = lane / 4, lt = lane % 4;
   const int vb = warp % kRowBlocks, dh = warp / kRowBlocks;
@@ -970,7 +982,7 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
 
   auto load = [&](int lp, int stage) {
     uint16_t* st = smem + stage * L::kStage;
-    const PieceRange range = PieceOf(sp, len, lp);
+    const PieceRange range = PieceOf(sp, len, lp0 + lp);
     const int n = range.end - range.begin;
     const int64_t first_row = static_cast<int64_t>(row0) + range.begin;
     const uint16_t* entry = EntryOf<kDk, kDv>(p, first_piece + lp, hv);
@@ -988,7 +1000,7 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
   };
   // Piece lp's O tile (Os[lp % 2], token rows) → o.
   auto write_out = [&](int lp) {
-    const PieceRange range = PieceOf(sp, len, lp);
+    const PieceRange range = PieceOf(sp, len, lp0 + lp);
     const int n = range.end - range.begin;
     const uint16_t* os = smem + L::kO + (lp % 2) * kChunk * kLdo;
     uint16_t* out = obase + (static_cast<int64_t>(row0) + range.begin) * p.o_stride;
@@ -1158,7 +1170,7 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
     }
   }
   SyncThreads();
-  if (num_pieces > 0) write_out(num_pieces - 1);
+  write_out(num_pieces - 1);
 
 #pragma unroll
   for (int nt = 0; nt < kNt; ++nt) {
@@ -1316,10 +1328,12 @@ HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int c
 }
 
 #ifndef HYLA_GDN_MMA_EMULATION
+// Pieces piece0 + blockIdx.x / HV.
 template <int kDk, int kDv, bool kWithP, bool kFastSolve>
-__global__ void __launch_bounds__(kPieceThreads) GdnMmaPieceKernel(GdnPrefillParams p, Access acc) {
+__global__ void __launch_bounds__(kPieceThreads)
+    GdnMmaPieceKernel(GdnPrefillParams p, Access acc, int piece0) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
-  PieceBody<kDk, kDv, kWithP, kFastSolve>(p, acc, static_cast<int>(blockIdx.x),
+  PieceBody<kDk, kDv, kWithP, kFastSolve>(p, acc, piece0, static_cast<int>(blockIdx.x),
                                           static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv, int kCols, int kStages>
@@ -1328,12 +1342,13 @@ __global__ void __launch_bounds__(2 * kCols) GdnMmaStateKernel(GdnPrefillParams 
   StateBody<kDk, kDv, kCols, kStages>(p, acc, static_cast<int>(blockIdx.x),
                                       static_cast<int>(threadIdx.x), gdn_smem);
 }
+// Pieces [g0, g1) of the sequential pass.
 template <int kDk, int kDv, int kCols, int kSplit, int kStages, bool kPreDecay>
 __global__ void __launch_bounds__(2 * kCols * kSplit)
-    GdnMmaStateOutKernel(GdnPrefillParams p, Access acc) {
+    GdnMmaStateOutKernel(GdnPrefillParams p, Access acc, int g0, int g1) {
   extern __shared__ __align__(16) uint16_t gdn_smem[];
   StateOutBody<kDk, kDv, kCols, kSplit, kStages, kPreDecay>(
-      p, acc, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), gdn_smem);
+      p, acc, g0, g1, static_cast<int>(blockIdx.x), static_cast<int>(threadIdx.x), gdn_smem);
 }
 template <int kDk, int kDv>
 __global__ void __launch_bounds__(kPieceThreads)
@@ -1350,9 +1365,11 @@ cudaError_t SetSmem(Kernel kernel, size_t bytes) {
 }
 
 // Launch 2 (and, unless fused, 3) of variant (kCols, kSplit, kFused, kStages); only: 0 both, else
-// that one. kPreDecay: launch 1 ran with kFastSolve (fused: the entry holds decayed r_k).
+// that one. kPreDecay: launch 1 ran with kFastSolve (fused: the entry holds decayed r_k). Fused:
+// pieces [g0, g1) only (the unfused launches take every piece).
 template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages, bool kPreDecay>
-int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
+int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only,
+                     int g0, int g1) {
   const int64_t ctas = int64_t{p.num_seqs} * p.num_v_heads * (kDv / kCols);
   if (ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if constexpr (kFused) {
@@ -1362,7 +1379,7 @@ int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
         SetSmem(GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages, kPreDecay>, kSmem);
     if (err != cudaSuccess) return static_cast<int>(err);
     GdnMmaStateOutKernel<kDk, kDv, kCols, kSplit, kStages, kPreDecay>
-        <<<static_cast<unsigned>(ctas), 2 * kCols * kSplit, kSmem, stream>>>(p, acc);
+        <<<static_cast<unsigned>(ctas), 2 * kCols * kSplit, kSmem, stream>>>(p, acc, g0, g1);
     return LaunchResult();
   } else {
     constexpr size_t kSmem = StateSmem<kDk, kCols, kStages>::kBytes;
@@ -1384,14 +1401,16 @@ int LaunchSequential(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
   }
 }
 
+// Launch 1 over pieces [g0, g1).
 template <int kDk, int kDv, bool kFused, bool kFastSolve>
-int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream) {
+int LaunchPieces(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int g0,
+                 int g1) {
   constexpr size_t kSmem = PieceSmem<kDk, kDv, kFused, kFastSolve>::kBytes;
   const cudaError_t err = SetSmem(GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>, kSmem);
   if (err != cudaSuccess) return static_cast<int>(err);
-  const int64_t piece_ctas = int64_t{p.num_pieces} * p.num_v_heads;
+  const int64_t piece_ctas = int64_t{g1 - g0} * p.num_v_heads;
   GdnMmaPieceKernel<kDk, kDv, kFused, kFastSolve>
-      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kSmem, stream>>>(p, acc);
+      <<<static_cast<unsigned>(piece_ctas), kPieceThreads, kSmem, stream>>>(p, acc, g0);
   return LaunchResult();
 }
 
@@ -1401,11 +1420,89 @@ template <int kDk, int kDv, int kCols, int kSplit, bool kFused, int kStages,
           bool kFastSolve = false>
 int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
   if (only == 0 || only == 1) {
-    const int rc = LaunchPieces<kDk, kDv, kFused, kFastSolve>(p, acc, stream);
+    const int rc = LaunchPieces<kDk, kDv, kFused, kFastSolve>(p, acc, stream, 0, p.num_pieces);
     if (rc != 0 || only == 1) return rc;
   }
-  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages, kFastSolve>(p, acc, stream,
-                                                                                only);
+  return LaunchSequential<kDk, kDv, kCols, kSplit, kFused, kStages, kFastSolve>(
+      p, acc, stream, only, 0, p.num_pieces);
+}
+
+// ---- the overlapped variants ------------------------------------------------------------------
+// The state pass is latency bound (one CTA of 4 or 8 warps per SM, walking the pieces in order)
+// and launch 1 is issue bound with every piece independent, so they share the GPU: launch 1 runs
+// segment by segment on the caller's stream, and after each segment's launch 1 the state pass
+// of that segment runs on a side stream of the greatest priority (its CTAs are dispatched first
+// whenever an SM frees up; the cols-64 CTAs take most of an SM's shared memory, so the state
+// pass holds about half the SMs and launch 1 of the later segments runs on the others). The
+// caller's stream waits for the side stream's last launch before anything after GdnPrefill.
+// Side stream and events are per device and process-wide (like a cuBLAS handle), created on
+// first use; a mutex makes the enqueue sequence of concurrent callers atomic (an event is
+// re-recorded only after every wait on its previous record has been enqueued).
+constexpr int kDefaultOverlapSegments = 16;
+constexpr int kMaxDevices = 64;
+
+struct SideStream {
+  std::mutex mu;
+  cudaStream_t stream = nullptr;
+  std::vector<cudaEvent_t> events;
+};
+
+// The device's side stream with at least `events` events, locked by *lock; nullptr on error.
+SideStream* SideStreamFor(int events, std::unique_lock<std::mutex>* lock) {
+  static SideStream sides[kMaxDevices];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    return nullptr;
+  }
+  SideStream& side = sides[device];
+  *lock = std::unique_lock<std::mutex>(side.mu);
+  if (side.stream == nullptr) {
+    int least = 0, greatest = 0;
+    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) != cudaSuccess ||
+        cudaStreamCreateWithPriority(&side.stream, cudaStreamNonBlocking, greatest) !=
+            cudaSuccess) {
+      side.stream = nullptr;
+      return nullptr;
+    }
+  }
+  while (static_cast<int>(side.events.size()) < events) {
+    cudaEvent_t e = nullptr;
+    if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) return nullptr;
+    side.events.push_back(e);
+  }
+  return &side;
+}
+
+template <int kDk, int kDv, int kCols>
+int LaunchOverlapped(const GdnPrefillParams& p, const Access& acc, cudaStream_t stream, int only) {
+  constexpr int kSplit = 2, kStages = 2;
+  const int pieces = p.num_pieces;
+  const int segments =
+      MinI(p.overlap_segments > 0 ? p.overlap_segments : kDefaultOverlapSegments, pieces);
+  std::unique_lock<std::mutex> lock;
+  SideStream* side = only == 0 && segments > 1 ? SideStreamFor(segments + 1, &lock) : nullptr;
+  if (side == nullptr) {  // one segment, a launch timed alone, or no side stream: not overlapped
+    cudaGetLastError();   // (a failed stream or event creation is not the caller's error)
+    return LaunchVariant<kDk, kDv, kCols, kSplit, true, kStages, true>(p, acc, stream, only);
+  }
+  int rc = 0;
+  for (int i = 0; i < segments && rc == 0; ++i) {
+    const int g0 = static_cast<int>(int64_t{pieces} * i / segments);
+    const int g1 = static_cast<int>(int64_t{pieces} * (i + 1) / segments);
+    rc = LaunchPieces<kDk, kDv, true, true>(p, acc, stream, g0, g1);
+    if (rc == 0) rc = static_cast<int>(cudaEventRecord(side->events[i], stream));
+    if (rc == 0) rc = static_cast<int>(cudaStreamWaitEvent(side->stream, side->events[i], 0));
+    if (rc == 0) {
+      rc = LaunchSequential<kDk, kDv, kCols, kSplit, true, kStages, true>(p, acc, side->stream, 0,
+                                                                          g0, g1);
+    }
+  }
+  // Join even after an error, so the caller's stream never runs ahead of enqueued work.
+  const cudaEvent_t join = side->events[segments];
+  const cudaError_t joined = cudaEventRecord(join, side->stream);
+  const cudaError_t waited = cudaStreamWaitEvent(stream, join, 0);
+  if (rc != 0) return rc;
+  return static_cast<int>(joined != cudaSuccess ? joined : waited);
 }
 
 template <int kDk, int kDv>
@@ -1454,6 +1551,10 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
     case V::kFusedCols32Split4Solve2:  // Split4 needs dk = 128 (32 Sᵀ columns a warp): else 2
       return LaunchVariant < kDk, kDv, 32, kDk >= 128 ? 4 : 2, true, 2,
              true > (p, acc, stream, only);
+    case V::kOverlapCols64Split2Solve2:  // dv = 64: one 64-column tile
+      return LaunchOverlapped<kDk, kDv, 64>(p, acc, stream, only);
+    case V::kOverlapCols32Split2Solve2:
+      return LaunchOverlapped<kDk, kDv, 32>(p, acc, stream, only);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }

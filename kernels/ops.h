@@ -162,10 +162,17 @@ enum class GdnPrefillMmaVariant : int {
   kFusedCols64Split2Solve2 = 12,
   kCols32Solve2 = 13,
   kFusedCols32Split4Solve2 = 14,  // four warps per 16 value rows (dk = 128; else Split2)
+  // kFusedColsNSplit2Solve2 with launch 1 overlapped with the state pass: the pieces are cut into
+  // segments (GdnPrefillParams::overlap_segments), launch 1 runs segment by segment on the
+  // caller's stream and the state pass on a high-priority side stream, each of its segments
+  // after that segment's launch 1 (so the state pass of segment i runs beside launch 1 of the
+  // segments after it; the state stays fp32 in the pool between segments).
+  kOverlapCols64Split2Solve2 = 15,
+  kOverlapCols32Split2Solve2 = 16,
 };
 // The last GdnPrefillMmaVariant: GdnPrefill rejects larger values (keep it the last one above).
 constexpr GdnPrefillMmaVariant kLastGdnPrefillMmaVariant =
-    GdnPrefillMmaVariant::kFusedCols32Split4Solve2;
+    GdnPrefillMmaVariant::kOverlapCols32Split2Solve2;
 
 // Chunked gated delta rule (WY/UT form, reference/models.md §3.3) over variable-length sequences
 // in one call. Sequence s owns the packed rows [cu_seqlens[s], cu_seqlens[s+1]) of q, k, v, a, b
@@ -235,6 +242,9 @@ struct GdnPrefillParams {
   // tests); mma_variant picks its kernel variant (a benchmark knob).
   bool tensor_cores = true;
   GdnPrefillMmaVariant mma_variant = GdnPrefillMmaVariant::kDefault;
+  // kOverlap* variants: the number of segments the pieces are cut into (at most num_pieces);
+  // 0 picks kernels/gdn_prefill_mma.cu's default.
+  int overlap_segments = 0;
 };
 int GdnPrefill(const GdnPrefillParams& params, void* stream);
 // Covers every path of GdnPrefill (the fp32 kernels need the most).

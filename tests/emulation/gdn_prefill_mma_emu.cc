@@ -191,18 +191,39 @@ struct Case {
   bool fused = false;
   int stages = 2;
   bool fast = false;
+  int segments = 1;  // > 1: the overlapped variants' order (fused, split 2, fast solve)
 };
 
 template <int kDk, int kDv>
 void Emulate(GdnPrefillParams& p, const gdn_mma::Access& acc, int cols, int split, bool fused,
-             int stages, bool fast) {
+             int stages, bool fast, int segments) {
   using namespace gdn_mma;
   const int piece_ctas = p.num_pieces * p.num_v_heads;
+  if (segments > 1) {  // LaunchOverlapped's launches, one segment after the other
+    for (int i = 0; i < segments; ++i) {
+      const int g0 = p.num_pieces * i / segments, g1 = p.num_pieces * (i + 1) / segments;
+      RunGrid((g1 - g0) * p.num_v_heads, kPieceThreads, PieceSmem<kDk, kDv, true, true>::kBytes,
+              [&](int cta, int tid, uint16_t* sm) {
+                PieceBody<kDk, kDv, true, true>(p, acc, g0, cta, tid, sm);
+              });
+      auto state = [&](auto colc) {
+        constexpr int kC = decltype(colc)::value;
+        RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 4 * kC,
+                StateOutSmem<kDk, kC, 2, 2>::kBytes, [&](int cta, int tid, uint16_t* sm) {
+                  StateOutBody<kDk, kDv, kC, 2, 2, true>(p, acc, g0, g1, cta, tid, sm);
+                });
+      };
+      if (cols == 32) state(std::integral_constant<int, 32>());
+      if (cols == 64) state(std::integral_constant<int, 64>());
+    }
+    return;
+  }
   auto pieces = [&](auto fusedc, auto fastc) {
     constexpr bool kF = decltype(fusedc)::value, kS = decltype(fastc)::value;
-    RunGrid(
-        piece_ctas, kPieceThreads, PieceSmem<kDk, kDv, kF, kS>::kBytes,
-        [&](int cta, int tid, uint16_t* sm) { PieceBody<kDk, kDv, kF, kS>(p, acc, cta, tid, sm); });
+    RunGrid(piece_ctas, kPieceThreads, PieceSmem<kDk, kDv, kF, kS>::kBytes,
+            [&](int cta, int tid, uint16_t* sm) {
+              PieceBody<kDk, kDv, kF, kS>(p, acc, 0, cta, tid, sm);
+            });
   };
   using BT = std::true_type;
   using BF = std::false_type;
@@ -229,17 +250,17 @@ void Emulate(GdnPrefillParams& p, const gdn_mma::Access& acc, int cols, int spli
     if (stages == 2 && fast)
       RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
               StateOutSmem<kDk, kC, kS, 2>::kBytes, [&](int cta, int tid, uint16_t* sm) {
-                StateOutBody<kDk, kDv, kC, kS, 2, true>(p, acc, cta, tid, sm);
+                StateOutBody<kDk, kDv, kC, kS, 2, true>(p, acc, 0, p.num_pieces, cta, tid, sm);
               });
     else if (stages == 2)
       RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
               StateOutSmem<kDk, kC, kS, 2>::kBytes, [&](int cta, int tid, uint16_t* sm) {
-                StateOutBody<kDk, kDv, kC, kS, 2, false>(p, acc, cta, tid, sm);
+                StateOutBody<kDk, kDv, kC, kS, 2, false>(p, acc, 0, p.num_pieces, cta, tid, sm);
               });
     else if constexpr (kC == 16)
       RunGrid(p.num_seqs * p.num_v_heads * (kDv / kC), 2 * kC * kS,
               StateOutSmem<kDk, kC, kS, 3>::kBytes, [&](int cta, int tid, uint16_t* sm) {
-                StateOutBody<kDk, kDv, kC, kS, 3, false>(p, acc, cta, tid, sm);
+                StateOutBody<kDk, kDv, kC, kS, 3, false>(p, acc, 0, p.num_pieces, cta, tid, sm);
               });
   };
   using I16 = std::integral_constant<int, 16>;
@@ -344,13 +365,14 @@ bool RunCase(const Case& c, uint32_t seed) {
   acc.q16 = acc.k16 = acc.v16 = c.aligned;
   acc.o4 = c.aligned;
   acc.o16 = c.aligned;
-  if (c.dk == 64 && c.dv == 64) Emulate<64, 64>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast);
+  if (c.dk == 64 && c.dv == 64)
+    Emulate<64, 64>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast, c.segments);
   if (c.dk == 64 && c.dv == 128)
-    Emulate<64, 128>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast);
+    Emulate<64, 128>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast, c.segments);
   if (c.dk == 128 && c.dv == 64)
-    Emulate<128, 64>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast);
+    Emulate<128, 64>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast, c.segments);
   if (c.dk == 128 && c.dv == 128)
-    Emulate<128, 128>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast);
+    Emulate<128, 128>(p, acc, c.cols, c.split, c.fused, c.stages, c.fast, c.segments);
 
   // Reference recurrence.
   std::vector<float> ref_state = state0;
@@ -413,11 +435,12 @@ bool RunCase(const Case& c, uint32_t seed) {
   }
   const bool ok = !nan && mo / mr < 1e-2 && so / sr < 1e-2;
   std::printf(
-      "%s %s st%d %s split%d H%d HV%d dk%d dv%d cols%d %s T%d pieces%d: o %.3e (max %.3f)  state "
+      "%s %s st%d %s seg%d split%d H%d HV%d dk%d dv%d cols%d %s T%d pieces%d: o %.3e (max %.3f)  "
+      "state "
       "%.3e (max %.3f)%s\n",
       ok ? "OK  " : "FAIL", c.fast ? "solve2" : "solve1", c.stages, c.fused ? "fused" : "3-launch",
-      c.split, c.H, c.HV, c.dk, c.dv, c.cols, c.aligned ? "aligned" : "odd", T, pieces, mo / mr, mr,
-      so / sr, sr, nan ? " NaN" : "");
+      c.segments, c.split, c.H, c.HV, c.dk, c.dv, c.cols, c.aligned ? "aligned" : "odd", T, pieces,
+      mo / mr, mr, so / sr, sr, nan ? " NaN" : "");
   return ok;
 }
 
@@ -449,6 +472,11 @@ int main(int argc, char** argv) {
       {1, 2, 128, 128, {200, 70}, {5, 64}, 32, true, false, 4, true, 2, true},
       {1, 2, 128, 128, {200, 3}, {5, 62}, 32, false, false, 4, true, 2, true},
       {1, 1, 128, 64, {130}, {30}, 32, true, false, 4, true, 2, true},
+      // The overlapped variants' segments (segment borders inside and between sequences).
+      {1, 2, 128, 128, {200, 70}, {5, 64}, 64, true, false, 2, true, 2, true, 3},
+      {1, 2, 128, 128, {200, 70}, {5, 64}, 32, true, false, 2, true, 2, true, 6},
+      {1, 1, 64, 64, {400, 1, 70}, {0, 0, 63}, 64, false, false, 2, true, 2, true, 4},
+      {1, 2, 128, 128, {1000}, {0}, 64, true, true, 2, true, 2, true, 5},
   };
   bool all = true;
   for (size_t i = 0; i < cases.size(); ++i) {

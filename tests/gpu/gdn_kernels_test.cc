@@ -371,6 +371,7 @@ struct PrefillCase {
   bool commit = false;
   bool decay = true;
   kernels::GdnPrefillMmaVariant variant = kernels::GdnPrefillMmaVariant::kDefault;
+  int overlap_segments = 0;  // GdnPrefillParams::overlap_segments
 };
 
 // The pieces of a sequence as the API defines them, computed here independently of the kernel:
@@ -465,6 +466,7 @@ void RunPrefillAndCheck(const PrefillCase& c, const GateParams& gp, const std::v
   p.workspace = d_ws.get();
   p.workspace_bytes = ws_bytes;
   p.mma_variant = c.variant;
+  p.overlap_segments = c.overlap_segments;
   // The tensor-core path (bf16 without commit, dk, dv in {64, 128}) rounds its intermediates and
   // the per-piece state to bf16 (kernels/ops.h GdnPrefillUsesTensorCores): its final state is
   // held to the bf16 bound, not fp32's.
@@ -657,7 +659,8 @@ TEST_F(GdnPrefillTest, Bf16TensorCoreVariantsMatchRecurrence) {
   for (const V v : {V::kCols16, V::kCols32, V::kCols64, V::kFusedCols16, V::kFusedCols32,
                     V::kFusedCols16Split2, V::kFusedCols32Split2, V::kFusedCols64Split2,
                     V::kCols32Stages3, V::kFusedCols16Split2Stages3, V::kFusedCols32Split2Solve2,
-                    V::kFusedCols64Split2Solve2, V::kCols32Solve2, V::kFusedCols32Split4Solve2}) {
+                    V::kFusedCols64Split2Solve2, V::kCols32Solve2, V::kFusedCols32Split4Solve2,
+                    V::kOverlapCols64Split2Solve2, V::kOverlapCols32Split2Solve2}) {
     SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
     RunPrefillCase({{2, 4, 128, 128, false, true}, {200, 70}, {5, 64}, true, false, true, v}, 87);
     RunPrefillCase({{1, 2, 64, 64, false, true}, {129, 1, 0}, {63, 0, 0}, true, false, true, v},
@@ -695,15 +698,45 @@ TEST_F(GdnPrefillTest, Bf16TensorCoresSmallForSanitizer) {
                   true,
                   V::kFusedCols32Split4Solve2},
                  97);  // four warps per 16 value rows
+  PrefillCase overlap{{1, 2, 128, 128, false, true}, {130, 3}, {10, 0}, true};
+  overlap.variant = V::kOverlapCols64Split2Solve2;
+  overlap.overlap_segments = 2;
+  RunPrefillCase(overlap, 101);  // two segments, side stream
 }
 
 // The parallel-solve and Split4 variants over a long sequence (64 pieces of drift), same bound.
 TEST_F(GdnPrefillTest, Bf16TensorCoreNewVariantsLongSequenceMatchRecurrence) {
   using V = kernels::GdnPrefillMmaVariant;
-  for (const V v : {V::kFusedCols32Split2Solve2, V::kFusedCols32Split4Solve2}) {
+  for (const V v : {V::kFusedCols32Split2Solve2, V::kFusedCols32Split4Solve2,
+                    V::kOverlapCols64Split2Solve2, V::kOverlapCols32Split2Solve2}) {
     SCOPED_TRACE("mma_variant " + std::to_string(static_cast<int>(v)));
     RunPrefillCase({{1, 2, 128, 128, false, true}, {4096}, {0}, true, false, true, v}, 98);
   }
+}
+
+// The overlapped variants with every segment count that matters: one (not overlapped), a
+// segment per piece, segment borders inside and between sequences (one of them empty), and more
+// segments than pieces (clamped); the same bound.
+TEST_F(GdnPrefillTest, Bf16TensorCoreOverlapSegmentsMatchRecurrence) {
+  using V = kernels::GdnPrefillMmaVariant;
+  for (const int segments : {1, 2, 3, 7, 13, 1000}) {
+    SCOPED_TRACE("overlap_segments " + std::to_string(segments));
+    PrefillCase c{{2, 4, 128, 128, false, true}, {300, 0, 150, 64}, {10, 0, 63, 0}, true};
+    c.variant = V::kOverlapCols64Split2Solve2;
+    c.overlap_segments = segments;
+    RunPrefillCase(c, 99);
+    c.variant = V::kOverlapCols32Split2Solve2;
+    c.shape = {1, 1, 64, 64, false, true};
+    RunPrefillCase(c, 100);
+  }
+}
+
+// A negative segment count is the caller's error (GdnPrefill validates it before any launch).
+TEST_F(GpuTest, GdnPrefillRejectsNegativeOverlapSegments) {
+  kernels::GdnPrefillParams p;
+  p.num_seqs = 1;
+  p.overlap_segments = -1;
+  EXPECT_NE(kernels::GdnPrefill(p, nullptr), 0);
 }
 
 TEST_F(GdnPrefillTest, NatslCommitAndDecayMatchReference) {
