@@ -70,6 +70,7 @@
 #include <cstddef>
 #include <cstdint>
 #ifndef HYLA_GDN_MMA_EMULATION
+#include <algorithm>
 #include <mutex>
 #include <vector>
 #endif
@@ -1478,7 +1479,7 @@ int LaunchOverlapped(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
   constexpr int kSplit = 2, kStages = 2;
   const int pieces = p.num_pieces;
   const int segments =
-      MinI(p.overlap_segments > 0 ? p.overlap_segments : kDefaultOverlapSegments, pieces);
+      std::min(p.overlap_segments > 0 ? p.overlap_segments : kDefaultOverlapSegments, pieces);
   std::unique_lock<std::mutex> lock;
   SideStream* side = only == 0 && segments > 1 ? SideStreamFor(segments + 1, &lock) : nullptr;
   if (side == nullptr) {  // one segment, a launch timed alone, or no side stream: not overlapped
