@@ -496,7 +496,9 @@ constexpr GdnPrefillVariantName kGdnPrefillVariants[] = {
 // all_variants (bf16) also times each GdnPrefillMmaVariant and the fp32 kernels (" [fp32
 // kernel]", GdnPrefillParams::tensor_cores = false) on the same buffers.
 void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk, int dv, bool bf16,
-                     bool all_variants = false) {
+                     bool all_variants = false,
+                     hyla::kernels::GdnPrefillMmaVariant first_variant =
+                         hyla::kernels::GdnPrefillMmaVariant::kDefault) {
   const size_t es = bf16 ? 2 : 4;
   const int64_t row = 2 * int64_t{H} * dk + int64_t{HV} * dv + 2 * HV;
   const int64_t rows_total = int64_t{num_seqs} * len;
@@ -548,6 +550,7 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
   p.o_stride = int64_t{HV} * dv;
   p.workspace = ws;
   p.workspace_bytes = ws_bytes;
+  p.mma_variant = first_variant;
   const double bytes = double(rows_total) * row * es + double(rows_total) * HV * dv * es +
                        2.0 * num_seqs * state * 4;
   auto time_one = [&](const std::string& suffix) {
@@ -1457,6 +1460,19 @@ int main(int argc, char** argv) {
   // Decode-step norms / elementwise / short conv, every launch shape; --norms: only these.
   if (argc > 1 && std::strcmp(argv[1], "--norms") == 0) {
     BenchDecodeNorms(&timer);
+    return 0;
+  }
+  // GDN prefill at the fla comparison shape, every variant; --gdn-prefill: only these.
+  // --gdn-prefill-once: one row, kFusedCols32Split2Solve2 (launch 1 and the state pass each as
+  // one launch over every piece), for a profiler.
+  if (argc > 1 && std::strcmp(argv[1], "--gdn-prefill") == 0) {
+    BenchGdnPrefill(&timer, 4, 4096, 8, 16, 128, 128, true);
+    BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, true);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--gdn-prefill-once") == 0) {
+    BenchGdnPrefill(&timer, 1, 32768, 16, 32, 128, 128, true, false,
+                    hyla::kernels::GdnPrefillMmaVariant::kFusedCols32Split2Solve2);
     return 0;
   }
   // Skinny GEMMs (decode batches) against cuBLAS; --skinny: only these.

@@ -85,10 +85,19 @@ constexpr int kPad = 8;              // bf16 elements of padding per shared row
 constexpr int kLdt = kChunk + kPad;  // shared row stride of 64-wide bf16 tiles
 constexpr int kPieceThreads = 128;   // launches 1 and 3: 4 warps of 16 rows
 constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
-// GdnPrefillMmaVariant::kDefault (kernels/ops.h).
+// GdnPrefillMmaVariant::kDefault (kernels/ops.h): kDefaultLongVariant for one sequence of at
+// least kLongPieces pieces, else kDefaultVariant. The overlapped variants cut the pieces into
+// segments by their global numbers, so with several sequences a segment's state pass would
+// walk one sequence at a time (the sequences' passes run side by side in the fused variants).
 // H100 run 4 (1 x 32768, H 16, HV 32, d 128): kFusedCols32Split2Solve2 2,418 us (launch 1
 // 878 + launch 2 1,546) against 2,836 for kFusedCols32Split2 and 2,562 for the Split4 one.
+// H100, 2026-11-23 (same shape): kOverlapCols64Split2Solve2 2,102 us with 8 segments (4: 2,160,
+// 16: 2,175, 32: 2,283) against 2,382 for kFusedCols32Split2Solve2 and 2,293 for the overlapped
+// cols-32 one; its state pass alone takes 1,723 us (cols 32: 1,505).
 constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2Solve2;
+constexpr GdnPrefillMmaVariant kDefaultLongVariant =
+    GdnPrefillMmaVariant::kOverlapCols64Split2Solve2;
+constexpr int kLongPieces = 16;
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline
@@ -1439,7 +1448,7 @@ int LaunchVariant(const GdnPrefillParams& p, const Access& acc, cudaStream_t str
 // Side stream and events are per device and process-wide (like a cuBLAS handle), created on
 // first use; a mutex makes the enqueue sequence of concurrent callers atomic (an event is
 // re-recorded only after every wait on its previous record has been enqueued).
-constexpr int kDefaultOverlapSegments = 16;
+constexpr int kDefaultOverlapSegments = 8;
 constexpr int kMaxDevices = 64;
 
 struct SideStream {
@@ -1521,7 +1530,9 @@ int Launch(const GdnPrefillParams& p, cudaStream_t stream, int only) {
   if (piece_ctas > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   if (piece_ctas == 0) return static_cast<int>(cudaSuccess);  // every sequence is empty
   using V = GdnPrefillMmaVariant;
-  const V variant = p.mma_variant == V::kDefault ? kDefaultVariant : p.mma_variant;
+  const V variant = p.mma_variant != V::kDefault                     ? p.mma_variant
+                    : p.num_seqs == 1 && p.num_pieces >= kLongPieces ? kDefaultLongVariant
+                                                                     : kDefaultVariant;
   switch (variant) {
     case V::kCols16:
       return LaunchVariant<kDk, kDv, 16, 1, false, 2>(p, acc, stream, only);
