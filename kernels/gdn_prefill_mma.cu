@@ -250,20 +250,38 @@ HYLA_GDN_DEV PieceRange PieceOf(int64_t sp, int len, int lp) {
   return {begin, end};
 }
 
-// Copies `rows` rows of `cols` bf16 (cols % 8 == 0) from src (rows `stride` elements apart) to
-// dst (rows `ld` apart): rows >= n are zero. vec: 16-byte cp.async (the caller commits and
-// waits); otherwise element by element (done on return).
-HYLA_GDN_DEV void LoadRows(uint16_t* dst, int ld, const uint16_t* src, int64_t stride, int rows,
-                           int n, int cols, bool vec, int tid, int threads) {
-  const int chunks = cols / 8;
-  for (int i = tid; i < rows * chunks; i += threads) {
-    const int r = i / chunks, c = 8 * (i % chunks);
-    const bool in = r < n;
-    if (vec) {
-      CpAsync16(dst + r * ld + c, in ? src + r * stride + c : src, in);
-    } else {
+// Copies kRows rows of kCols bf16 (kCols % 8 == 0) from src (rows `stride` elements apart) to
+// dst (rows kLd apart): rows >= n are zero. vec: 16-byte cp.async (the caller commits and
+// waits); otherwise element by element (done on return). Thread tid copies the 16-byte chunks
+// tid, tid + kThreads, ...: with kThreads a multiple of the chunks per row that is one column
+// and the rows r0 + j·kStep, so every address after the first advances by a constant (a few
+// instructions per chunk; the generic index math of a loop over chunks cost ~24, which made
+// these copies half of the state pass's instructions).
+template <int kRows, int kCols, int kLd, int kThreads>
+HYLA_GDN_DEV void LoadRows(uint16_t* dst, const uint16_t* src, int64_t stride, int n, bool vec,
+                           int tid) {
+  constexpr int kCpr = kCols / 8;  // 16-byte chunks per row
+  static_assert(kCols % 8 == 0 && kThreads % kCpr == 0, "a pass covers whole rows");
+  constexpr int kStep = kThreads / kCpr;
+  constexpr int kIters = (kRows + kStep - 1) / kStep;
+  const int r0 = tid / kCpr, c = 8 * (tid % kCpr);
+  if (vec) {
+    const uint16_t* s = src + r0 * stride + c;
+    const int64_t step = int64_t{kStep} * stride;
+    uint16_t* d = dst + r0 * kLd + c;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) dst[r * ld + c + e] = in ? src[r * stride + c + e] : 0;
+    for (int j = 0; j < kIters; ++j) {
+      const int r = r0 + j * kStep;
+      if (kRows % kStep == 0 || r < kRows) {
+        const bool in = r < n;
+        CpAsync16(d + j * kStep * kLd, in ? s + j * step : src, in);
+      }
+    }
+  } else {
+    for (int r = r0; r < kRows; r += kStep) {
+      const bool in = r < n;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[r * kLd + c + e] = in ? src[r * stride + c + e] : 0;
     }
   }
 }
@@ -395,17 +413,18 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
   const int warp = tid / 32, lane = tid % 32;
   const int lg = lane / 4, lt = lane % 4;
 
-  LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
-           p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
+  LoadRows<kChunk, kDk, kLdk, kPieceThreads>(
+      Ks, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk, p.k_stride,
+      n, acc.k16, tid);
   const uint16_t* v_rows =
       static_cast<const uint16_t*>(p.v) + first_row * p.v_stride + int64_t{hv} * kDv;
   if (!kFastSolve) {  // else V goes to T's space once T is dead (PieceSmem kLateV)
-    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+    LoadRows<kChunk, kDv, kLdv, kPieceThreads>(Vs, v_rows, p.v_stride, n, acc.v16, tid);
   }
   if (kWithP) {
-    LoadRows(Qs, kLdk,
-             static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
-             p.q_stride, kChunk, n, kDk, acc.q16, tid, kPieceThreads);
+    LoadRows<kChunk, kDk, kLdk, kPieceThreads>(
+        Qs, static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
+        p.q_stride, n, acc.q16, tid);
   }
   CpAsyncCommit();
   // Gates of the piece's rows (padding rows: g = 0, β = 0).
@@ -682,7 +701,7 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
   if (!kFastSolve) scale_v();
   SyncThreads();
   if (kFastSolve) {  // T (read above) is dead: V into its space while W is computed
-    LoadRows(Vs, kLdv, v_rows, p.v_stride, kChunk, n, kDv, acc.v16, tid, kPieceThreads);
+    LoadRows<kChunk, kDv, kLdv, kPieceThreads>(Vs, v_rows, p.v_stride, n, acc.v16, tid);
     CpAsyncCommit();
   }
 
@@ -800,11 +819,12 @@ HYLA_GDN_DEV void StateBody(const GdnPrefillParams& p, const Access& acc, int ct
     const int piece = first_piece + lp;
     const PieceRange range = PieceOf(sp, len, lp);
     const uint16_t* entry = EntryOf<kDk, kDv>(p, piece, hv);
-    LoadRows(st + L::kW, kLdk, entry + E::kW, kDk, kChunk, kChunk, kDk, true, tid, kThreads);
-    LoadRows(st + L::kK, kLdk, kbase + (static_cast<int64_t>(row0) + range.begin) * p.k_stride,
-             p.k_stride, kChunk, range.end - range.begin, kDk, acc.k16, tid, kThreads);
-    LoadRows(st + L::kUT, kLdt, entry + E::kVT + int64_t{v0} * kChunk, kChunk, kCols, kCols, kChunk,
-             true, tid, kThreads);
+    LoadRows<kChunk, kDk, kLdk, kThreads>(st + L::kW, entry + E::kW, kDk, kChunk, true, tid);
+    LoadRows<kChunk, kDk, kLdk, kThreads>(
+        st + L::kK, kbase + (static_cast<int64_t>(row0) + range.begin) * p.k_stride, p.k_stride,
+        range.end - range.begin, acc.k16, tid);
+    LoadRows<kCols, kChunk, kLdt, kThreads>(st + L::kUT, entry + E::kVT + int64_t{v0} * kChunk,
+                                            kChunk, kCols, true, tid);
     if (tid < 32) {
       CpAsync16(st + L::kG + 8 * tid, entry + E::kFloats + 8 * tid, true);  // G, r_k
     }
@@ -996,14 +1016,14 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
     const int n = range.end - range.begin;
     const int64_t first_row = static_cast<int64_t>(row0) + range.begin;
     const uint16_t* entry = EntryOf<kDk, kDv>(p, first_piece + lp, hv);
-    LoadRows(st + L::kW, kLdk, entry + E::kW, kDk, kChunk, kChunk, kDk, true, tid, kThreads);
-    LoadRows(st + L::kK, kLdk, kbase + first_row * p.k_stride, p.k_stride, kChunk, n, kDk, acc.k16,
-             tid, kThreads);
-    LoadRows(st + L::kQ, kLdk, qbase + first_row * p.q_stride, p.q_stride, kChunk, n, kDk, acc.q16,
-             tid, kThreads);
-    LoadRows(st + L::kUT, kLdt, entry + E::kVT + int64_t{v0} * kChunk, kChunk, kCols, kCols, kChunk,
-             true, tid, kThreads);
-    LoadRows(st + L::kP, kLdt, entry + E::kP, kChunk, kChunk, kChunk, kChunk, true, tid, kThreads);
+    LoadRows<kChunk, kDk, kLdk, kThreads>(st + L::kW, entry + E::kW, kDk, kChunk, true, tid);
+    LoadRows<kChunk, kDk, kLdk, kThreads>(st + L::kK, kbase + first_row * p.k_stride, p.k_stride, n,
+                                          acc.k16, tid);
+    LoadRows<kChunk, kDk, kLdk, kThreads>(st + L::kQ, qbase + first_row * p.q_stride, p.q_stride, n,
+                                          acc.q16, tid);
+    LoadRows<kCols, kChunk, kLdt, kThreads>(st + L::kUT, entry + E::kVT + int64_t{v0} * kChunk,
+                                            kChunk, kCols, true, tid);
+    LoadRows<kChunk, kChunk, kLdt, kThreads>(st + L::kP, entry + E::kP, kChunk, kChunk, true, tid);
     for (int i = tid; i < 3 * kChunk / 4; i += kThreads) {
       CpAsync16(st + L::kG + 8 * i, entry + E::kFloats + 8 * i, true);  // G, r_k, r_q e^G
     }
@@ -1014,9 +1034,10 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
     const int n = range.end - range.begin;
     const uint16_t* os = smem + L::kO + (lp % 2) * kChunk * kLdo;
     uint16_t* out = obase + (static_cast<int64_t>(row0) + range.begin) * p.o_stride;
-    constexpr int kChunks = kCols / 8;
-    for (int i = tid; i < n * kChunks; i += kThreads) {
-      const int r = i / kChunks, c = 8 * (i % kChunks);
+    constexpr int kChunks = kCols / 8;  // a fixed column per thread (kThreads % kChunks == 0)
+    constexpr int kRowStep = kThreads / kChunks;
+    const int c = 8 * (tid % kChunks);
+    for (int r = tid / kChunks; r < n; r += kRowStep) {
       uint16_t* dst = out + r * p.o_stride + c;
       if (acc.o16) {
 #ifdef HYLA_GDN_MMA_EMULATION
@@ -1232,12 +1253,14 @@ HYLA_GDN_DEV void OutputBody(const GdnPrefillParams& p, const Access& acc, int c
   const int lg = lane / 4, lt = lane % 4;
   const uint16_t* entry = EntryOf<kDk, kDv>(p, piece, hv);
 
-  LoadRows(Qs, kLdk, static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk,
-           p.q_stride, kChunk, n, kDk, acc.q16, tid, kPieceThreads);
-  LoadRows(Ks, kLdk, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk,
-           p.k_stride, kChunk, n, kDk, acc.k16, tid, kPieceThreads);
-  LoadRows(VTs, kLdt, entry + E::kVT, kChunk, kDv, kDv, kChunk, true, tid, kPieceThreads);
-  LoadRows(HTs, kLdk, entry + E::kH, kDk, kDv, kDv, kDk, true, tid, kPieceThreads);
+  LoadRows<kChunk, kDk, kLdk, kPieceThreads>(
+      Qs, static_cast<const uint16_t*>(p.q) + first_row * p.q_stride + int64_t{h} * kDk, p.q_stride,
+      n, acc.q16, tid);
+  LoadRows<kChunk, kDk, kLdk, kPieceThreads>(
+      Ks, static_cast<const uint16_t*>(p.k) + first_row * p.k_stride + int64_t{h} * kDk, p.k_stride,
+      n, acc.k16, tid);
+  LoadRows<kDv, kChunk, kLdt, kPieceThreads>(VTs, entry + E::kVT, kChunk, kDv, true, tid);
+  LoadRows<kDv, kDk, kLdk, kPieceThreads>(HTs, entry + E::kH, kDk, kDv, true, tid);
   if (tid < 32) {
     CpAsync16(smem + L::kF + 8 * tid, entry + E::kFloats + 8 * tid, true);  // G, r_k
   }
