@@ -101,6 +101,7 @@ constexpr int kLongPieces = 16;
 
 #ifdef HYLA_GDN_MMA_EMULATION
 #define HYLA_GDN_DEV inline
+#define HYLA_GDN_ASSUME(x) ((void)0)
 // Provided by the emulator.
 void SyncThreads();
 void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -120,6 +121,7 @@ uint16_t ToBf16(float v);
 float Bf16ToF(uint16_t v);
 #else
 #define HYLA_GDN_DEV __device__ __forceinline__
+#define HYLA_GDN_ASSUME(x) __builtin_assume(x)
 
 HYLA_GDN_DEV void SyncThreads() { __syncthreads(); }
 HYLA_GDN_DEV void SyncWarp() { __syncwarp(); }
@@ -264,6 +266,7 @@ HYLA_GDN_DEV void LoadRows(uint16_t* dst, const uint16_t* src, int64_t stride, i
   static_assert(kCols % 8 == 0 && kThreads % kCpr == 0, "a pass covers whole rows");
   constexpr int kStep = kThreads / kCpr;
   constexpr int kIters = (kRows + kStep - 1) / kStep;
+  HYLA_GDN_ASSUME(tid >= 0 && tid < kThreads);  // folds the row checks of full tiles
   const int r0 = tid / kCpr, c = 8 * (tid % kCpr);
   if (vec) {
     const uint16_t* s = src + r0 * stride + c;
@@ -512,8 +515,10 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
         for (int e = 0; e < 4; ++e) {
           const int hh = e >> 1;
           const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt + (e & 1);
-          As[i * kLdf + j] =
-              live && i > j ? fi[hh] * Rk[j] * ExpF<true>(gi[hh] - Gs[j]) * c[nt][e] : 0.0f;
+          // Branch-free (a select, not a divergent branch per element): Γ is clamped to 1
+          // above the diagonal, where the value is discarded.
+          const float x = fi[hh] * Rk[j] * ExpF<true>(fminf(gi[hh] - Gs[j], 0.0f)) * c[nt][e];
+          As[i * kLdf + j] = live && i > j ? x : 0.0f;
         }
       }
     } else {
@@ -552,11 +557,13 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int i = 16 * warp + lg + 8 * hh, j = 8 * nt + 2 * lt;
-        const float x0 =
-            live && j <= i ? c[nt][2 * hh] * Rq[i] * Rk[j] * ExpF<kFastSolve>(Gs[i] - Gs[j]) : 0.0f;
-        const float x1 = live && j + 1 <= i ? c[nt][2 * hh + 1] * Rq[i] * Rk[j + 1] *
-                                                  ExpF<kFastSolve>(Gs[i] - Gs[j + 1])
-                                            : 0.0f;
+        // Selects, not branches (Γ clamped to 1 above the diagonal, where it is discarded).
+        const float y0 =
+            c[nt][2 * hh] * Rq[i] * Rk[j] * ExpF<kFastSolve>(fminf(Gs[i] - Gs[j], 0.0f));
+        const float y1 = c[nt][2 * hh + 1] * Rq[i] * Rk[j + 1] *
+                         ExpF<kFastSolve>(fminf(Gs[i] - Gs[j + 1], 0.0f));
+        const float x0 = live && j <= i ? y0 : 0.0f;
+        const float x1 = live && j + 1 <= i ? y1 : 0.0f;
         *reinterpret_cast<uint32_t*>(P + i * kChunk + j) = PackBf16(x0, x1);
       }
     }
@@ -949,14 +956,17 @@ struct StateOutSmem {
   static constexpr int kWarps = kCols / 16 * kSplit;
   // Per stage: bf16 W, K, Q [64, kLdk], UT [kCols, kLdt], P [64, kLdt]; fp32 G, r_k, r_q e^G
   // [64 each]. After the stages: two O tiles [64, kLdo] bf16 (piece lp is written out while
-  // lp + 1 is computed), then (kSplit > 1) each warp's fp32 partial V_newᵀ and Oᵀ [2·8·4·32].
+  // lp + 1 is computed), then (kSplit > 1) each warp's fp32 partial V_newᵀ (8 tiles) and the
+  // partial Oᵀ of its partners' token tiles (kOqSlots tiles), a float4 per lane and tile.
   static constexpr int64_t kW = 0, kK = kW + kChunk * kLdk, kQ = kK + kChunk * kLdk;
   static constexpr int64_t kUT = kQ + kChunk * kLdk, kP = kUT + kCols * kLdt;
   static constexpr int64_t kG = kP + kChunk * kLdt;
   static constexpr int64_t kStage = kG + 2 * 3 * kChunk;
   static constexpr int64_t kO = kStages * kStage;
   static constexpr int64_t kX = kO + 2 * kChunk * kLdo;
-  static constexpr int kXFloats = 2 * 8 * 4 * 32;
+  // Split2: a warp's partner owns 4 of the 8 token tiles (slot nt % 4); Split4: 6 of 8 (slot nt).
+  static constexpr int kOqSlots = kSplit == 2 ? 4 : 8;
+  static constexpr int kXFloats = (8 + kOqSlots) * 4 * 32;
   static constexpr size_t kBytes =
       2 * kX + (kSplit > 1 ? sizeof(float) * kWarps * kXFloats : size_t{0});
   static_assert(kG % 8 == 0 && kStage % 8 == 0 && kX % 8 == 0, "16-byte aligned arrays");
@@ -1107,28 +1117,37 @@ HYLA_GDN_DEV void StateOutBody(const GdnPrefillParams& p, const Access& acc, int
     if (kSplit > 1) {  // add the partner warps' parts (the other Sᵀ columns)
       // Every warp needs all of V_newᵀ but only its own token tiles of Oᵀ (nt / kTokTiles ==
       // dh): the Oᵀ parts of a warp's own tiles are neither stored nor read by its partners.
-      float* xs = reinterpret_cast<float*>(smem + L::kX);
-      float* mine = xs + warp * L::kXFloats;
+      // One 16-byte store / load per lane and tile (a warp's 512 contiguous bytes).
+      constexpr int kOqSlots = L::kOqSlots;
+      float4* xs = reinterpret_cast<float4*>(smem + L::kX);
+      float4* mine = xs + warp * (L::kXFloats / 4);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const bool own = nt / kTokTiles == dh;  // warp-uniform
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          mine[(nt * 4 + e) * 32 + lane] = vn[nt][e];
-          if (!own) mine[((8 + nt) * 4 + e) * 32 + lane] = oq[nt][e];
+        mine[nt * 32 + lane] = make_float4(vn[nt][0], vn[nt][1], vn[nt][2], vn[nt][3]);
+        if (!own) {
+          mine[(8 + nt % kOqSlots) * 32 + lane] =
+              make_float4(oq[nt][0], oq[nt][1], oq[nt][2], oq[nt][3]);
         }
       }
       SyncThreads();
 #pragma unroll
       for (int o = 1; o < kSplit; ++o) {
-        const float* other = xs + (vb + ((dh + o) % kSplit) * kRowBlocks) * L::kXFloats;
+        const float4* other = xs + (vb + ((dh + o) % kSplit) * kRowBlocks) * (L::kXFloats / 4);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           const bool own = nt / kTokTiles == dh;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            vn[nt][e] += other[(nt * 4 + e) * 32 + lane];
-            if (own) oq[nt][e] += other[((8 + nt) * 4 + e) * 32 + lane];
+          const float4 x = other[nt * 32 + lane];
+          vn[nt][0] += x.x;
+          vn[nt][1] += x.y;
+          vn[nt][2] += x.z;
+          vn[nt][3] += x.w;
+          if (own) {
+            const float4 y = other[(8 + nt % kOqSlots) * 32 + lane];
+            oq[nt][0] += y.x;
+            oq[nt][1] += y.y;
+            oq[nt][2] += y.z;
+            oq[nt][3] += y.w;
           }
         }
       }
