@@ -573,7 +573,7 @@ void BenchGdnPrefill(Timer* timer, int num_seqs, int len, int H, int HV, int dk,
          {hyla::kernels::GdnPrefillMmaVariant::kOverlapCols64Split2Solve2,
           hyla::kernels::GdnPrefillMmaVariant::kOverlapCols32Split2Solve2}) {
       p.mma_variant = v;
-      for (const int segments : {4, 8, 32, 64}) {
+      for (const int segments : {4, 6, 12, 16, 32}) {
         p.overlap_segments = segments;
         time_one(
             std::string(" [mma overlap cols") +

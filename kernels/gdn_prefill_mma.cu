@@ -1537,10 +1537,20 @@ int LaunchOverlapped(const GdnPrefillParams& p, const Access& acc, cudaStream_t 
     cudaGetLastError();   // (a failed stream or event creation is not the caller's error)
     return LaunchVariant<kDk, kDv, kCols, kSplit, true, kStages, true>(p, acc, stream, only);
   }
+  // Tapered segments: the first and the last a quarter of the others' size (the state pass
+  // waits for the first segment's launch 1 alone, and the last segment's state pass runs after
+  // launch 1 has finished: both are time when half the GPU idles).
+  const int edge = segments > 2 ? std::max(1, pieces / (4 * segments)) : 0;
+  auto boundary = [&](int i) {
+    if (edge == 0) return static_cast<int>(int64_t{pieces} * i / segments);
+    if (i == 0) return 0;
+    if (i == segments) return pieces;
+    return edge + static_cast<int>(int64_t{pieces - 2 * edge} * (i - 1) / (segments - 2));
+  };
   int rc = 0;
   for (int i = 0; i < segments && rc == 0; ++i) {
-    const int g0 = static_cast<int>(int64_t{pieces} * i / segments);
-    const int g1 = static_cast<int>(int64_t{pieces} * (i + 1) / segments);
+    const int g0 = boundary(i), g1 = boundary(i + 1);
+    if (g1 == g0) continue;
     rc = LaunchPieces<kDk, kDv, true, true>(p, acc, stream, g0, g1);
     if (rc == 0) rc = static_cast<int>(cudaEventRecord(side->events[i], stream));
     if (rc == 0) rc = static_cast<int>(cudaStreamWaitEvent(side->stream, side->events[i], 0));
