@@ -45,6 +45,19 @@
 // Oᵀ only for its partners' token tiles and adds the partners' only on its own.
 // Γ_ij = e^{G_i − G_j} is evaluated only for i >= j, as in the fp32 kernels. Padding rows of a
 // short piece have k = v = 0, β = g = 0 and r = 0: W, U and V_new rows are zero there.
+// Overlapped variants (kOverlap*, LaunchOverlapped; the default for one sequence of >= 16
+// pieces): launch 1 and the fused state pass take a range of pieces, so the pieces are cut into
+// segments, launch 1 runs segment by segment on the caller's stream and the state pass of each
+// segment on a high-priority side stream after that segment's launch 1. With cols 64 the state
+// CTAs fill their SMs' shared memory, so the state pass holds about half the SMs and launch 1 of
+// the later segments runs on the rest (H100, 1 × 32K, HV 32: 1.85 ms against 0.79 + 1.13 ms for
+// the two launches of kFusedCols32Split2Solve2 one after the other).
+// Where the time goes (Nsight Compute, H100): both launches are issue bound on scalar work, not
+// on the tensor cores (mma is 3% of launch 1's instructions and 7% of the state pass's). The
+// state pass runs one warp per scheduler (IPC ~1.2), so its speed is its instruction count per
+// piece: 1,607 per warp before the tile copies got constant strides (the generic index math of
+// the copies was 45% of it), 979 after. Launch 1 (~4,400 per warp) spreads over the T solve,
+// the Γ factors and the bf16 row scalings.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16; lane = 4·g + t), as in
 // kernels/paged_attention_prefill_mma.cu:
@@ -91,9 +104,10 @@ constexpr float kL2NormEps = 1e-6f;  // cpu::kGdnL2NormEps
 // walk one sequence at a time (the sequences' passes run side by side in the fused variants).
 // H100 run 4 (1 x 32768, H 16, HV 32, d 128): kFusedCols32Split2Solve2 2,418 us (launch 1
 // 878 + launch 2 1,546) against 2,836 for kFusedCols32Split2 and 2,562 for the Split4 one.
-// H100, 2026-11-23 (same shape): kOverlapCols64Split2Solve2 2,102 us with 8 segments (4: 2,160,
-// 16: 2,175, 32: 2,283) against 2,382 for kFusedCols32Split2Solve2 and 2,293 for the overlapped
-// cols-32 one; its state pass alone takes 1,723 us (cols 32: 1,505).
+// H100, 2026-11-23, after the copy and Γ changes (same shape): kOverlapCols64Split2Solve2
+// 1,847 us with 8 tapered segments (4: 2,025, 6: 1,901, 12: 1,856, 16: 1,858, 32: 1,933)
+// against 1,912 for kFusedCols32Split2Solve2 (launch 1 794 + state pass 1,128) and 1,926 for
+// the overlapped cols-32 one; the cols-64 state pass alone takes 1,523 us.
 constexpr GdnPrefillMmaVariant kDefaultVariant = GdnPrefillMmaVariant::kFusedCols32Split2Solve2;
 constexpr GdnPrefillMmaVariant kDefaultLongVariant =
     GdnPrefillMmaVariant::kOverlapCols64Split2Solve2;
