@@ -328,20 +328,6 @@ HYLA_GDN_DEV float RowSumSq(const uint16_t* row, int cols, int rot) {
   return ss;
 }
 
-// x[0..7] ← bf16(x · f) for 8 bf16 in shared memory (16-byte aligned).
-HYLA_GDN_DEV void Scale8(uint16_t* x, float f) {
-#ifdef HYLA_GDN_MMA_EMULATION
-  for (int e = 0; e < 8; ++e) x[e] = ToBf16(Bf16ToF(x[e]) * f);
-#else
-  uint4 v = *reinterpret_cast<const uint4*>(x);
-  v.x = PackBf16(LoBf16(v.x) * f, HiBf16(v.x) * f);
-  v.y = PackBf16(LoBf16(v.y) * f, HiBf16(v.y) * f);
-  v.z = PackBf16(LoBf16(v.z) * f, HiBf16(v.z) * f);
-  v.w = PackBf16(LoBf16(v.w) * f, HiBf16(v.w) * f);
-  *reinterpret_cast<uint4*>(x) = v;
-#endif
-}
-
 // A fragment (16x16 at rows r0.., columns c0..) of a row-major bf16 shared matrix.
 HYLA_GDN_DEV void LoadA(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0, int lane) {
   LdMatrixX4(a, m + (r0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + c0 + 8 * (lane >> 4));
@@ -680,12 +666,26 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
   }
 
   // Tb = bf16(T) (zero above the diagonal); K ← diag(β e^G r_k) K, V ← diag(β) V in bf16.
-  if (kFastSolve) {  // two elements per thread and step
-    for (int idx = tid; idx < kChunk * kChunk / 2; idx += kPieceThreads) {
+  // kFastSolve folds the row scalings into T's columns instead (64 x 64, not 64 x dk twice):
+  // W's A fragments = bf16(T·diag(β e^G r_k)) straight from the fp32 T into registers, and
+  // Tb = bf16(T·diag(β)) for U; K and V stay raw (two roundings per product either way).
+  uint32_t wa[4][4];  // kFastSolve: W's A fragments, k-steps <= warp
+  if (kFastSolve) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk > warp) continue;  // warp-uniform
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {  // A layout: row + 8(q & 1), k + 8(q >> 1)
+        const int i = 16 * warp + lg + 8 * (q & 1), j = 16 * kk + 2 * lt + 8 * (q >> 1);
+        const float2 t = *reinterpret_cast<const float2*>(Ts + i * kLdf + j);
+        wa[kk][q] = PackBf16(j <= i ? t.x * Sk[j] : 0.0f, j + 1 <= i ? t.y * Sk[j + 1] : 0.0f);
+      }
+    }
+    for (int idx = tid; idx < kChunk * kChunk / 2; idx += kPieceThreads) {  // two a step
       const int i = idx / (kChunk / 2), j = 2 * (idx % (kChunk / 2));
       const float2 t = *reinterpret_cast<const float2*>(Ts + i * kLdf + j);
       *reinterpret_cast<uint32_t*>(Tb + i * kLdt + j) =
-          PackBf16(j <= i ? t.x : 0.0f, j + 1 <= i ? t.y : 0.0f);
+          PackBf16(j <= i ? t.x * Bs[j] : 0.0f, j + 1 <= i ? t.y * Bs[j + 1] : 0.0f);
     }
   } else {
     for (int idx = tid; idx < kChunk * kChunk; idx += kPieceThreads) {
@@ -693,33 +693,20 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
       Tb[i * kLdt + j] = ToBf16(j <= i ? Ts[i * kLdf + j] : 0.0f);
     }
   }
-  if (kFastSolve) {  // 8 elements a step
-    for (int idx = tid; idx < kChunk * kDk / 8; idx += kPieceThreads) {
-      const int r = idx / (kDk / 8), c = 8 * (idx % (kDk / 8));
-      Scale8(Ks + r * kLdk + c, Sk[r]);
-    }
-  } else {
+  if (!kFastSolve) {
     for (int idx = tid; idx < kChunk * kDk / 2; idx += kPieceThreads) {
       const int r = idx / (kDk / 2), c = 2 * (idx % (kDk / 2));
       uint32_t* x = reinterpret_cast<uint32_t*>(Ks + r * kLdk + c);
       *x = PackBf16(LoBf16(*x) * Sk[r], HiBf16(*x) * Sk[r]);
     }
   }
-  auto scale_v = [&] {
-    if (kFastSolve) {
-      for (int idx = tid; idx < kChunk * kDv / 8; idx += kPieceThreads) {
-        const int r = idx / (kDv / 8), c = 8 * (idx % (kDv / 8));
-        Scale8(Vs + r * kLdv + c, Bs[r]);
-      }
-    } else {
-      for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
-        const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
-        uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
-        *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
-      }
+  if (!kFastSolve) {
+    for (int idx = tid; idx < kChunk * kDv / 2; idx += kPieceThreads) {
+      const int r = idx / (kDv / 2), c = 2 * (idx % (kDv / 2));
+      uint32_t* x = reinterpret_cast<uint32_t*>(Vs + r * kLdv + c);
+      *x = PackBf16(LoBf16(*x) * Bs[r], HiBf16(*x) * Bs[r]);
     }
-  };
-  if (!kFastSolve) scale_v();
+  }
   SyncThreads();
   if (kFastSolve) {  // T (read above) is dead: V into its space while W is computed
     LoadRows<kChunk, kDv, kLdv, kPieceThreads>(Vs, v_rows, p.v_stride, n, acc.v16, tid);
@@ -733,7 +720,12 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
     for (int kk = 0; kk < 4; ++kk) {
       if (kk > warp) continue;
       uint32_t a[4];
-      LoadA(a, Tb, kLdt, 16 * warp, 16 * kk, lane);
+      if (kFastSolve) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) a[q] = wa[kk][q];
+      } else {
+        LoadA(a, Tb, kLdt, 16 * warp, 16 * kk, lane);
+      }
 #pragma unroll
       for (int nt = 0; nt < kDk / 8; nt += 2) {
         uint32_t b[4];
@@ -753,10 +745,8 @@ HYLA_GDN_DEV void PieceBody(const GdnPrefillParams& p, const Access& acc, int pi
       }
     }
   }
-  if (kFastSolve) {
+  if (kFastSolve) {  // V (raw: β is in Tb) has landed
     CpAsyncWait<0>();
-    SyncThreads();
-    scale_v();
     SyncThreads();
   }
   // Uᵀ = V'ᵀ·Tbᵀ [dv, 64]: warp w value rows 16(w + 4m)..
