@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 #include "kernels/ops.h"
@@ -55,6 +56,23 @@ __global__ void ConvertKernel(const float* x, int64_t count, __nv_bfloat16* out)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     out[i] = __float2bfloat16_rn(x[i]);
+  }
+}
+
+// out[r, c] = convert(x[r, c]) for a [rows, n] matrix, rows x_stride / out_stride apart.
+template <typename From, typename To>
+__global__ void ConvertRowsKernel(const From* x, int64_t x_stride, int64_t rows, int64_t n, To* out,
+                                  int64_t out_stride) {
+  const int64_t total = rows * n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t r = i / n;
+    const int64_t c = i - r * n;
+    if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+      out[r * out_stride + c] = __float2bfloat16_rn(x[r * x_stride + c]);
+    } else {
+      out[r * out_stride + c] = __bfloat162float(x[r * x_stride + c]);
+    }
   }
 }
 
@@ -113,6 +131,30 @@ int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream)
   if (count == 0) return 0;
   ConvertKernel<<<GridFor(count), kThreads, 0, AsStream(stream)>>>(
       x, count, reinterpret_cast<__nv_bfloat16*>(out));
+  return LaunchResult();
+}
+
+int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t n, uint16_t* out,
+                         int64_t out_stride, void* stream) {
+  if (rows < 0 || n < 0 || x_stride < n || out_stride < n ||
+      (rows > 0 && n > 0 && (x == nullptr || out == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rows == 0 || n == 0) return 0;
+  ConvertRowsKernel<float, __nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+      x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out), out_stride);
+  return LaunchResult();
+}
+
+int ConvertBf16ToF32Rows(const uint16_t* x, int64_t x_stride, int64_t rows, int64_t n, float* out,
+                         int64_t out_stride, void* stream) {
+  if (rows < 0 || n < 0 || x_stride < n || out_stride < n ||
+      (rows > 0 && n > 0 && (x == nullptr || out == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (rows == 0 || n == 0) return 0;
+  ConvertRowsKernel<__nv_bfloat16, float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n, out, out_stride);
   return LaunchResult();
 }
 

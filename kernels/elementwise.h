@@ -24,6 +24,13 @@ int AddBiasF32(float* y, int64_t y_stride, const float* bias, int64_t rows, int6
 
 // out[i] = bf16(x[i]) (round to nearest even), fp32 → bf16 bits.
 int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream);
+// The same over a [rows, n] matrix: out[r, c] = bf16(x[r, c]), rows x_stride and out_stride
+// elements apart (>= n).
+int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t n, uint16_t* out,
+                         int64_t out_stride, void* stream);
+// out[r, c] = float(x[r, c]) (exact) for a [rows, n] bf16 matrix; strides as above.
+int ConvertBf16ToF32Rows(const uint16_t* x, int64_t x_stride, int64_t rows, int64_t n, float* out,
+                         int64_t out_stride, void* stream);
 
 // out[r, :] = x[rows_idx[r], :] for r < rows; x rows x_stride elements apart, out dense [rows, n].
 int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int64_t rows,

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -246,6 +247,49 @@ TEST_F(GpuTest, CudaBf16CloseToCpu) {
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_LE(Report(absl::StrCat(family, " bf16 vs CPU fp32"), *got, *ref), 5e-2f) << family;
   }
+}
+
+// In bf16 precision a GDN model of a tensor-core shape (the "small" preset: dk 64, dv 128)
+// prefills on the tensor-core path (runtime/cuda/gdn_common.cc): bf16 activations around the
+// chunked kernel. A 1024-token chunk (16 pieces: the overlapped variant) and a 44-token one,
+// then decode steps: close to the CPU reference at the bf16 bound, and close to the same
+// backend forced onto the fp32 prefill kernel (HYLA_GDN_PREFILL_FP32=1).
+TEST_F(GpuTest, CudaBf16GdnPrefillOnTensorCoresCloseToCpu) {
+  auto shape = tools::PresetShape(Family::kGdn, "small");
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  tools::GeneratorOptions g;
+  g.shape = *shape;
+  g.seed = 29;
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/hyla_cuda_gdn_tc");
+  ASSERT_TRUE(tools::GenerateModel(g, dir).ok());
+  auto cpu = LoadCpuBackend(dir);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  const int64_t vocab = (*cpu)->config().vocab_size;
+  std::vector<int32_t> ids(1072);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(vocab));
+  }
+  const std::vector<int64_t> split = {1024, 44, 1, 1, 1, 1};
+  auto ref = RunSequenceLogits(**cpu, ids, {});
+  ASSERT_TRUE(ref.ok());
+  std::vector<float> logits[2];
+  for (int fp32 = 0; fp32 < 2; ++fp32) {
+    if (fp32 == 1) {
+      ASSERT_EQ(setenv("HYLA_GDN_PREFILL_FP32", "1", 1), 0);
+    }
+    auto gpu = LoadCudaBackend(dir, cuda::Precision::kBf16);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    auto got = RunSequenceLogits(**gpu, ids, split);
+    if (fp32 == 1) unsetenv("HYLA_GDN_PREFILL_FP32");
+    ASSERT_TRUE(got.ok()) << got.status();
+    logits[fp32] = *got;
+    EXPECT_LE(Report(fp32 == 1 ? "gdn small bf16, fp32 prefill kernel, vs CPU fp32"
+                               : "gdn small bf16, tensor-core prefill, vs CPU fp32",
+                     *got, *ref),
+              5e-2f);
+  }
+  EXPECT_LE(Report("gdn small bf16: tensor-core vs fp32 prefill kernel", logits[0], logits[1]),
+            5e-2f);
 }
 
 // The embedded default model (6.07M NAtS-L) and generated models of every family agree with the

@@ -691,5 +691,53 @@ TEST_F(SkinnyGemmKernel, RejectsBadArguments) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
+// ConvertF32ToBf16Rows / ConvertBf16ToF32Rows (the GDN layer's bf16 prefill copies) over strided
+// rows against runtime/base/float16.h's conversions, bit for bit; the padding between rows is
+// left untouched; bad strides are rejected.
+TEST_F(ResidualKernel, ConvertRowsMatchCpuBitForBitAndKeepPadding) {
+  std::mt19937 rng(61);
+  const int64_t rows = 37, n = 45, xs = 50, os = 48;
+  std::vector<float> x = gpu_test::Normal(static_cast<size_t>(rows * xs), &rng, 0.0f, 3.0f);
+  x[7] = 1.0f + 1.0f / 256.0f;  // a tie: rounds to even
+  gpu_test::DeviceBuffer dx = gpu_test::ToDevice(x);
+  const std::vector<uint16_t> fill(static_cast<size_t>(rows * os), 0x7fc1);
+  gpu_test::DeviceBuffer d16 = gpu_test::ToDevice(fill);
+  ASSERT_TRUE(dx.ok() && d16.ok());
+  ASSERT_EQ(
+      kernels::ConvertF32ToBf16Rows(dx.as<float>(), xs, rows, n, d16.as<uint16_t>(), os, nullptr),
+      0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<uint16_t> got16 = gpu_test::ToHost<uint16_t>(d16, fill.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < os; ++c) {
+      const uint16_t want = c < n ? FloatToBf16(x[r * xs + c]) : uint16_t{0x7fc1};
+      ASSERT_EQ(got16[r * os + c], want) << "row " << r << " col " << c;
+    }
+  }
+  // Back to fp32 into rows of a wider matrix: exact.
+  const int64_t fs = 52;
+  gpu_test::DeviceBuffer df =
+      gpu_test::ToDevice(std::vector<float>(static_cast<size_t>(rows * fs), -7.0f));
+  ASSERT_TRUE(df.ok());
+  ASSERT_EQ(
+      kernels::ConvertBf16ToF32Rows(d16.as<uint16_t>(), os, rows, n, df.as<float>(), fs, nullptr),
+      0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> gotf = gpu_test::ToHost<float>(df, static_cast<size_t>(rows * fs));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < fs; ++c) {
+      const float want = c < n ? Bf16ToFloat(got16[r * os + c]) : -7.0f;
+      ASSERT_EQ(gotf[r * fs + c], want) << "row " << r << " col " << c;
+    }
+  }
+  EXPECT_NE(kernels::ConvertF32ToBf16Rows(dx.as<float>(), n - 1, rows, n, d16.as<uint16_t>(), os,
+                                          nullptr),
+            0);
+  EXPECT_NE(kernels::ConvertBf16ToF32Rows(d16.as<uint16_t>(), os, rows, n, df.as<float>(), n - 1,
+                                          nullptr),
+            0);
+  EXPECT_EQ(kernels::ConvertF32ToBf16Rows(nullptr, xs, 0, n, nullptr, os, nullptr), 0);
+}
+
 }  // namespace
 }  // namespace hyla
