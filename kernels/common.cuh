@@ -8,6 +8,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
+
+#include "kernels/ops.h"
 
 namespace hyla::kernels {
 
@@ -64,6 +67,49 @@ __device__ __forceinline__ float BlockSum(float v) {
   for (int i = 0; i < kWarps; ++i) total += partial[i];
   __syncthreads();
   return total;
+}
+
+// ---- Programmatic dependent launch over the decode step (kernels/ops.h) -------------------
+// LaunchPdl launches `kernel` with cudaLaunchAttributeProgrammaticStreamSerialization (when
+// ProgrammaticDependentLaunch()): its CTAs may be scheduled before the previous kernel of the
+// stream has completed, as soon as every CTA of that kernel has executed
+// griddepcontrol.launch_dependents (TriggerDependents) or exited. griddepcontrol.wait
+// (GridDependencyWait) then blocks until the previous grid has completed and its memory
+// operations are visible (PTX ISA, griddepcontrol; CUDA programming guide, "Programmatic
+// Dependent Launch and Synchronization"). Captured into CUDA graphs as programmatic edges.
+// The rule for every kernel launched by LaunchPdl: call GridDependencyWait() as its first
+// statement, in every thread (before any read of another kernel's output and before exiting,
+// which also keeps the chain transitive: a kernel after it can only pass its own wait once this
+// one, and so everything before, has completed). TriggerDependents() right after lets the next
+// kernel's CTAs be placed while this one runs (they hold their registers and shared memory while
+// they wait): the small single-wave kernels do it; the GDN decode, which wants every SM for its
+// bandwidth, does not (the implicit trigger is its exit). Kernels launched without the attribute
+// (cuBLAS, everything else) are ordered as always.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void TriggerDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+cudaError_t LaunchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = ProgrammaticDependentLaunch() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 // True when p is aligned to `bytes` (host side, for choosing vectorised paths).

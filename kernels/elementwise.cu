@@ -24,6 +24,8 @@ unsigned GridFor(int64_t count) {
 template <typename T>
 __global__ void EmbeddingGatherKernel(const T* table, int64_t vocab, int64_t n, const int32_t* ids,
                                       int64_t rows, float* out) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t total = rows * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -35,6 +37,8 @@ __global__ void EmbeddingGatherKernel(const T* table, int64_t vocab, int64_t n, 
 }
 
 __global__ void AddInPlaceKernel(float* y, const float* x, int64_t count) {
+  GridDependencyWait();
+  TriggerDependents();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     y[i] += x[i];
@@ -43,6 +47,8 @@ __global__ void AddInPlaceKernel(float* y, const float* x, int64_t count) {
 
 __global__ void AddBiasKernel(float* y, int64_t y_stride, const float* bias, int64_t rows,
                               int64_t n) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t total = rows * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -53,6 +59,8 @@ __global__ void AddBiasKernel(float* y, int64_t y_stride, const float* bias, int
 }
 
 __global__ void ConvertKernel(const float* x, int64_t count, __nv_bfloat16* out) {
+  GridDependencyWait();
+  TriggerDependents();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
     out[i] = __float2bfloat16_rn(x[i]);
@@ -63,6 +71,8 @@ __global__ void ConvertKernel(const float* x, int64_t count, __nv_bfloat16* out)
 template <typename From, typename To>
 __global__ void ConvertRowsKernel(const From* x, int64_t x_stride, int64_t rows, int64_t n, To* out,
                                   int64_t out_stride) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t total = rows * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -78,6 +88,8 @@ __global__ void ConvertRowsKernel(const From* x, int64_t x_stride, int64_t rows,
 
 __global__ void GatherRowsKernel(const float* x, int64_t x_stride, const int32_t* rows_idx,
                                  int64_t rows, int64_t n, float* out) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t total = rows * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -96,11 +108,12 @@ int EmbeddingGather(const void* table, KernelDType table_dtype, int64_t vocab, i
   }
   if (rows == 0) return 0;
   if (table_dtype == KernelDType::kF32) {
-    EmbeddingGatherKernel<float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-        static_cast<const float*>(table), vocab, n, ids, rows, out);
+    (void)LaunchPdl(EmbeddingGatherKernel<float>, dim3(GridFor(rows * n)), dim3(kThreads), 0,
+                    AsStream(stream), static_cast<const float*>(table), vocab, n, ids, rows, out);
   } else {
-    EmbeddingGatherKernel<__nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-        static_cast<const __nv_bfloat16*>(table), vocab, n, ids, rows, out);
+    (void)LaunchPdl(EmbeddingGatherKernel<__nv_bfloat16>, dim3(GridFor(rows * n)), dim3(kThreads),
+                    0, AsStream(stream), static_cast<const __nv_bfloat16*>(table), vocab, n, ids,
+                    rows, out);
   }
   return LaunchResult();
 }
@@ -110,7 +123,8 @@ int AddInPlaceF32(float* y, const float* x, int64_t count, void* stream) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (count == 0) return 0;
-  AddInPlaceKernel<<<GridFor(count), kThreads, 0, AsStream(stream)>>>(y, x, count);
+  (void)LaunchPdl(AddInPlaceKernel, dim3(GridFor(count)), dim3(kThreads), 0, AsStream(stream), y, x,
+                  count);
   return LaunchResult();
 }
 
@@ -120,7 +134,8 @@ int AddBiasF32(float* y, int64_t y_stride, const float* bias, int64_t rows, int6
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0) return 0;
-  AddBiasKernel<<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(y, y_stride, bias, rows, n);
+  (void)LaunchPdl(AddBiasKernel, dim3(GridFor(rows * n)), dim3(kThreads), 0, AsStream(stream), y,
+                  y_stride, bias, rows, n);
   return LaunchResult();
 }
 
@@ -129,8 +144,8 @@ int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream)
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (count == 0) return 0;
-  ConvertKernel<<<GridFor(count), kThreads, 0, AsStream(stream)>>>(
-      x, count, reinterpret_cast<__nv_bfloat16*>(out));
+  (void)LaunchPdl(ConvertKernel, dim3(GridFor(count)), dim3(kThreads), 0, AsStream(stream), x,
+                  count, reinterpret_cast<__nv_bfloat16*>(out));
   return LaunchResult();
 }
 
@@ -141,8 +156,9 @@ int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0 || n == 0) return 0;
-  ConvertRowsKernel<float, __nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-      x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out), out_stride);
+  (void)LaunchPdl(ConvertRowsKernel<float, __nv_bfloat16>, dim3(GridFor(rows * n)), dim3(kThreads),
+                  0, AsStream(stream), x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out),
+                  out_stride);
   return LaunchResult();
 }
 
@@ -153,8 +169,9 @@ int ConvertBf16ToF32Rows(const uint16_t* x, int64_t x_stride, int64_t rows, int6
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0 || n == 0) return 0;
-  ConvertRowsKernel<__nv_bfloat16, float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n, out, out_stride);
+  (void)LaunchPdl(ConvertRowsKernel<__nv_bfloat16, float>, dim3(GridFor(rows * n)), dim3(kThreads),
+                  0, AsStream(stream), reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n,
+                  out, out_stride);
   return LaunchResult();
 }
 
@@ -165,8 +182,8 @@ int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0) return 0;
-  GatherRowsKernel<<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(x, x_stride, rows_idx,
-                                                                         rows, n, out);
+  (void)LaunchPdl(GatherRowsKernel, dim3(GridFor(rows * n)), dim3(kThreads), 0, AsStream(stream), x,
+                  x_stride, rows_idx, rows, n, out);
   return LaunchResult();
 }
 

@@ -27,6 +27,8 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 __global__ void __launch_bounds__(kThreads) GatedRmsNormKernel(GatedRmsNormParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   const int lane = threadIdx.x % 32;
   const int64_t tasks = p.rows * p.heads;
   const int64_t warp_step = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -62,6 +64,8 @@ __global__ void __launch_bounds__(kThreads) GatedRmsNormKernel(GatedRmsNormParam
 // One (row, head) per warp, kPacks 4-wide packs per lane (n % 4 == 0, n <= 128 · kPacks).
 template <int kPacks>
 __global__ void __launch_bounds__(kThreads) GatedRmsNormVecKernel(GatedRmsNormParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   const int lane = threadIdx.x % 32;
   const int64_t tasks = p.rows * p.heads;
   const int64_t warp_step = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -149,15 +153,18 @@ int GatedRmsNorm(const GatedRmsNormParams& p, void* stream) {
   if (p.variant != GatedRmsNormVariant::kScalar && VecApplies(p)) {
     const int packs = p.n / 4;
     if (packs <= 32) {
-      GatedRmsNormVecKernel<1><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p);
+      (void)LaunchPdl(GatedRmsNormVecKernel<1>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                      0, s, p);
     } else if (packs <= 64) {
-      GatedRmsNormVecKernel<2><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p);
+      (void)LaunchPdl(GatedRmsNormVecKernel<2>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                      0, s, p);
     } else {
-      GatedRmsNormVecKernel<4><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p);
+      (void)LaunchPdl(GatedRmsNormVecKernel<4>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                      0, s, p);
     }
     return LaunchResult();
   }
-  GatedRmsNormKernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p);
+  (void)LaunchPdl(GatedRmsNormKernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, s, p);
   return LaunchResult();
 }
 

@@ -385,6 +385,7 @@ __device__ __forceinline__ void ProcessTile(const GdnDecodeParams& p, const Tile
 template <typename T, int kRows, int kCols, bool kVec, bool kStream, bool kCap>
 __global__ void __launch_bounds__(TileLayout<kCols>::kThreads, (MinBlocks<kRows, kCols, kCap>()))
     GdnDecodeKernel(GdnDecodeParams p, int tiles) {
+  GridDependencyWait();
   __shared__ DecodeSmem<kRows, kCols> sm;
   const TileRef ref = Locate(p, blockIdx.x, tiles, kCols);
   if (ref.state == nullptr) {  // padding row
@@ -403,6 +404,7 @@ template <typename T, int kRows, int kCols, bool kVec, bool kStream>
 __global__ void __launch_bounds__(TileLayout<kCols>::kThreads,
                                   kRows <= 8 ? 65536 / (128 * TileLayout<kCols>::kThreads) : 1)
     GdnDecodePersistentKernel(GdnDecodeParams p, int tiles, int64_t num_tiles) {
+  GridDependencyWait();
   __shared__ DecodeSmem<kRows, kCols> sm;
   const int64_t stride = gridDim.x;
   int64_t t = blockIdx.x;
@@ -438,8 +440,8 @@ int LaunchTiles(const GdnDecodeParams& p, cudaStream_t stream) {
   const int64_t num_tiles = static_cast<int64_t>(p.num_seqs) * p.num_v_heads * tiles;
   if constexpr (!kPersistent) {
     if (num_tiles > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
-    GdnDecodeKernel<T, kRows, kCols, kVec, kStream, kCap>
-        <<<static_cast<unsigned>(num_tiles), kThreads, 0, stream>>>(p, tiles);
+    (void)LaunchPdl(GdnDecodeKernel<T, kRows, kCols, kVec, kStream, kCap>,
+                    dim3(static_cast<unsigned>(num_tiles)), dim3(kThreads), 0, stream, p, tiles);
   } else {
     // One CTA per resident slot, then as few CTAs as give every CTA the same number of tiles.
     int device = 0, sms = 0, per_sm = 0;
@@ -455,8 +457,9 @@ int LaunchTiles(const GdnDecodeParams& p, cudaStream_t stream) {
     const int64_t slots = std::max<int64_t>(int64_t{sms} * std::max(per_sm, 1), 1);
     const int64_t per_cta = (num_tiles + slots - 1) / slots;
     const int64_t grid = (num_tiles + per_cta - 1) / per_cta;
-    GdnDecodePersistentKernel<T, kRows, kCols, kVec, kStream>
-        <<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(p, tiles, num_tiles);
+    (void)LaunchPdl(GdnDecodePersistentKernel<T, kRows, kCols, kVec, kStream>,
+                    dim3(static_cast<unsigned>(grid)), dim3(kThreads), 0, stream, p, tiles,
+                    num_tiles);
   }
   return LaunchResult();
 }
@@ -517,6 +520,8 @@ constexpr int kConvThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kConvThreads) ShortConvDecodeKernel(ShortConvDecodeParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t total = static_cast<int64_t>(p.num_seqs) * p.channels;
   const int taps = p.kernel - 1;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x; i < total;
@@ -554,6 +559,8 @@ constexpr int kConvVecThreads = 128;
 template <typename T, int kK>
 __global__ void __launch_bounds__(kConvVecThreads)
     ShortConvDecodeVecKernel(ShortConvDecodeParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   constexpr int kTaps = kK - 1;
   const int64_t s = blockIdx.y;
   const int c =
@@ -617,16 +624,20 @@ int LaunchShortConvVec(const ShortConvDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(p.num_seqs));
   switch (p.kernel) {
     case 1:
-      ShortConvDecodeVecKernel<T, 1><<<grid, kConvVecThreads, 0, stream>>>(p);
+      (void)LaunchPdl(ShortConvDecodeVecKernel<T, 1>, dim3(grid), dim3(kConvVecThreads), 0, stream,
+                      p);
       break;
     case 2:
-      ShortConvDecodeVecKernel<T, 2><<<grid, kConvVecThreads, 0, stream>>>(p);
+      (void)LaunchPdl(ShortConvDecodeVecKernel<T, 2>, dim3(grid), dim3(kConvVecThreads), 0, stream,
+                      p);
       break;
     case 3:
-      ShortConvDecodeVecKernel<T, 3><<<grid, kConvVecThreads, 0, stream>>>(p);
+      (void)LaunchPdl(ShortConvDecodeVecKernel<T, 3>, dim3(grid), dim3(kConvVecThreads), 0, stream,
+                      p);
       break;
     default:
-      ShortConvDecodeVecKernel<T, 4><<<grid, kConvVecThreads, 0, stream>>>(p);
+      (void)LaunchPdl(ShortConvDecodeVecKernel<T, 4>, dim3(grid), dim3(kConvVecThreads), 0, stream,
+                      p);
       break;
   }
   return LaunchResult();
@@ -686,11 +697,11 @@ int ShortConvDecode(const ShortConvDecodeParams& p, void* stream) {
   const int64_t total = static_cast<int64_t>(p.num_seqs) * p.channels;
   const int64_t blocks = std::min<int64_t>((total + kConvThreads - 1) / kConvThreads, 1 << 20);
   if (p.dtype == KernelDType::kF32) {
-    ShortConvDecodeKernel<float>
-        <<<static_cast<unsigned>(blocks), kConvThreads, 0, AsStream(stream)>>>(p);
+    (void)LaunchPdl(ShortConvDecodeKernel<float>, dim3(static_cast<unsigned>(blocks)),
+                    dim3(kConvThreads), 0, AsStream(stream), p);
   } else if (p.dtype == KernelDType::kBf16) {
-    ShortConvDecodeKernel<__nv_bfloat16>
-        <<<static_cast<unsigned>(blocks), kConvThreads, 0, AsStream(stream)>>>(p);
+    (void)LaunchPdl(ShortConvDecodeKernel<__nv_bfloat16>, dim3(static_cast<unsigned>(blocks)),
+                    dim3(kConvThreads), 0, AsStream(stream), p);
   } else {
     return static_cast<int>(cudaErrorInvalidValue);
   }

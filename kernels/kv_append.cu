@@ -23,6 +23,8 @@ constexpr int kMaxGridY = 65535;
 
 template <typename Tkv>
 __global__ void __launch_bounds__(kThreads) KvAppendKernel(KvAppendParams p, int64_t row0) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t r = row0 + blockIdx.y;
   if (r >= p.rows) return;
   const int32_t block = p.row_block[r];
@@ -63,9 +65,9 @@ int KvAppend(const KvAppendParams& p, void* stream) {
     const unsigned ry = static_cast<unsigned>(std::min<int64_t>(kMaxGridY, p.rows - row0));
     const dim3 grid(static_cast<unsigned>(xblocks), ry);
     if (p.kv_dtype == KernelDType::kF32) {
-      KvAppendKernel<float><<<grid, kThreads, 0, st>>>(p, row0);
+      (void)LaunchPdl(KvAppendKernel<float>, dim3(grid), dim3(kThreads), 0, st, p, row0);
     } else {
-      KvAppendKernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(p, row0);
+      (void)LaunchPdl(KvAppendKernel<__nv_bfloat16>, dim3(grid), dim3(kThreads), 0, st, p, row0);
     }
     const int err = LaunchResult();
     if (err != 0) return err;

@@ -26,6 +26,14 @@ namespace hyla::kernels {
 // The text of a code returned by a launcher (cudaGetErrorString).
 const char* KernelErrorString(int error);
 
+// Programmatic dependent launch (sm_90) of the small kernels of a decode step (norms, short
+// conv, GDN decode, RoPE, KV append, conversions; kernels/common.cuh LaunchPdl): each may start
+// while the previous kernel of its stream finishes and waits for it (griddepcontrol.wait) before
+// reading anything, so consecutive launches overlap their launch latency. Process-wide, on by
+// default; off: plain launches (results are the same either way).
+void SetProgrammaticDependentLaunch(bool enabled);
+bool ProgrammaticDependentLaunch();
+
 // ---- rmsnorm.cu ----------------------------------------------------------------------------
 // Row-wise RMSNorm over the last dimension:
 //   out[r, i] = x[r, i] / sqrt(mean_i(x[r, :]²) + eps) · w[i]         (plain)

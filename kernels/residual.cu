@@ -43,6 +43,8 @@ constexpr int kSiluThreads = 128;     // SiluMul row-grid shapes
 // grid: rows, block: kThreads; kVec-wide packs when n and the pointers allow it.
 template <int kVec>
 __global__ void __launch_bounds__(kThreads) ResidualRmsNormKernel(ResidualRmsNormParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t row = blockIdx.x;
   const int n = static_cast<int>(p.n);
   float* h = p.h + row * p.n;
@@ -97,6 +99,8 @@ __device__ __forceinline__ float CtaSum(float v, float* partial) {
 template <int kVec, int kPacks, int kSplit>
 __global__ void __launch_bounds__(kMaxRegsThreads)
     ResidualRmsNormRegsKernel(ResidualRmsNormParams p) {
+  GridDependencyWait();  // programmatic dependent launch (kernels/common.cuh LaunchPdl)
+  TriggerDependents();
   __shared__ float partial[32];
   __shared__ float cta_total;
   const int64_t row = blockIdx.x / kSplit;
@@ -172,13 +176,20 @@ int LaunchRegs(const ResidualRmsNormParams& p, int threads, cudaStream_t stream)
   cfg.blockDim = dim3(static_cast<unsigned>(threads));
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kSplit;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attr[2];
+  int num_attrs = 0;
+  if (ProgrammaticDependentLaunch()) {  // the kernel waits first (kernels/common.cuh LaunchPdl)
+    attr[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (kSplit > 1) {
+    attr[num_attrs].id = cudaLaunchAttributeClusterDimension;
+    attr[num_attrs].val.clusterDim.x = kSplit;
+    attr[num_attrs].val.clusterDim.y = 1;
+    attr[num_attrs++].val.clusterDim.z = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = kSplit > 1 ? 1 : 0;
+  cfg.numAttrs = num_attrs;
   const cudaError_t err =
       cudaLaunchKernelEx(&cfg, ResidualRmsNormRegsKernel<kVec, kPacks, kSplit>, p);
   if (err != cudaSuccess) {
@@ -218,6 +229,8 @@ int LaunchRegsShape(const ResidualRmsNormParams& p, cudaStream_t stream, bool* l
 template <int kVec>
 __global__ void __launch_bounds__(kThreads)
     SiluMulToBf16Kernel(const float* gu, int64_t rows, int64_t n, __nv_bfloat16* out) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t packs_per_row = n / kVec;
   const int64_t total = rows * packs_per_row;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; q < total;
@@ -240,6 +253,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int kPer>
 __global__ void __launch_bounds__(kSiluThreads)
     SiluMulToBf16RowKernel(const float* gu, int64_t n, __nv_bfloat16* out) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t r = blockIdx.y;
   const int packs = static_cast<int>(n / 4);
   const float* g = gu + r * 2 * n;
@@ -311,9 +326,11 @@ int ResidualRmsNorm(const ResidualRmsNormParams& p, void* stream) {
     if (launched) return err;
   }
   if (vec) {
-    ResidualRmsNormKernel<4><<<static_cast<unsigned>(p.rows), kThreads, 0, s>>>(p);
+    (void)LaunchPdl(ResidualRmsNormKernel<4>, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads),
+                    0, s, p);
   } else {
-    ResidualRmsNormKernel<1><<<static_cast<unsigned>(p.rows), kThreads, 0, s>>>(p);
+    (void)LaunchPdl(ResidualRmsNormKernel<1>, dim3(static_cast<unsigned>(p.rows)), dim3(kThreads),
+                    0, s, p);
   }
   return LaunchResult();
 }
@@ -335,18 +352,22 @@ int SiluMulToBf16(const float* gate_up, int64_t rows, int64_t n, uint16_t* out, 
     const int64_t bx = (n / 4 + int64_t{kSiluThreads} * per - 1) / (int64_t{kSiluThreads} * per);
     const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(rows));
     if (per == 2) {
-      SiluMulToBf16RowKernel<2><<<grid, kSiluThreads, 0, s>>>(gate_up, n, o);
+      (void)LaunchPdl(SiluMulToBf16RowKernel<2>, dim3(grid), dim3(kSiluThreads), 0, s, gate_up, n,
+                      o);
     } else {
-      SiluMulToBf16RowKernel<1><<<grid, kSiluThreads, 0, s>>>(gate_up, n, o);
+      (void)LaunchPdl(SiluMulToBf16RowKernel<1>, dim3(grid), dim3(kSiluThreads), 0, s, gate_up, n,
+                      o);
     }
     return LaunchResult();
   }
   const int64_t total = rows * (vec ? n / 4 : n);
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
   if (vec) {
-    SiluMulToBf16Kernel<4><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(gate_up, rows, n, o);
+    (void)LaunchPdl(SiluMulToBf16Kernel<4>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+                    s, gate_up, rows, n, o);
   } else {
-    SiluMulToBf16Kernel<1><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(gate_up, rows, n, o);
+    (void)LaunchPdl(SiluMulToBf16Kernel<1>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+                    s, gate_up, rows, n, o);
   }
   return LaunchResult();
 }

@@ -69,6 +69,8 @@ template <typename T, int kVec>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
     RmsNormWarpPerRow(const T* __restrict__ x, int64_t x_stride, const float* __restrict__ w,
                       float eps, int64_t rows, int n, bool gemma, T* out, int64_t out_stride) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
@@ -83,6 +85,8 @@ template <typename T, int kVec>
 __global__ void __launch_bounds__(kBlockThreads)
     RmsNormBlockPerRow(const T* __restrict__ x, int64_t x_stride, const float* __restrict__ w,
                        float eps, int n, bool gemma, T* out, int64_t out_stride) {
+  GridDependencyWait();
+  TriggerDependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const float ss =
@@ -96,6 +100,8 @@ template <typename T, int kVec, int kPacks>
 __global__ void __launch_bounds__(512)
     RmsNormBlockRegs(const T* __restrict__ x, int64_t x_stride, const float* __restrict__ w,
                      float eps, int n, bool gemma, T* out, int64_t out_stride) {
+  GridDependencyWait();
+  TriggerDependents();
   __shared__ float partial[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
@@ -161,20 +167,20 @@ void LaunchBlockRegs(const T* x, int64_t x_stride, const float* w, float eps, in
   const unsigned blocks = static_cast<unsigned>(rows);
   switch (k) {
     case 1:
-      RmsNormBlockRegs<T, kVec, 1>
-          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      (void)LaunchPdl(RmsNormBlockRegs<T, kVec, 1>, dim3(blocks), dim3(threads), 0, stream, x,
+                      x_stride, w, eps, n, gemma, out, out_stride);
       break;
     case 2:
-      RmsNormBlockRegs<T, kVec, 2>
-          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      (void)LaunchPdl(RmsNormBlockRegs<T, kVec, 2>, dim3(blocks), dim3(threads), 0, stream, x,
+                      x_stride, w, eps, n, gemma, out, out_stride);
       break;
     case 4:
-      RmsNormBlockRegs<T, kVec, 4>
-          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      (void)LaunchPdl(RmsNormBlockRegs<T, kVec, 4>, dim3(blocks), dim3(threads), 0, stream, x,
+                      x_stride, w, eps, n, gemma, out, out_stride);
       break;
     default:
-      RmsNormBlockRegs<T, kVec, 8>
-          <<<blocks, threads, 0, stream>>>(x, x_stride, w, eps, n, gemma, out, out_stride);
+      (void)LaunchPdl(RmsNormBlockRegs<T, kVec, 8>, dim3(blocks), dim3(threads), 0, stream, x,
+                      x_stride, w, eps, n, gemma, out, out_stride);
       break;
   }
 }
@@ -184,15 +190,17 @@ int LaunchRmsNorm(const T* x, int64_t x_stride, const float* w, float eps, int64
                   bool gemma, T* out, int64_t out_stride, cudaStream_t stream) {
   if (n <= kWarpMaxN) {
     const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-    RmsNormWarpPerRow<T, kVec><<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock, 0, stream>>>(
-        x, x_stride, w, eps, rows, n, gemma, out, out_stride);
+    (void)LaunchPdl(RmsNormWarpPerRow<T, kVec>, dim3(static_cast<unsigned>(blocks)),
+                    dim3(32 * kRowsPerBlock), 0, stream, x, x_stride, w, eps, rows, n, gemma, out,
+                    out_stride);
   } else {
     bool launched = false;
     LaunchBlockRegs<T, kVec>(x, x_stride, w, eps, rows, n, gemma, out, out_stride, stream,
                              &launched);
     if (!launched) {
-      RmsNormBlockPerRow<T, kVec><<<static_cast<unsigned>(rows), kBlockThreads, 0, stream>>>(
-          x, x_stride, w, eps, n, gemma, out, out_stride);
+      (void)LaunchPdl(RmsNormBlockPerRow<T, kVec>, dim3(static_cast<unsigned>(rows)),
+                      dim3(kBlockThreads), 0, stream, x, x_stride, w, eps, n, gemma, out,
+                      out_stride);
     }
   }
   return LaunchResult();

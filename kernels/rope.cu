@@ -36,6 +36,8 @@ __device__ __forceinline__ void RotatePair(float* x, int half, int i, float c, f
 
 // One thread per (row, head, rotation pair): heads h < q_heads are q's, the rest k's.
 __global__ void __launch_bounds__(kThreads) RopePerElementKernel(RopeParams p) {
+  GridDependencyWait();
+  TriggerDependents();
   const int half = p.rotary_dim / 2;
   const int heads = p.q_heads + p.k_heads;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -57,6 +59,8 @@ __global__ void __launch_bounds__(kThreads) RopePerElementKernel(RopeParams p) {
 template <int V>
 __global__ void __launch_bounds__(kMaxBlock)
     RopeSharedAngleKernel(RopeParams p, int heads_per_chunk) {
+  GridDependencyWait();
+  TriggerDependents();
   const int half = p.rotary_dim / 2;
   const int heads = p.q_heads + p.k_heads;
   const int i0 = static_cast<int>(threadIdx.x) * V;
@@ -113,7 +117,7 @@ int LaunchSharedAngle(const RopeParams& p, cudaStream_t stream) {
   if (p.rows > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
   const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(chunks));
   const dim3 block(static_cast<unsigned>(groups), static_cast<unsigned>(lanes));
-  RopeSharedAngleKernel<V><<<grid, block, 0, stream>>>(p, heads_per_chunk);
+  (void)LaunchPdl(RopeSharedAngleKernel<V>, dim3(grid), dim3(block), 0, stream, p, heads_per_chunk);
   return LaunchResult();
 }
 
@@ -121,7 +125,8 @@ int LaunchPerElement(const RopeParams& p, cudaStream_t stream) {
   const int64_t threads = p.rows * (p.q_heads + p.k_heads) * (p.rotary_dim / 2);
   const int64_t blocks = (threads + kThreads - 1) / kThreads;
   if (blocks > INT_MAX) return static_cast<int>(cudaErrorInvalidValue);
-  RopePerElementKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+  (void)LaunchPdl(RopePerElementKernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+                  stream, p);
   return LaunchResult();
 }
 

@@ -133,6 +133,9 @@ absl::Status CudaBackend::Load(std::unique_ptr<Checkpoint> checkpoint) {
     const char* env = std::getenv("HYLA_GEMM_TUNE");
     const bool env_off = env != nullptr && std::strcmp(env, "0") == 0;
     dev_->set_gemm_tune(options_.gemm_tune && options_.precision == Precision::kBf16 && !env_off);
+    const char* pdl = std::getenv("HYLA_PDL");
+    kernels::SetProgrammaticDependentLaunch(options_.programmatic_launch &&
+                                            !(pdl != nullptr && std::strcmp(pdl, "0") == 0));
   }
   weights_ = std::make_unique<DeviceWeights>(dev_.get(), options_.precision);
   const ResidualBlockNames names = ResidualBlockNamesFor(cfg.family);

@@ -62,6 +62,10 @@ struct CudaBackendOptions {
   // timing at the shape's first eager call (runtime/cuda/gemm_tuner.h; DeviceContext::gemm_tune)
   // instead of cublasGemmEx's heuristic. The environment variable HYLA_GEMM_TUNE=0 turns it off.
   bool gemm_tune = true;
+  // Programmatic dependent launch of the decode step's small kernels (kernels/ops.h
+  // SetProgrammaticDependentLaunch; process-wide, set at Create): each overlaps its launch with
+  // the end of the kernel before it. The environment variable HYLA_PDL=0 turns it off.
+  bool programmatic_launch = true;
 };
 
 // Device memory a CudaBackend of `options` would hold besides the weights (for the server's

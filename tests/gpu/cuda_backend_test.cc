@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/ops.h"
 #include "runtime/base/float16.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/engine/sequence_runner.h"
@@ -290,6 +291,44 @@ TEST_F(GpuTest, CudaBf16GdnPrefillOnTensorCoresCloseToCpu) {
   }
   EXPECT_LE(Report("gdn small bf16: tensor-core vs fp32 prefill kernel", logits[0], logits[1]),
             5e-2f);
+}
+
+// Programmatic dependent launch (kernels/common.cuh LaunchPdl) changes no result: prefill and
+// graph-replayed decode steps give bit-identical logits with it off (HYLA_PDL=0's switch) and on,
+// in both precisions, on every family.
+TEST_F(GpuTest, CudaProgrammaticLaunchChangesNoLogit) {
+  for (const char* family : {"gdn", "llama", "natsl", "nha"}) {
+    auto ids = GoldenI32(family, "input_ids");
+    ASSERT_TRUE(ids.ok());
+    for (cuda::Precision precision : {cuda::Precision::kF32, cuda::Precision::kBf16}) {
+      std::vector<float> logits[2];
+      for (int pdl = 0; pdl < 2; ++pdl) {
+        auto ck = Checkpoint::Open(GoldenDir(family));
+        ASSERT_TRUE(ck.ok());
+        cuda::CudaBackendOptions o;
+        o.precision = precision;
+        o.store.num_slots = 8;
+        o.store.num_blocks = 512;
+        o.max_step_tokens = 1024;
+        o.max_step_seqs = 16;
+        o.programmatic_launch = pdl == 1;
+        auto gpu = cuda::CudaBackend::Create(std::move(ck).value(), o);
+        ASSERT_TRUE(gpu.ok()) << gpu.status();
+        EXPECT_EQ(kernels::ProgrammaticDependentLaunch(), pdl == 1);
+        auto got = RunSequenceLogits(**gpu, *ids,
+                                     PrefillThenDecode(static_cast<int64_t>(ids->size()), 60));
+        ASSERT_TRUE(got.ok()) << got.status();
+        logits[pdl] = *got;
+        EXPECT_GT((*gpu)->graph_replays(), 0) << family;
+      }
+      ASSERT_EQ(logits[0].size(), logits[1].size());
+      EXPECT_EQ(std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)),
+                0)
+          << family << " " << cuda::PrecisionName(precision) << ": max|diff| "
+          << MaxAbsDiff(logits[0], logits[1]);
+    }
+  }
+  kernels::SetProgrammaticDependentLaunch(true);
 }
 
 // The embedded default model (6.07M NAtS-L) and generated models of every family agree with the
