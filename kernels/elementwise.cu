@@ -71,8 +71,6 @@ __global__ void ConvertKernel(const float* x, int64_t count, __nv_bfloat16* out)
 template <typename From, typename To>
 __global__ void ConvertRowsKernel(const From* x, int64_t x_stride, int64_t rows, int64_t n, To* out,
                                   int64_t out_stride) {
-  GridDependencyWait();
-  TriggerDependents();
   const int64_t total = rows * n;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -156,9 +154,10 @@ int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0 || n == 0) return 0;
-  (void)LaunchPdl(ConvertRowsKernel<float, __nv_bfloat16>, dim3(GridFor(rows * n)), dim3(kThreads),
-                  0, AsStream(stream), x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out),
-                  out_stride);
+  // A plain launch (no programmatic dependency): the prefill calls these right after
+  // GdnPrefill, whose overlapped variants end by joining a side stream.
+  ConvertRowsKernel<float, __nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+      x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out), out_stride);
   return LaunchResult();
 }
 
@@ -169,9 +168,8 @@ int ConvertBf16ToF32Rows(const uint16_t* x, int64_t x_stride, int64_t rows, int6
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0 || n == 0) return 0;
-  (void)LaunchPdl(ConvertRowsKernel<__nv_bfloat16, float>, dim3(GridFor(rows * n)), dim3(kThreads),
-                  0, AsStream(stream), reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n,
-                  out, out_stride);
+  ConvertRowsKernel<__nv_bfloat16, float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n, out, out_stride);
   return LaunchResult();
 }
 
