@@ -147,30 +147,34 @@ int ConvertF32ToBf16(const float* x, int64_t count, uint16_t* out, void* stream)
   return LaunchResult();
 }
 
-int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t n, uint16_t* out,
-                         int64_t out_stride, void* stream) {
+namespace {
+// ConvertF32ToBf16Rows / ConvertBf16ToF32Rows. A plain launch (no programmatic dependency): the
+// prefill calls these right after GdnPrefill, whose overlapped variants end by joining a side
+// stream.
+template <typename From, typename To>
+int ConvertRows(const From* x, int64_t x_stride, int64_t rows, int64_t n, To* out,
+                int64_t out_stride, void* stream) {
   if (rows < 0 || n < 0 || x_stride < n || out_stride < n ||
       (rows > 0 && n > 0 && (x == nullptr || out == nullptr))) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (rows == 0 || n == 0) return 0;
-  // A plain launch (no programmatic dependency): the prefill calls these right after
-  // GdnPrefill, whose overlapped variants end by joining a side stream.
-  ConvertRowsKernel<float, __nv_bfloat16><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-      x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out), out_stride);
+  ConvertRowsKernel<From, To>
+      <<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(x, x_stride, rows, n, out, out_stride);
   return LaunchResult();
+}
+}  // namespace
+
+int ConvertF32ToBf16Rows(const float* x, int64_t x_stride, int64_t rows, int64_t n, uint16_t* out,
+                         int64_t out_stride, void* stream) {
+  return ConvertRows(x, x_stride, rows, n, reinterpret_cast<__nv_bfloat16*>(out), out_stride,
+                     stream);
 }
 
 int ConvertBf16ToF32Rows(const uint16_t* x, int64_t x_stride, int64_t rows, int64_t n, float* out,
                          int64_t out_stride, void* stream) {
-  if (rows < 0 || n < 0 || x_stride < n || out_stride < n ||
-      (rows > 0 && n > 0 && (x == nullptr || out == nullptr))) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (rows == 0 || n == 0) return 0;
-  ConvertRowsKernel<__nv_bfloat16, float><<<GridFor(rows * n), kThreads, 0, AsStream(stream)>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n, out, out_stride);
-  return LaunchResult();
+  return ConvertRows(reinterpret_cast<const __nv_bfloat16*>(x), x_stride, rows, n, out, out_stride,
+                     stream);
 }
 
 int GatherRowsF32(const float* x, int64_t x_stride, const int32_t* rows_idx, int64_t rows,

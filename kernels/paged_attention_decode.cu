@@ -100,19 +100,10 @@ template <int kPending>
 __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
-// Programmatic dependent launch (sm_90): the split kernels let the combine kernel launch once
-// all their CTAs are past their main loops; the combine kernel waits for their completion (and
-// memory) before it reads the workspace, so its launch latency overlaps their epilogues.
-__device__ __forceinline__ void LaunchDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void WaitPrerequisites() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
+// Programmatic dependent launch (sm_90, kernels/common.cuh): the split kernels let the combine
+// kernel launch once all their CTAs are past their main loops (TriggerDependents); the combine
+// kernel waits for their completion (and memory) before it reads the workspace
+// (GridDependencyWait), so its launch latency overlaps their epilogues.
 __device__ __forceinline__ float WarpMax(float v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
@@ -368,7 +359,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
-  LaunchDependents();
+  TriggerDependents();
   // Write the result (one split) or the partial state.
   const int q_heads = p.num_heads;
 #pragma unroll
@@ -612,7 +603,7 @@ __global__ void __launch_bounds__(kThreads)
   CpAsyncWaitGroup<0>();
   __syncthreads();  // Ms, Ls (also when no tile was visible)
 
-  LaunchDependents();
+  TriggerDependents();
   // Write the result (one split) or the partial state.
 #pragma unroll
   for (int g = 0; g < kHeads; ++g) {
@@ -651,7 +642,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t sh = blockIdx.x;  // s · Hq + h
   const int s = static_cast<int>(sh / p.num_heads);
   const int h = static_cast<int>(sh % p.num_heads);
-  WaitPrerequisites();  // the split kernel has completed (launched as its dependent)
+  GridDependencyWait();  // the split kernel has completed (launched as its dependent)
   const float* ml = ws_ml + sh * splits * 2;
   float m = -INFINITY;
   for (int i = 0; i < splits; ++i) m = fmaxf(m, ml[2 * i]);
@@ -1273,7 +1264,7 @@ __global__ void __launch_bounds__(2 * kTile * kCols, kMinBlocks)
   }
 
   // Merge the warps: the ring becomes Ob [warps][8][dv] (fp32, scaled to the common max).
-  LaunchDependents();
+  TriggerDependents();
   CpAsyncWaitPending<0>();
   __syncthreads();
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);

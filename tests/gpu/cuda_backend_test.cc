@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,9 +40,12 @@ using testing::MaxAbsDiff;
 using testing::PrefillThenDecode;
 using testing::RandomSplit;
 
+// A backend for the checkpoint in `dir` with the tests' pool sizes; `adjust` (optional) changes
+// the options before Create.
 absl::StatusOr<std::unique_ptr<cuda::CudaBackend>> LoadCudaBackend(
     const std::string& dir, cuda::Precision precision = cuda::Precision::kF32, int num_slots = 8,
-    int64_t num_blocks = 512) {
+    int64_t num_blocks = 512,
+    const std::function<void(cuda::CudaBackendOptions*)>& adjust = nullptr) {
   auto ck = Checkpoint::Open(dir);
   if (!ck.ok()) return ck.status();
   cuda::CudaBackendOptions o;
@@ -50,6 +54,7 @@ absl::StatusOr<std::unique_ptr<cuda::CudaBackend>> LoadCudaBackend(
   o.store.num_blocks = num_blocks;
   o.max_step_tokens = 1024;
   o.max_step_seqs = 16;
+  if (adjust) adjust(&o);
   return cuda::CudaBackend::Create(std::move(ck).value(), o);
 }
 
@@ -129,16 +134,9 @@ TEST_F(GpuTest, CudaGraphReplaysEqualEagerDecode) {
     ASSERT_TRUE(ids.ok());
     std::vector<float> logits[2];
     for (int graphs = 0; graphs < 2; ++graphs) {
-      auto ck = Checkpoint::Open(GoldenDir(family));
-      ASSERT_TRUE(ck.ok());
-      cuda::CudaBackendOptions o;
-      o.precision = cuda::Precision::kBf16;
-      o.store.num_slots = 8;
-      o.store.num_blocks = 512;
-      o.max_step_tokens = 1024;
-      o.max_step_seqs = 16;
-      o.cuda_graphs = graphs == 1;
-      auto gpu = cuda::CudaBackend::Create(std::move(ck).value(), o);
+      auto gpu =
+          LoadCudaBackend(GoldenDir(family), cuda::Precision::kBf16, 8, 512,
+                          [&](cuda::CudaBackendOptions* o) { o->cuda_graphs = graphs == 1; });
       ASSERT_TRUE(gpu.ok()) << gpu.status();
       auto l =
           RunSequenceLogits(**gpu, *ids, PrefillThenDecode(static_cast<int64_t>(ids->size()), 20));
@@ -303,16 +301,9 @@ TEST_F(GpuTest, CudaProgrammaticLaunchChangesNoLogit) {
     for (cuda::Precision precision : {cuda::Precision::kF32, cuda::Precision::kBf16}) {
       std::vector<float> logits[2];
       for (int pdl = 0; pdl < 2; ++pdl) {
-        auto ck = Checkpoint::Open(GoldenDir(family));
-        ASSERT_TRUE(ck.ok());
-        cuda::CudaBackendOptions o;
-        o.precision = precision;
-        o.store.num_slots = 8;
-        o.store.num_blocks = 512;
-        o.max_step_tokens = 1024;
-        o.max_step_seqs = 16;
-        o.programmatic_launch = pdl == 1;
-        auto gpu = cuda::CudaBackend::Create(std::move(ck).value(), o);
+        auto gpu = LoadCudaBackend(
+            GoldenDir(family), precision, 8, 512,
+            [&](cuda::CudaBackendOptions* o) { o->programmatic_launch = pdl == 1; });
         ASSERT_TRUE(gpu.ok()) << gpu.status();
         EXPECT_EQ(kernels::ProgrammaticDependentLaunch(), pdl == 1);
         auto got = RunSequenceLogits(**gpu, *ids,
